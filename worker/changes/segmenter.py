@@ -1,0 +1,279 @@
+"""The per-batch core of the worker, free of Faust: records in → state updates, change events, dead letters.
+
+The Faust agents (``worker.app``) feed batches of raw records; everything here is plain Python and numpy so it is
+unit-tested without a broker or an event loop. One batch:
+
+1. decode and validate each record (bad ones become dead letters), route it by ``user_id`` (records whose user
+   lives on another partition are handed back for forwarding), skip records the user's offset fence has already
+   seen, fold the event into the user's features;
+2. evaluate every applied event against the current model in one vectorised call, then run each user's
+   hysteresis in event order, so the outcome does not depend on how records were batched;
+3. re-evaluate users whose silence timer the partition's watermark has passed (dormancy included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from worker import codec
+from worker.changes.hysteresis import decide
+from worker.changes.reasons import model_reasons, silence_reason
+from worker.changes.silence import SilenceIndex
+from worker.clustering.snapshot import ModelSnapshot
+from worker.errors import InvalidEvent
+from worker.events.ingest import EventParser
+from worker.events.timefmt import format_rfc3339
+from worker.features.state import UserState, apply_event
+from worker.features.watermark import Watermarks
+from worker.personas.registry import DORMANT
+from worker.settings import Settings
+
+_DAY_MS = 86_400_000
+
+
+@dataclass(slots=True)
+class InputRecord:
+    value: bytes | None
+    key: bytes | None
+    partition: int  # partition it was consumed from
+    offset: int
+    src_partition: int  # partition of the input topic it first arrived on (differs only when forwarded)
+    src_offset: int
+    forwarded: bool
+    consumed_at: float  # monotonic seconds, for the event→change latency
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    record: InputRecord
+    reason: str
+    detail: str
+
+
+@dataclass
+class BatchResult:
+    changes: list[tuple[str, bytes, float]] = field(default_factory=list)  # user id, change record, consumed_at
+    dead: list[DeadLetter] = field(default_factory=list)
+    forward: list[tuple[int, str, InputRecord]] = field(default_factory=list)  # owner partition, user, record
+    dirty: dict[str, UserState] = field(default_factory=dict)
+    samples: list[bytes] = field(default_factory=list)
+    processed: int = 0
+    duplicates: int = 0
+    partitions: set[int] = field(default_factory=set)
+    transitions: list[tuple[str, str]] = field(default_factory=list)  # (from or "none", to)
+
+
+@dataclass(slots=True)
+class _Eval:
+    user_id: str
+    state: UserState
+    t: int
+    n: int
+    trigger: str  # "event" or "silence"
+    source: tuple[int, int]
+    consumed_at: float
+    dormant: bool = False
+
+
+class Segmenter:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MutableMapping[str, UserState],
+        partition_of: Callable[[str], int],
+        rng_seed: int = 0,
+    ) -> None:
+        self.s = settings
+        self.store = store
+        self.partition_of = partition_of
+        self.parser = EventParser(settings.max_event_bytes, int(settings.max_future_seconds * 1000))
+        self.half_lives = settings.half_lives_ms
+        self.checks = settings.silence_checks_ms
+        self.session_gap_ms = int(settings.session_gap_seconds * 1000)
+        self.watermarks = Watermarks(int(settings.lateness_seconds * 1000))
+        self.silence = SilenceIndex()
+        self.counts: Counter[str] = Counter()  # users per persona on the partitions this worker owns
+        self.model: ModelSnapshot | None = None
+        self._rng = random.Random(rng_seed)
+
+    # --- model and ownership -------------------------------------------------------------------------
+    def set_model(self, model: ModelSnapshot) -> bool:
+        if self.model is not None and model.version <= self.model.version:
+            return False
+        self.model = model
+        return True
+
+    def rebuild(self, owned: set[int], watermarks: dict[int, int]) -> None:
+        """Re-derive in-memory indexes (silence timers, persona counts) from the store after (re)assignment."""
+        self.silence.clear()
+        self.counts.clear()
+        self.watermarks.forget(set(self.watermarks.max_ts))
+        for p, ts in watermarks.items():
+            if p in owned:
+                self.watermarks.restore(p, ts)
+        for uid, state in self.store.items():
+            p = self.partition_of(uid)
+            if p not in owned:
+                continue
+            if state.segment is not None:
+                self.counts[state.segment] += 1
+            if state.due:
+                self.silence.schedule(p, uid, state.due)
+
+    # --- the batch -----------------------------------------------------------------------------------
+    def process(self, records: Iterable[InputRecord], now_ms: int, now_mono: float) -> BatchResult:
+        res = BatchResult()
+        evals: list[_Eval] = []
+        rows: list[list[float]] = []
+        model = self.model
+        space = model.space if model else None
+        s = self.s
+        for rec in records:
+            try:
+                ev = self.parser.parse(rec.value, now_ms)
+            except InvalidEvent as exc:
+                res.dead.append(DeadLetter(rec, exc.reason, exc.detail))
+                continue
+            except Exception as exc:  # never let one record stop the stream
+                res.dead.append(DeadLetter(rec, "internal_error", f"{type(exc).__name__}: {exc}"[:200]))
+                continue
+            uid = ev.user_id
+            owner = self.partition_of(uid)
+            if owner != rec.partition:
+                res.forward.append((owner, uid, rec))
+                continue
+            state = res.dirty.get(uid) or self.store.get(uid)
+            if state is None:
+                state = UserState(len(self.half_lives))
+            elif state.seen(rec.src_partition, rec.src_offset):
+                res.duplicates += 1
+                continue
+            apply_event(state, ev, self.half_lives, s.max_types_per_user, self.session_gap_ms)
+            state.fence(rec.src_partition, rec.src_offset)
+            res.dirty[uid] = state
+            res.processed += 1
+            res.partitions.add(owner)
+            self.watermarks.observe(owner, ev.ts)
+            # an event resets the silence clock
+            state.silence_step = 0
+            state.due = state.last_ts + self.checks[0] if self.checks else 0
+            if state.n >= s.min_events:
+                if self._want_sample(state.n):
+                    res.samples.append(codec.dumps([uid, state.to_wire(), state.last_ts]))
+                if space is not None:
+                    t = state.last_ts
+                    evals.append(_Eval(uid, state, t, state.n, "event", (rec.src_partition, rec.src_offset),
+                                       rec.consumed_at))
+                    rows.append(space.row(state, t))
+        for uid, state in res.dirty.items():
+            if state.due:
+                self.silence.schedule(self.partition_of(uid), uid, state.due)
+        self._collect_silent(res, evals, rows, now_mono)
+        if model is not None and evals:
+            self._evaluate(model, evals, rows, res)
+        return res
+
+    def _want_sample(self, n: int) -> bool:
+        # user-uniform part: at min_events and each doubling after; plus a random share of the rest
+        m = self.s.min_events
+        q, r = divmod(n, m)
+        return (r == 0 and q & (q - 1) == 0) or self._rng.random() < self.s.sample_rate
+
+    def _collect_silent(self, res: BatchResult, evals: list[_Eval], rows: list[list[float]], now: float) -> None:
+        dormant_ms = self.s.dormant_after_ms
+        space = self.model.space if self.model else None
+        for p in sorted(res.partitions):
+            wm = self.watermarks.get(p)
+            for uid in self.silence.pop_due(p, wm):
+                state = res.dirty.get(uid) or self.store.get(uid)
+                if state is None or not state.due or state.due > wm:
+                    continue  # erased, rescheduled by a newer event, or a stale entry
+                t = state.due
+                state.silence_step += 1
+                state.due = state.last_ts + self.checks[state.silence_step] if state.silence_step < len(
+                    self.checks) else 0
+                if state.due:
+                    self.silence.schedule(p, uid, state.due)
+                res.dirty[uid] = state
+                if state.n < self.s.min_events:
+                    continue
+                res.samples.append(codec.dumps([uid, state.to_wire(), t]))
+                if space is None:
+                    continue
+                dormant = bool(dormant_ms) and t - state.last_ts >= dormant_ms
+                evals.append(_Eval(uid, state, t, state.n, "silence", (state.source[0], state.source[1]), now,
+                                   dormant))
+                rows.append(space.row(state, t))
+
+    def _evaluate(self, model: ModelSnapshot, evals: list[_Eval], rows: list[list[float]], res: BatchResult) -> None:
+        s = self.s
+        a = model.assign(np.asarray(rows, dtype=np.float64))
+        index = a.index.tolist()
+        margin = a.margin.tolist()
+        ids = model.persona_ids
+        for i, e in enumerate(evals):
+            state = e.state
+            candidate = DORMANT if e.dormant else ids[index[i]]
+            moved = decide(
+                state, candidate, margin[i], n=e.n, min_events=s.min_events, confirmations=s.confirmations,
+                min_margin=s.min_margin, immediate=e.dormant,
+            )
+            if moved is None:
+                continue
+            before, after = moved
+            if e.dormant:
+                reasons = silence_reason((e.t - state.last_ts) / _DAY_MS)
+            else:
+                from_index = ids.index(before) if before in ids else None
+                reasons = model_reasons(model, a.scaled[i], from_index, index[i])
+            res.changes.append((e.user_id, self._emit(model, e, before, after, margin[i], reasons), e.consumed_at))
+            res.transitions.append((before or "none", after))
+
+    def _emit(
+        self, model: ModelSnapshot, e: _Eval, before: str | None, after: str, margin: float,
+        reasons: list[dict[str, Any]],
+    ) -> bytes:
+        state = e.state
+        state.seq += 1
+        state.segment = after
+        state.segment_since = e.t
+        state.model_version = model.version
+        if before is not None:
+            self.counts[before] -= 1
+        self.counts[after] += 1
+        return codec.dumps(
+            {
+                "schema": "segment-change.v1",
+                "event_id": change_id(e.user_id, state.seq, before, after),
+                "user_id": e.user_id,
+                "from_segment": before,
+                "to_segment": after,
+                "from_segment_name": self.segment_name(before),
+                "to_segment_name": self.segment_name(after),
+                "changed_at": format_rfc3339(e.t),
+                "model_version": model.version,
+                "trigger": e.trigger,
+                "confidence": round(1.0 if e.dormant else min(1.0, max(0.0, margin)), 4),
+                "sequence": state.seq,
+                "reasons": reasons,
+                "source": {"topic": self.s.input_topic, "partition": e.source[0], "offset": e.source[1]},
+            }
+        )
+
+    def segment_name(self, persona_id: str | None) -> str | None:
+        if persona_id == DORMANT:
+            return DORMANT
+        return self.model.name_of(persona_id) if self.model else persona_id
+
+
+def change_id(user_id: str, seq: int, before: str | None, after: str) -> str:
+    """Same user, same position in the user's change chain, same move → same id, after any crash or replay."""
+    key = f"{user_id}\x1f{seq}\x1f{before or ''}\x1f{after}".encode()
+    return hashlib.blake2b(key, digest_size=16).hexdigest()

@@ -1,0 +1,102 @@
+"""Small, deterministic batch k-means (k-means++ + Lloyd) and silhouette, used to warm-start the online model
+and to choose the number of personas from the data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances, shape (len(x), len(centers))."""
+    d = (x * x).sum(1)[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None, :]
+    np.maximum(d, 0.0, out=d)
+    return d
+
+
+@dataclass(frozen=True)
+class Fit:
+    centers: np.ndarray
+    labels: np.ndarray
+    inertia: float
+
+
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, n_init: int = 4, iters: int = 60) -> Fit:
+    best: Fit | None = None
+    for _ in range(n_init):
+        centers = _kmeans_pp(x, k, rng)
+        labels = np.zeros(len(x), dtype=np.int64)
+        for _ in range(iters):
+            d = sq_distances(x, centers)
+            labels = d.argmin(1)
+            new = np.array([x[labels == j].mean(0) if np.any(labels == j) else centers[j] for j in range(k)])
+            if np.allclose(new, centers, atol=1e-7):
+                break
+            centers = new
+        inertia = float(sq_distances(x, centers).min(1).sum())
+        if best is None or inertia < best.inertia:
+            best = Fit(centers, labels, inertia)
+    assert best is not None
+    return best
+
+
+def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    centers = [x[rng.integers(len(x))]]
+    closest = sq_distances(x, np.array(centers))[:, 0]
+    for _ in range(1, k):
+        total = closest.sum()
+        idx = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=closest / total)
+        centers.append(x[idx])
+        closest = np.minimum(closest, sq_distances(x, x[idx : idx + 1])[:, 0])
+    return np.array(centers)
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette coefficient (exact; keep ``x`` to a few thousand rows)."""
+    ks = np.unique(labels)
+    if len(ks) < 2:
+        return -1.0
+    d = np.sqrt(sq_distances(x, x))
+    per_cluster = np.stack([d[:, labels == j].sum(1) for j in ks], axis=1)
+    sizes = np.array([(labels == j).sum() for j in ks], dtype=np.float64)
+    own = np.searchsorted(ks, labels)
+    own_size = sizes[own]
+    a = per_cluster[np.arange(len(x)), own] / np.maximum(own_size - 1, 1)
+    mean_other = per_cluster / sizes[None, :]
+    mean_other[np.arange(len(x)), own] = np.inf
+    b = mean_other.min(1)
+    s = np.where(own_size > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
+    return float(s.mean())
+
+
+@dataclass(frozen=True)
+class KChoice:
+    k: int
+    fit: Fit
+    scores: dict[int, float]
+
+
+def choose_k(x: np.ndarray, k_min: int, k_max: int, seed: int, tolerance: float = 0.01) -> KChoice:
+    """Fit every k in [k_min, k_max] and keep the best silhouette; within ``tolerance`` of the best, the smallest
+    k wins (over-segmenting is a defect). A cluster of under 1 % of the sample disqualifies a k."""
+    rng = np.random.default_rng(seed)
+    k_max = max(k_min, min(k_max, len(x) - 1))
+    sub = x if len(x) <= 2500 else x[rng.choice(len(x), 2500, replace=False)]
+    fits: dict[int, Fit] = {}
+    scores: dict[int, float] = {}
+    for k in range(max(2, k_min), k_max + 1):
+        fit = kmeans(x, k, rng)
+        fits[k] = fit
+        sizes = np.bincount(fit.labels, minlength=k)
+        if sizes.min() < max(2, 0.01 * len(x)):
+            scores[k] = -1.0
+            continue
+        sub_labels = sq_distances(sub, fit.centers).argmin(1)
+        scores[k] = round(silhouette(sub, sub_labels), 4)
+    if not scores:  # k_min == k_max == 1
+        fit = kmeans(x, 1, rng)
+        return KChoice(1, fit, {1: 0.0})
+    best = max(scores.values())
+    k = min(k for k, s in scores.items() if s >= best - tolerance)
+    return KChoice(k, fits[k], scores)

@@ -1,0 +1,111 @@
+"""A versioned, immutable model snapshot: what every worker of a group assigns with.
+
+The trainer publishes snapshots; workers only read them. Assignment is vectorised over a whole batch of users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from worker import codec
+from worker.clustering.batch import sq_distances
+from worker.errors import ModelError
+from worker.features.space import FeatureSpace
+
+
+@dataclass(frozen=True)
+class Assignment:
+    index: np.ndarray  # nearest centroid per row
+    margin: np.ndarray  # (d2 - d1) / (d2 + d1) in [0, 1]; 1 = on the centroid, 0 = equidistant
+    scaled: np.ndarray  # the scaled rows, for reasons
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    version: int
+    space: FeatureSpace
+    mean: np.ndarray
+    scale: np.ndarray
+    centroids: np.ndarray  # (k, dim), scaled space
+    persona_ids: tuple[str, ...]
+    persona_names: tuple[str, ...]
+    samples_seen: int
+    next_persona: int  # next free persona number
+    k_scores: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        k, dim = self.centroids.shape
+        if dim != self.space.dim or len(self.persona_ids) != k or len(self.persona_names) != k:
+            raise ModelError(f"inconsistent snapshot v{self.version}: {k} centroids of dim {dim}")
+
+    def assign(self, x: np.ndarray) -> Assignment:
+        xs = (x - self.mean) / self.scale
+        d = np.sqrt(sq_distances(xs, self.centroids))
+        if d.shape[1] == 1:
+            return Assignment(np.zeros(len(x), dtype=np.int64), np.ones(len(x)), xs)
+        order = np.argpartition(d, 1, axis=1)[:, :2]
+        rows = np.arange(len(x))
+        d1 = d[rows, order[:, 0]]
+        d2 = d[rows, order[:, 1]]
+        swap = d2 < d1
+        first = np.where(swap, order[:, 1], order[:, 0])
+        lo, hi = np.minimum(d1, d2), np.maximum(d1, d2)
+        margin = (hi - lo) / np.maximum(hi + lo, 1e-12)
+        return Assignment(first, margin, xs)
+
+    def unscale(self, row: np.ndarray) -> np.ndarray:
+        return row * self.scale + self.mean
+
+    def name_of(self, persona_id: str | None) -> str | None:
+        if persona_id is None:
+            return None
+        try:
+            return self.persona_names[self.persona_ids.index(persona_id)]
+        except ValueError:
+            return persona_id
+
+    def profile(self, index: int) -> dict[str, float]:
+        """Centroid of persona ``index`` in feature units (unscaled)."""
+        raw = self.unscale(self.centroids[index])
+        return {n: round(float(v), 4) for n, v in zip(self.space.names, raw, strict=True)}
+
+    # --- wire ----------------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        return codec.dumps(
+            {
+                "version": self.version,
+                "vocabulary": list(self.space.vocabulary),
+                "half_lives_ms": list(self.space.half_lives_ms),
+                "mean": self.mean,
+                "scale": self.scale,
+                "centroids": self.centroids,
+                "persona_ids": list(self.persona_ids),
+                "persona_names": list(self.persona_names),
+                "samples_seen": self.samples_seen,
+                "next_persona": self.next_persona,
+                "k_scores": {str(k): v for k, v in self.k_scores.items()},
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ModelSnapshot:
+        try:
+            d: dict[str, Any] = codec.loads(data)
+            space = FeatureSpace(tuple(d["vocabulary"]), tuple(float(h) for h in d["half_lives_ms"]))
+            return cls(
+                version=int(d["version"]),
+                space=space,
+                mean=np.asarray(d["mean"], dtype=np.float64),
+                scale=np.asarray(d["scale"], dtype=np.float64),
+                centroids=np.asarray(d["centroids"], dtype=np.float64).reshape(-1, space.dim),
+                persona_ids=tuple(d["persona_ids"]),
+                persona_names=tuple(d["persona_names"]),
+                samples_seen=int(d["samples_seen"]),
+                next_persona=int(d["next_persona"]),
+                k_scores={int(k): float(v) for k, v in d.get("k_scores", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"unreadable model snapshot: {exc}") from exc

@@ -1,0 +1,25 @@
+"""All JSON encoding and decoding goes through here (orjson)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+JSONDecodeError = orjson.JSONDecodeError
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode to compact JSON bytes (numpy scalars and arrays allowed)."""
+    return orjson.dumps(obj, option=_OPTS)
+
+
+def dumps_pretty(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=_OPTS | orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """Decode JSON; raises :data:`JSONDecodeError` (a ``ValueError``) on bad input."""
+    return orjson.loads(data)

@@ -1,0 +1,80 @@
+"""Decode and validate one input record: orjson + a schema validator compiled once (fastjsonschema).
+
+Anything that cannot be applied raises :class:`~worker.errors.InvalidEvent` with a stable reason code; the caller
+dead-letters the original bytes with that reason. Reason codes (the ``reason`` label of the dead-letter metric):
+
+``empty``, ``oversize``, ``not_json``, ``non_finite_number``, ``not_object``, ``missing_field``,
+``invalid_field``, ``bad_timestamp``, ``timestamp_in_future``, ``internal_error`` (set by the caller).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastjsonschema
+
+from worker import codec
+from worker.errors import InvalidEvent
+from worker.events.timefmt import parse_timestamp
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+CONTEXT_KEYS = ("platform", "country", "language", "channel", "timezone")
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = codec.loads((SCHEMA_DIR / name).read_bytes())
+    return schema
+
+
+@dataclass(slots=True)
+class UserEvent:
+    user_id: str
+    event_type: str
+    ts: int  # event time, epoch ms
+    value: float | None
+    session_id: str | None
+    context: dict[str, str] | None
+
+
+class EventParser:
+    """Compiled once per process; ``parse`` is the per-record hot path."""
+
+    def __init__(self, max_bytes: int, max_future_ms: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_future_ms = max_future_ms
+        self._validate = fastjsonschema.compile(load_schema("user-event.v1.json"))
+
+    def parse(self, raw: bytes | None, now_ms: int) -> UserEvent:
+        """``now_ms`` (wall clock) only bounds how far in the future an event may claim to be."""
+        if not raw:
+            raise InvalidEvent("empty", "record has no value")
+        if len(raw) > self.max_bytes:
+            raise InvalidEvent("oversize", f"{len(raw)} bytes > limit {self.max_bytes}")
+        try:
+            doc = codec.loads(raw)
+        except codec.JSONDecodeError as exc:
+            text = str(exc)
+            if "infinity" in text or b"NaN" in raw or b"Infinity" in raw:
+                raise InvalidEvent("non_finite_number", "NaN or infinite number") from None
+            raise InvalidEvent("not_json", text[:200]) from None
+        if not isinstance(doc, dict):
+            raise InvalidEvent("not_object", f"JSON {type(doc).__name__}, expected an object")
+        try:
+            self._validate(doc)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            reason = "missing_field" if exc.rule == "required" else "invalid_field"
+            raise InvalidEvent(reason, exc.message[:200]) from None
+        ts = parse_timestamp(doc["timestamp"])
+        if ts > now_ms + self.max_future_ms:
+            raise InvalidEvent("timestamp_in_future", f"{doc['timestamp']!r} is beyond the allowed clock skew")
+        value = doc.get("value")
+        if value is not None:
+            value = float(value)
+            if not math.isfinite(value):  # e.g. a huge integer beyond the float range
+                raise InvalidEvent("non_finite_number", "value is not a finite number")
+        ctx = doc.get("context")
+        context = {k: ctx[k] for k in CONTEXT_KEYS if k in ctx} if ctx else None
+        return UserEvent(doc["user_id"], doc["event_type"], ts, value, doc.get("session_id"), context or None)

@@ -1,0 +1,240 @@
+"""One user's state and the feature math that updates it.
+
+All times are event times in epoch milliseconds; the wall clock never enters here. Every decayed quantity is kept
+"as of" ``ref_ts``: counts ``c`` with half-life ``H`` are multiplied by ``2 ** (-(t - ref_ts) / H)`` when time
+moves to ``t``. An out-of-order event older than ``ref_ts`` adds its already-decayed weight instead of 1, so the
+result does not depend on arrival order.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from worker.events.ingest import UserEvent
+
+OTHER = "~other"  # bucket for event types beyond a user's tracked ones
+_LN2 = math.log(2.0)
+_HOUR_MS = 3_600_000
+_DAY_MS = 86_400_000
+
+
+class UserState:
+    """Everything the worker keeps for one user (serialised with :meth:`to_wire`)."""
+
+    __slots__ = (
+        "context",
+        "daypart",
+        "due",
+        "first_ts",
+        "last_session",
+        "last_ts",
+        "model_version",
+        "n",
+        "offsets",
+        "pending",
+        "pending_n",
+        "rates",
+        "ref_ts",
+        "segment",
+        "segment_since",
+        "seq",
+        "sessions",
+        "silence_step",
+        "source",
+        "spend",
+        "value_total",
+        "weekend",
+    )
+
+    def __init__(self, n_half_lives: int) -> None:
+        self.n = 0  # events applied
+        self.first_ts = 0
+        self.last_ts = 0  # newest event time
+        self.ref_ts = 0  # time the decayed values below are expressed at
+        self.rates: dict[str, list[float]] = {}  # event type -> decayed counts, one per half-life
+        self.spend = [0.0] * n_half_lives  # decayed sums of `value`
+        self.value_total = 0.0
+        self.sessions = 0.0  # decayed session starts (slowest half-life)
+        self.last_session: str | None = None
+        self.daypart = [0.0, 0.0, 0.0, 0.0]  # night, morning, afternoon, evening (local time; slowest half-life)
+        self.weekend = 0.0
+        self.context: dict[str, str] = {}
+        self.offsets: dict[str, int] = {}  # source partition -> last applied offset (the dedupe fence)
+        self.source = [0, 0]  # [source partition, offset] of the last applied record
+        # persona assignment
+        self.segment: str | None = None
+        self.segment_since = 0
+        self.pending: str | None = None
+        self.pending_n = 0
+        self.seq = 0  # number of changes emitted
+        self.model_version = -1
+        self.silence_step = 0  # next silence check to run
+        self.due = 0  # event time of the next silence re-evaluation (0 = none)
+
+    # --- serialisation -------------------------------------------------------------------------------
+    def to_wire(self) -> list[Any]:
+        return [getattr(self, name) for name in _WIRE]
+
+    @classmethod
+    def from_wire(cls, wire: list[Any]) -> UserState:
+        state = cls.__new__(cls)
+        for name, value in zip(_WIRE, wire, strict=True):
+            setattr(state, name, value)
+        return state
+
+    # --- dedupe fence --------------------------------------------------------------------------------
+    def seen(self, partition: int, offset: int) -> bool:
+        """True when the record at ``offset`` of source ``partition`` is already applied."""
+        last = self.offsets.get(str(partition))
+        return last is not None and offset <= last
+
+    def fence(self, partition: int, offset: int) -> None:
+        key = str(partition)
+        if self.offsets.get(key, -1) < offset:
+            self.offsets[key] = offset
+        self.source = [partition, offset]
+
+    @property
+    def slow_total(self) -> float:
+        return sum(r[-1] for r in self.rates.values())
+
+
+_WIRE = tuple(s for s in UserState.__slots__)
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):  # unknown or malformed zone: fall back to UTC
+        return None
+
+
+def local_hour_weekday(ts: int, timezone: str | None) -> tuple[int, int]:
+    """Hour (0-23) and weekday (Monday 0) of ``ts`` in ``timezone`` (UTC when unknown)."""
+    zone = _zone(timezone) if timezone else None
+    if zone is None:
+        return (ts // _HOUR_MS) % 24, (ts // _DAY_MS + 3) % 7  # 1970-01-01 was a Thursday
+    local = datetime.fromtimestamp(ts / 1000, tz=zone)
+    return local.hour, local.weekday()
+
+
+def decay_factors(dt_ms: float, half_lives_ms: tuple[float, ...]) -> list[float]:
+    return [math.exp(-_LN2 * dt_ms / h) for h in half_lives_ms]
+
+
+def advance(state: UserState, t: int, half_lives_ms: tuple[float, ...]) -> None:
+    """Express every decayed value at time ``t`` (no-op when ``t`` is not newer than ``ref_ts``)."""
+    dt = t - state.ref_ts
+    if dt <= 0:
+        return
+    if state.ref_ts == 0:
+        state.ref_ts = t
+        return
+    f = decay_factors(dt, half_lives_ms)
+    slow = f[-1]
+    for r in state.rates.values():
+        for i, fi in enumerate(f):
+            r[i] *= fi
+    spend = state.spend
+    for i, fi in enumerate(f):
+        spend[i] *= fi
+    state.sessions *= slow
+    state.weekend *= slow
+    dp = state.daypart
+    for i in range(4):
+        dp[i] *= slow
+    state.ref_ts = t
+
+
+def apply_event(
+    state: UserState,
+    ev: UserEvent,
+    half_lives_ms: tuple[float, ...],
+    max_types: int,
+    session_gap_ms: int,
+) -> None:
+    """Fold one valid event into the user's state (the caller has checked the dedupe fence)."""
+    t = ev.ts
+    advance(state, t, half_lives_ms)
+    # weight of this event at the reference time: 1 when in order, decayed when late
+    w = [1.0] * len(half_lives_ms) if t >= state.ref_ts else decay_factors(state.ref_ts - t, half_lives_ms)
+    slow_w = w[-1]
+
+    rates = state.rates
+    key = ev.event_type
+    r = rates.get(key)
+    if r is None:
+        if len(rates) - (OTHER in rates) >= max_types:
+            _fold_smallest(rates)
+        r = rates[key] = [0.0] * len(w)
+    for i, wi in enumerate(w):
+        r[i] += wi
+
+    if ev.value is not None:
+        state.value_total += ev.value
+        for i, wi in enumerate(w):
+            state.spend[i] += ev.value * wi
+
+    # sessions: an explicit session id change, or a gap of inactivity, starts a new one
+    gap = state.n == 0 or t - state.last_ts > session_gap_ms
+    if ev.session_id is not None:
+        if ev.session_id != state.last_session:
+            state.sessions += slow_w
+            state.last_session = ev.session_id
+    elif gap and t >= state.last_ts:
+        state.sessions += slow_w
+        state.last_session = None
+
+    if ev.context:
+        state.context.update(ev.context)
+    hour, weekday = local_hour_weekday(t, state.context.get("timezone"))
+    state.daypart[hour // 6] += slow_w
+    if weekday >= 5:
+        state.weekend += slow_w
+
+    if state.n == 0 or t < state.first_ts:
+        state.first_ts = t
+    if t > state.last_ts:
+        state.last_ts = t
+    state.n += 1
+
+
+def _fold_smallest(rates: dict[str, list[float]]) -> None:
+    """Keep the per-user type map bounded: merge the least active named type into ``OTHER``."""
+    victim = min((k for k in rates if k != OTHER), key=lambda k: rates[k][-1])
+    counts = rates.pop(victim)
+    other = rates.setdefault(OTHER, [0.0] * len(counts))
+    for i, c in enumerate(counts):
+        other[i] += c
+
+
+def features_at(state: UserState, t: int, half_lives_ms: tuple[float, ...]) -> dict[str, Any]:
+    """Human-readable features of the user as of event time ``t`` (for the API and reasons)."""
+    dt = max(0, t - state.ref_ts)
+    f = decay_factors(dt, half_lives_ms)
+    slow = f[-1]
+    days = [h / _DAY_MS for h in half_lives_ms]
+    dp_total = sum(state.daypart) or 1.0
+    slow_total = state.slow_total
+    return {
+        "event_count": state.n,
+        "days_since_last_event": round(max(0, t - state.last_ts) / _DAY_MS, 4),
+        "monetary_total": state.value_total,
+        "decayed_counts": {
+            etype: {f"{d:g}d": round(c * fi, 4) for c, fi, d in zip(counts, f, days, strict=True)}
+            for etype, counts in state.rates.items()
+        },
+        "decayed_spend": {f"{d:g}d": round(s * fi, 4) for s, fi, d in zip(state.spend, f, days, strict=True)},
+        "decayed_sessions": round(state.sessions * slow, 4),
+        "daypart_share": dict(
+            zip(("night", "morning", "afternoon", "evening"), (round(x / dp_total, 4) for x in state.daypart),
+                strict=True)
+        ),
+        "weekend_share": round(state.weekend / slow_total, 4) if slow_total else 0.0,
+        "context": dict(state.context),
+    }

@@ -1,0 +1,183 @@
+"""The one frozen settings object.
+
+Read once at start-up from the environment (prefix ``SEGMENT_WORKER_``) and command-line flags; nothing else in
+the package reads ``os.environ``. Every field ``foo_bar`` is set by ``SEGMENT_WORKER_FOO_BAR`` or ``--foo-bar``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "SEGMENT_WORKER_"
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka and the process -----------------------------------------------------------------------
+    broker: str = field(default="kafka://localhost:9092", metadata={"help": "kafka://host:port[,host:port]"})
+    app_id: str = field(default="segment-worker", metadata={"help": "consumer group id and internal topic prefix"})
+    web_host: str = field(default="0.0.0.0", metadata={"help": "bind address of the HTTP API"})
+    web_port: int = field(default=6066, metadata={"help": "port of the HTTP API (/metrics, /users, /personas)"})
+    data_dir: str = field(default="./data", metadata={"help": "local state directory"})
+    input_topic: str = field(default="user-events", metadata={"help": "topic of user events"})
+    output_topic: str = field(default="segment-changes", metadata={"help": "topic of segment-change events"})
+    dlq_topic: str = field(default="user-events-dlq", metadata={"help": "dead-letter topic for bad input"})
+    partitions: int = field(default=8, metadata={"help": "partitions of the input, internal and state topics"})
+    replication_factor: int = field(default=1, metadata={"help": "replication of topics the worker creates"})
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = field(
+        default="at_least_once",
+        metadata={"help": "exactly_once needs a broker with transactions (Apache Kafka)"},
+    )
+    session_timeout: float = field(default=10.0, metadata={"help": "consumer group session timeout, seconds"})
+    log_level: str = field(default="info", metadata={"help": "crit, error, warn, info or debug"})
+    # --- ingest --------------------------------------------------------------------------------------
+    batch_size: int = field(default=2000, metadata={"help": "events taken per processing batch"})
+    batch_window: float = field(default=0.05, metadata={"help": "seconds to wait to fill a batch"})
+    max_event_bytes: int = field(default=65_536, metadata={"help": "larger records are dead-lettered"})
+    max_future_seconds: float = field(
+        default=86_400.0,
+        metadata={"help": "events timestamped further than this beyond the wall clock are dead-lettered"},
+    )
+    # --- features ------------------------------------------------------------------------------------
+    half_lives_days: tuple[float, ...] = field(
+        default=(1.0, 7.0), metadata={"help": "half-lives of the decayed rates, days (comma list)"}
+    )
+    max_types_per_user: int = field(default=12, metadata={"help": "event types tracked per user; rest is 'other'"})
+    vocabulary_size: int = field(default=8, metadata={"help": "event types the model uses (top-N of the stream)"})
+    session_gap_seconds: float = field(default=1800.0, metadata={"help": "inactivity that ends a session"})
+    lateness_seconds: float = field(
+        default=3600.0, metadata={"help": "watermark = newest event time of a partition minus this"}
+    )
+    # --- model ---------------------------------------------------------------------------------------
+    model: Literal["kmeans"] = field(default="kmeans", metadata={"help": "River clusterer (river.cluster.KMeans)"})
+    k_min: int = field(default=2, metadata={"help": "fewest personas the model may find"})
+    k_max: int = field(default=10, metadata={"help": "most personas the model may find"})
+    warmup_samples: int = field(default=1500, metadata={"help": "samples before the first model is fitted"})
+    sample_rate: float = field(default=0.1, metadata={"help": "share of evaluations sent to the trainer"})
+    model_halflife: float = field(default=0.01, metadata={"help": "River KMeans step towards each sample"})
+    publish_every: int = field(default=2000, metadata={"help": "trainer publishes a model every N samples"})
+    recheck_every: int = field(default=20_000, metadata={"help": "samples between re-choosing the persona count"})
+    new_persona_distance: float = field(
+        default=1.5, metadata={"help": "centroid shift (scaled units) beyond which a cluster gets a new id"}
+    )
+    seed: int = field(default=7, metadata={"help": "seed of the model fits"})
+    persona_names_file: str = field(default="", metadata={"help": "TOML/JSON file: persona id -> name"})
+    # --- hysteresis and silence ----------------------------------------------------------------------
+    min_events: int = field(default=3, metadata={"help": "events before a user's first persona"})
+    confirmations: int = field(default=2, metadata={"help": "consecutive evaluations a move must hold"})
+    min_margin: float = field(default=0.05, metadata={"help": "assignment margin a move needs, 0..1"})
+    dormant_after_days: float = field(
+        default=14.0, metadata={"help": "silence that moves a user to 'dormant' (0 disables)"}
+    )
+    silence_checks_days: tuple[float, ...] = field(
+        default=(1.0, 3.0, 7.0), metadata={"help": "silence after which a user is re-evaluated (comma list)"}
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.broker.startswith("kafka://"):
+            problems.append("broker must look like kafka://host:port[,host:port]")
+        if self.partitions < 1:
+            problems.append("partitions must be >= 1")
+        if not 1 <= self.k_min <= self.k_max:
+            problems.append("need 1 <= k_min <= k_max")
+        if not self.half_lives_days or min(self.half_lives_days) <= 0:
+            problems.append("half_lives_days must be positive")
+        if not 0.0 < self.sample_rate <= 1.0:
+            problems.append("sample_rate must be in (0, 1]")
+        if self.warmup_samples < 10 * self.k_max:
+            problems.append("warmup_samples must be at least 10 * k_max")
+        if self.confirmations < 1 or self.min_events < 1:
+            problems.append("confirmations and min_events must be >= 1")
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+
+    # --- derived values ------------------------------------------------------------------------------
+    @property
+    def broker_hosts(self) -> list[str]:
+        return [h for h in self.broker.removeprefix("kafka://").split(",") if h]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(self.broker_hosts)
+
+    @property
+    def half_lives_ms(self) -> tuple[float, ...]:
+        return tuple(h * DAY_MS for h in self.half_lives_days)
+
+    @property
+    def dormant_after_ms(self) -> int:
+        return int(self.dormant_after_days * DAY_MS)
+
+    @property
+    def silence_checks_ms(self) -> tuple[int, ...]:
+        checks = sorted(int(d * DAY_MS) for d in self.silence_checks_days if d > 0)
+        if self.dormant_after_ms:
+            checks = [c for c in checks if c < self.dormant_after_ms] + [self.dormant_after_ms]
+        return tuple(checks)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    # --- loading -------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
+        """Build settings from ``SEGMENT_WORKER_*`` variables, then ``overrides`` (flags) on top."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f.name, field_type(f.name), raw)
+        for name, value in (overrides or {}).items():
+            if value is None:
+                continue
+            if name not in _FIELD_NAMES:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name] = _coerce(name, field_type(name), value) if isinstance(value, str) else value
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings (used to start worker processes)."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            text = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+            env[ENV_PREFIX + f.name.upper()] = text
+        return env
+
+
+_FIELD_NAMES = {f.name for f in fields(Settings)}
+_HINTS = typing.get_type_hints(Settings)
+
+
+def field_type(name: str) -> Any:
+    return _HINTS[name]
+
+
+def _coerce(name: str, tp: Any, raw: str) -> Any:
+    try:
+        origin = typing.get_origin(tp)
+        if origin is Literal:
+            if raw not in typing.get_args(tp):
+                raise ValueError(f"expected one of {', '.join(typing.get_args(tp))}")
+            return raw
+        if origin is tuple:
+            (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+            return tuple(item(part.strip()) for part in raw.split(",") if part.strip())
+        if tp is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if tp in (int, float, str):
+            return tp(raw)
+        if isinstance(tp, types.UnionType):
+            return raw
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
+    raise ConfigError(f"cannot parse setting {name} of type {tp}")

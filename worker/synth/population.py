@@ -1,0 +1,135 @@
+"""Generate users whose behaviour follows known personas, some switching persona and some going silent.
+
+Everything is driven by one seed, so a population is reproducible. Event times start at ``start_ms`` and cover
+``days`` days; each persona has its own event mix, spend, hours of day and weekend habit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from worker.events.timefmt import format_rfc3339
+
+_DAY_MS = 86_400_000
+_HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class PersonaSpec:
+    name: str
+    share: float
+    rates: dict[str, float]  # events per day
+    hours: tuple[int, int]  # active local hours [from, to)
+    spend: float = 0.0  # mean value of a purchase
+    weekend_boost: float = 1.0
+
+
+PERSONAS: tuple[PersonaSpec, ...] = (
+    PersonaSpec("creators", 0.28, {"post": 1.2, "upload": 0.5, "comment": 0.8, "view": 1.0}, (18, 24)),
+    PersonaSpec("social consumers", 0.24, {"view": 2.0, "like": 2.0, "share": 0.6}, (19, 24), weekend_boost=1.5),
+    PersonaSpec("readers", 0.20, {"read_article": 2.0, "view": 0.8}, (6, 11)),
+    PersonaSpec("bargain hunters", 0.16, {"view_product": 1.5, "coupon": 0.7, "purchase": 0.25}, (12, 18), 15.0,
+                weekend_boost=2.0),
+    PersonaSpec("big spenders", 0.12, {"view_product": 0.8, "purchase": 0.5}, (11, 22), 220.0),
+)
+
+
+@dataclass
+class Truth:
+    user_id: str
+    persona: str  # at the start
+    final: str  # at the end: the persona switched to, or "dormant" for users gone silent
+    switch_at: int | None = None  # event time of the switch
+    silent_at: int | None = None  # event time the user stopped
+
+
+@dataclass
+class Population:
+    events: list[dict[str, Any]]
+    truth: dict[str, Truth] = field(default_factory=dict)
+    start_ms: int = 0
+    end_ms: int = 0
+
+
+def generate(
+    users: int = 2000,
+    days: float = 28.0,
+    seed: int = 1,
+    switch_share: float = 0.10,
+    silent_share: float = 0.08,
+    start_ms: int = 1_767_225_600_000,  # 2026-01-01T00:00:00Z
+    personas: tuple[PersonaSpec, ...] = PERSONAS,
+) -> Population:
+    rng = np.random.default_rng(seed)
+    end_ms = start_ms + int(days * _DAY_MS)
+    shares = np.array([p.share for p in personas])
+    shares = shares / shares.sum()
+    pop = Population([], {}, start_ms, end_ms)
+    zones = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo")
+    platforms = ("ios", "android", "web")
+    for u in range(users):
+        uid = f"user-{u:06d}"
+        first = int(rng.choice(len(personas), p=shares))
+        truth = Truth(uid, personas[first].name, personas[first].name)
+        segments: list[tuple[PersonaSpec, int, int]] = []
+        roll = rng.random()
+        if roll < switch_share:
+            other = int(rng.choice([i for i in range(len(personas)) if i != first]))
+            at = start_ms + int(rng.uniform(0.35, 0.55) * days * _DAY_MS)
+            segments = [(personas[first], start_ms, at), (personas[other], at, end_ms)]
+            truth.final, truth.switch_at = personas[other].name, at
+        elif roll < switch_share + silent_share:
+            at = start_ms + int(rng.uniform(0.3, 0.45) * days * _DAY_MS)
+            segments = [(personas[first], start_ms, at)]
+            truth.final, truth.silent_at = "dormant", at
+        else:
+            segments = [(personas[first], start_ms, end_ms)]
+        pop.truth[uid] = truth
+        activity = float(rng.lognormal(0.0, 0.25))
+        tz = zones[u % len(zones)]
+        platform = platforms[int(rng.integers(len(platforms)))]
+        for spec, lo, hi in segments:
+            pop.events.extend(_events(rng, uid, spec, lo, hi, activity, tz, platform))
+    pop.events.sort(key=lambda e: (e["_t"], e["user_id"]))
+    for i, e in enumerate(pop.events):
+        t = e.pop("_t")
+        # both timestamp forms of the contract
+        e["timestamp"] = t if i % 2 else format_rfc3339(t)
+    return pop
+
+
+def _events(
+    rng: np.random.Generator, uid: str, spec: PersonaSpec, lo: int, hi: int, activity: float, tz: str,
+    platform: str,
+) -> Iterator[dict[str, Any]]:
+    span_days = (hi - lo) / _DAY_MS
+    offset_h = {"UTC": 0, "Europe/Berlin": -1, "America/New_York": 5, "Asia/Tokyo": -9}[tz]
+    for etype, per_day in spec.rates.items():
+        n = int(rng.poisson(per_day * activity * span_days))
+        if n == 0:
+            continue
+        day = rng.integers(0, max(1, int(np.ceil(span_days))), size=n)
+        # weekend boost: re-draw some weekday events onto the weekend
+        hour = rng.integers(spec.hours[0], spec.hours[1], size=n)
+        t = lo + day * _DAY_MS + ((hour + offset_h) % 24) * _HOUR_MS + rng.integers(0, _HOUR_MS, size=n)
+        if spec.weekend_boost > 1.0:
+            weekday = ((t // _DAY_MS) + 3) % 7
+            move = (weekday < 5) & (rng.random(n) < 1 - 1 / spec.weekend_boost)
+            t = t + move * ((5 - weekday) % 7) * _DAY_MS
+        for ti in t.tolist():
+            if not lo <= ti < hi:
+                continue
+            ev: dict[str, Any] = {
+                "_t": int(ti),
+                "user_id": uid,
+                "event_type": etype,
+                "session_id": f"{uid}-{ti // (6 * _HOUR_MS)}",
+                "context": {"platform": platform, "timezone": tz},
+            }
+            if etype == "purchase":
+                ev["value"] = round(float(rng.gamma(2.0, spec.spend / 2.0)), 2)
+            yield ev
