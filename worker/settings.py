@@ -68,7 +68,7 @@ class Settings:
     new_persona_distance: float = field(
         default=1.5, metadata={"help": "centroid shift (scaled units) beyond which a cluster gets a new id"}
     )
-    seed: int = field(default=7, metadata={"help": "seed of the model fits"})
+    model_seed: int = field(default=7, metadata={"help": "seed of the model fits"})
     persona_names_file: str = field(default="", metadata={"help": "TOML/JSON file: persona id -> name"})
     # --- hysteresis and silence ----------------------------------------------------------------------
     min_events: int = field(default=3, metadata={"help": "events before a user's first persona"})

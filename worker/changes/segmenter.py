@@ -180,6 +180,25 @@ class Segmenter:
             self._evaluate(model, evals, rows, res)
         return res
 
+    def sweep(self, owned: set[int], now_mono: float) -> BatchResult:
+        """Give a first persona to every owned user still waiting for one (after the first model arrives),
+        evaluated as of the user's newest event, exactly as if the model had been there then."""
+        res = BatchResult()
+        model = self.model
+        if model is None:
+            return res
+        evals: list[_Eval] = []
+        rows: list[list[float]] = []
+        for uid, state in self.store.items():
+            if state.segment is None and state.n >= self.s.min_events and self.partition_of(uid) in owned:
+                evals.append(_Eval(uid, state, state.last_ts, state.n, "event", (state.source[0], state.source[1]),
+                                   now_mono))
+                rows.append(model.space.row(state, state.last_ts))
+                res.dirty[uid] = state
+        if evals:
+            self._evaluate(model, evals, rows, res)
+        return res
+
     def _want_sample(self, n: int) -> bool:
         # user-uniform part: at min_events and each doubling after; plus a random share of the rest
         m = self.s.min_events

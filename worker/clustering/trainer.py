@@ -32,7 +32,7 @@ class Trainer:
     def __init__(self, settings: Settings, current: ModelSnapshot | None = None) -> None:
         self.settings = settings
         self.overrides = load_name_overrides(settings.persona_names_file)
-        self.warmup: list[tuple[UserState, int]] = []
+        self.warmup: dict[str, tuple[UserState, int]] = {}  # newest sample per user until the first fit
         self.window = np.zeros((0, 0))
         self._window_len = 0
         self._window_pos = 0
@@ -57,7 +57,7 @@ class Trainer:
 
     def _river_model(self, centroids: np.ndarray, names: tuple[str, ...]) -> cluster.KMeans:
         model = cluster.KMeans(
-            n_clusters=len(centroids), halflife=self.settings.model_halflife, seed=self.settings.seed
+            n_clusters=len(centroids), halflife=self.settings.model_halflife, seed=self.settings.model_seed
         )
         # warm start: River's random initial centres replaced by the batch fit
         for i, c in enumerate(centroids):
@@ -71,13 +71,13 @@ class Trainer:
         return np.array([[self.model.centers[i][n] for n in names] for i in range(len(self.model.centers))])
 
     # --- learning ------------------------------------------------------------------------------------
-    def add(self, samples: Iterable[tuple[UserState, int]]) -> ModelSnapshot | None:
-        """Learn from samples; returns a new snapshot when one is due, else ``None``."""
+    def add(self, samples: Iterable[tuple[str, UserState, int]]) -> ModelSnapshot | None:
+        """Learn from ``(user_id, state, evaluated_at)`` samples; returns a new snapshot when one is due."""
         published: ModelSnapshot | None = None
-        for state, t in samples:
+        for uid, state, t in samples:
             if self.current is None:
-                self.warmup.append((state, t))
-                if len(self.warmup) >= self.settings.warmup_samples:
+                self.warmup[uid] = (state, t)
+                if len(self.warmup) >= self.settings.warmup_samples and self._warm_enough():
                     published = self._fit_first()
                 continue
             snap = self.current
@@ -99,19 +99,27 @@ class Trainer:
         self._window_pos = (self._window_pos + 1) % len(self.window)
         self._window_len = min(self._window_len + 1, len(self.window))
 
+    def _warm_enough(self) -> bool:
+        """The first fit waits until the samples span the slowest half-life of event time, so the decayed rates
+        it is fitted on have matured (a fit on the first hours of a stream sees only newcomers)."""
+        times = [t for _, t in self.warmup.values()]
+        return max(times) - min(times) >= max(self.settings.half_lives_ms)
+
     def _fit_first(self) -> ModelSnapshot:
         s = self.settings
-        states = [st for st, _ in self.warmup]
+        pairs = list(self.warmup.values())
+        # users sampled long before the newest sample are stale views: evaluate everyone at their own time
+        states = [st for st, _ in pairs]
         space = FeatureSpace(tuple(choose_vocabulary(states, s.vocabulary_size)), s.half_lives_ms)
-        x = space.matrix(states, [t for _, t in self.warmup])
+        x = space.matrix(states, [t for _, t in pairs])
         mean = x.mean(0)
         scale = x.std(0)
         scale[scale < 1e-9] = 1.0
         xs = (x - mean) / scale
-        choice = choose_k(xs, s.k_min, s.k_max, s.seed)
+        choice = choose_k(xs, s.k_min, s.k_max, s.model_seed)
         ids, next_number = match_ids([], None, choice.fit.centers, s.new_persona_distance, 1)
         snap = self._snapshot(1, space, mean, scale, choice.fit.centers, ids, next_number, len(x), choice.scores)
-        self.warmup = []
+        self.warmup = {}
         self.resume(snap)
         for row in xs:
             self._remember(row)
@@ -164,7 +172,7 @@ class Trainer:
         labels = sq_distances(xs, centroids).argmin(1)
         sub = slice(0, min(len(xs), 2500))
         current_score = silhouette(xs[sub], labels[sub])
-        choice = choose_k(xs, s.k_min, s.k_max, s.seed + cur.version)
+        choice = choose_k(xs, s.k_min, s.k_max, s.model_seed + cur.version)
         if choice.k == len(centroids) or choice.scores[choice.k] < current_score + _RECHECK_GAIN:
             return None
         ids, next_number = match_ids(

@@ -1,0 +1,316 @@
+"""Wiring only: the Faust app, its topics, tables, agents and web views around the pure core.
+
+Data path::
+
+    input topic ──ingest agent──► Segmenter ──► segment-changes, dead letters, users table (changelog)
+         │  records whose user lives on another partition
+         └──────────► <app>-events-by-user (keyed by user_id) ──same agent code──► Segmenter
+    Segmenter samples ──► <app>-training-samples (1 partition: one trainer per group)
+    trainer agent ──► models global table (every worker reads the same snapshot)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+from faust.web import Request, Response, View
+
+from worker import codec, metrics
+from worker.changes import BatchResult, InputRecord, Segmenter
+from worker.clustering import ModelSnapshot, Trainer
+from worker.events.timefmt import format_rfc3339
+from worker.features.state import UserState, features_at
+from worker.personas import DORMANT
+from worker.routing import partition_keys, partitioner
+from worker.settings import Settings
+
+log = logging.getLogger("worker")
+
+MODEL_KEY = "current"
+H_SRC_PARTITION = "sw.src.partition"
+H_SRC_OFFSET = "sw.src.offset"
+
+
+class _UserStateCodec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        return codec.dumps(obj.to_wire())
+
+    def _loads(self, s: bytes) -> Any:
+        return UserState.from_wire(codec.loads(s))
+
+
+codecs.register("sw-userstate", _UserStateCodec())
+
+
+class _KeyRoutedTable(faust.Table):  # type: ignore[misc]
+    """A table whose changelog partition is computed from the key by our own partitioner.
+
+    Writes happen outside per-event iteration (batches, timers), so Faust cannot take the partition from the
+    current event; and asking the producer's partitioner needs topic metadata it does not always hold. Routing by
+    :func:`worker.routing.partition_for` is exact and agrees with how input records are routed.
+    """
+
+    route: Any = None
+
+    def partition_for_key(self, key: Any) -> int:
+        return int(self.route(key))
+
+
+class _SinglePartitionGlobalTable(faust.GlobalTable):  # type: ignore[misc]
+    def partition_for_key(self, key: Any) -> int:
+        return 0
+
+
+def _table(app: faust.App, cls: type[faust.Table], name: str, partitions: int, **kwargs: Any) -> Any:
+    extra = {"standby_buffer_size": 1, "is_global": True} if cls is _SinglePartitionGlobalTable else {}
+    return app.tables.add(
+        cls(app, name=name, default=None, beacon=app.tables.beacon, partitions=partitions, **extra, **kwargs)
+    )
+
+
+def _raw_topic(app: faust.App, name: str, partitions: int, internal: bool = False) -> Any:
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        partitions=partitions, internal=internal,
+    )
+
+
+def create_app(settings: Settings) -> faust.App:  # noqa: C901 - one place that wires everything
+    s = settings
+    n = s.partitions
+    app = faust.App(
+        s.app_id,
+        broker=s.broker,
+        store="memory://",
+        datadir=s.data_dir,
+        web_port=s.web_port,
+        web_bind=s.web_host,
+        topic_partitions=n,
+        topic_replication_factor=s.replication_factor,
+        processing_guarantee=s.processing_guarantee,
+        broker_session_timeout=s.session_timeout,
+        broker_rebalance_timeout=s.session_timeout,
+        broker_heartbeat_interval=max(0.5, s.session_timeout / 10),
+        broker_max_poll_interval=max(30.0, 3 * s.session_timeout),
+        consumer_auto_offset_reset="earliest",
+        producer_linger=0.005,
+        stream_buffer_maxsize=max(4096, 2 * s.batch_size),
+        key_serializer="raw",
+        value_serializer="raw",
+        autodiscover=False,
+    )
+    source = _raw_topic(app, s.input_topic, n)
+    by_user = _raw_topic(app, f"{s.app_id}-events-by-user", n, internal=True)
+    samples_topic = _raw_topic(app, f"{s.app_id}-training-samples", 1, internal=True)
+    output = _raw_topic(app, s.output_topic, n)
+    dlq = _raw_topic(app, s.dlq_topic, n)
+    partition_of = partitioner(n)
+    users = _table(app, _KeyRoutedTable, "users", n, key_type=str)
+    users.value_serializer = "sw-userstate"  # UserState objects in memory, compact orjson arrays in the changelog
+    part_meta = _table(app, _KeyRoutedTable, "partition-meta", n, key_type=str, value_type=bytes)
+    users.route = part_meta.route = partition_of
+    models = _table(app, _SinglePartitionGlobalTable, "models", 1, key_type=str, value_type=bytes)
+    meta_keys = partition_keys(n, "__partition-meta-")
+    segmenter = Segmenter(s, users, partition_of)
+    owned: set[int] = set()
+    model_bytes: list[bytes | None] = [None]
+
+    def refresh_model() -> bool:
+        """Adopt a newer model snapshot; True when it is the first one (users waiting for a persona)."""
+        raw = models.get(MODEL_KEY)
+        if raw is None or raw is model_bytes[0]:
+            return False
+        model_bytes[0] = raw
+        first = segmenter.model is None
+        snap = ModelSnapshot.from_bytes(raw)
+        if not segmenter.set_model(snap):
+            return False
+        metrics.MODEL_VERSION.set(snap.version)
+        metrics.MODEL_PERSONAS.set(len(snap.persona_ids))
+        log.info("model v%d in use: %s", snap.version, dict(zip(snap.persona_ids, snap.persona_names, strict=True)))
+        return first
+
+    def refresh_ownership() -> None:
+        current = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.input_topic}
+        if current != owned:
+            owned.clear()
+            owned.update(current)
+            marks = {}
+            for p in current:
+                raw = part_meta.get(meta_keys[p])
+                if raw is not None:
+                    marks[p] = int(codec.loads(raw)["max_ts"])
+            segmenter.rebuild(set(current), marks)
+            log.info("owning partitions %s: %d users in state", sorted(current), sum(segmenter.counts.values()))
+
+    async def handle(batch: list[InputRecord]) -> None:
+        refresh_ownership()
+        if refresh_model():
+            await publish(segmenter.sweep(owned, time.monotonic()))
+        started = time.perf_counter()
+        try:
+            res = segmenter.process(batch, int(time.time() * 1000), time.monotonic())
+            await publish(res)
+        except Exception as exc:
+            # not an input problem (those are dead-lettered inside): stop the worker before any offset of
+            # this batch is committed, so a restart re-reads it (the offset fence drops what was applied)
+            log.exception("batch failed; stopping the worker")
+            await app.crash(exc)
+            raise
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    @app.timer(1.0)
+    async def housekeeping() -> None:
+        # a model can arrive while no events flow (the trainer lags the stream): assign waiting users now
+        refresh_ownership()
+        if refresh_model():
+            await publish(segmenter.sweep(owned, time.monotonic()))
+
+    async def publish(res: BatchResult) -> None:
+        producer = app.producer
+        for owner, uid, rec in res.forward:
+            headers = [(H_SRC_PARTITION, str(rec.src_partition).encode()),
+                       (H_SRC_OFFSET, str(rec.src_offset).encode())]
+            await producer.send(by_user.get_topic_name(), uid.encode(), rec.value, owner, None, headers)
+        for d in res.dead:
+            r = d.record
+            headers = [
+                ("dlq.reason", d.reason.encode()),
+                ("dlq.detail", d.detail.encode()),
+                ("dlq.source.topic", s.input_topic.encode()),
+                ("dlq.source.partition", str(r.src_partition).encode()),
+                ("dlq.source.offset", str(r.src_offset).encode()),
+            ]
+            await producer.send(dlq.get_topic_name(), r.key, r.value or b"", None, None, headers)
+            metrics.EVENTS_DEAD_LETTERED.labels(d.reason).inc()
+            log.warning("dead letter %s at %s/%d/%d: %s", d.reason, s.input_topic, r.src_partition, r.src_offset,
+                        d.detail[:120])
+        now = time.monotonic()
+        for uid, change, consumed_at in res.changes:
+            await producer.send(output.get_topic_name(), uid.encode(), change, partition_of(uid), None, None)
+            metrics.EVENT_TO_CHANGE.observe(max(0.0, now - consumed_at))
+        for before, after in res.transitions:
+            metrics.SEGMENT_CHANGES.labels(before, after).inc()
+        for uid, state in res.dirty.items():
+            users[uid] = state
+        for p in res.partitions:
+            part_meta[meta_keys[p]] = codec.dumps({"max_ts": segmenter.watermarks.max_ts.get(p, 0)})
+            metrics.WATERMARK.labels(str(p)).set(segmenter.watermarks.get(p) / 1000)
+        if res.samples:
+            await producer.send(samples_topic.get_topic_name(), None, b"[" + b",".join(res.samples) + b"]", 0,
+                                None, None)
+        metrics.EVENTS_PROCESSED.inc(res.processed)
+        metrics.EVENTS_DUPLICATE.inc(res.duplicates)
+        metrics.EVENTS_FORWARDED.inc(len(res.forward))
+        for segment, count in segmenter.counts.items():
+            metrics.PERSONA_USERS.labels(segment).set(count)
+        metrics.USERS.set(sum(segmenter.counts.values()))
+
+    @app.agent(source, name="ingest")
+    async def ingest(stream: Any) -> None:
+        async for events in stream.take_events(s.batch_size, within=s.batch_window):
+            now = time.monotonic()
+            batch = [
+                InputRecord(m.value, m.key, m.partition, m.offset, m.partition, m.offset, False, now)
+                for m in (e.message for e in events)
+            ]
+            await handle(batch)
+
+    @app.agent(by_user, name="ingest-by-user")
+    async def ingest_by_user(stream: Any) -> None:
+        async for events in stream.take_events(s.batch_size, within=s.batch_window):
+            now = time.monotonic()
+            batch = []
+            for e in events:
+                m = e.message
+                h = dict(m.headers or ())
+                try:
+                    src_p, src_o = int(h[H_SRC_PARTITION]), int(h[H_SRC_OFFSET])
+                except (KeyError, ValueError):  # written by someone else: fence on this topic's coordinates
+                    src_p, src_o = m.partition + n, m.offset
+                batch.append(InputRecord(m.value, m.key, m.partition, m.offset, src_p, src_o, True, now))
+            await handle(batch)
+
+    trainer: list[Trainer | None] = [None]
+
+    @app.agent(samples_topic, name="trainer")
+    async def train(stream: Any) -> None:
+        async for values in stream.take(64, within=0.5):
+            if trainer[0] is None:
+                raw = models.get(MODEL_KEY)
+                trainer[0] = Trainer(s, ModelSnapshot.from_bytes(raw) if raw is not None else None)
+            samples = [
+                (uid, UserState.from_wire(wire), t) for value in values for uid, wire, t in codec.loads(value)
+            ]
+            snap = trainer[0].add(samples)
+            metrics.TRAINING_SAMPLES.inc(len(samples))
+            if snap is not None:
+                models[MODEL_KEY] = snap.to_bytes()
+                log.info("trainer published model v%d (%d personas, %d samples)", snap.version,
+                         len(snap.persona_ids), snap.samples_seen)
+
+    # --- HTTP API --------------------------------------------------------------------------------------
+    def json_response(view: View, obj: Any, status: int = 200) -> Response:
+        return view.bytes(codec.dumps(obj), content_type="application/json", status=status)
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            body, ctype = metrics.exposition()
+            return self.bytes(body, content_type=ctype.split(";")[0])
+
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            model = segmenter.model
+            return json_response(self, {
+                "status": "ok",
+                "model_version": model.version if model else None,
+                "partitions": sorted(owned),
+                "users": len(users),
+            })
+
+    @app.page("/personas")
+    class Personas(View):
+        async def get(self, request: Request) -> Response:
+            model = segmenter.model
+            out = []
+            if model is not None:
+                for i, (pid, name) in enumerate(zip(model.persona_ids, model.persona_names, strict=True)):
+                    out.append({"id": pid, "name": name, "size": segmenter.counts.get(pid, 0),
+                                "profile": model.profile(i)})
+            if segmenter.counts.get(DORMANT):
+                out.append({"id": DORMANT, "name": DORMANT, "size": segmenter.counts[DORMANT], "profile": None})
+            return json_response(self, {
+                "model_version": model.version if model else None,
+                "sizes_cover_partitions": sorted(owned),
+                "personas": out,
+            })
+
+    @app.page("/users/{user_id}")
+    @app.table_route(table=users, match_info="user_id")
+    async def user_view(web: View, request: Request, user_id: str) -> Response:
+        state = users.get(user_id)
+        if state is None:
+            return json_response(web, {"error": "unknown user", "user_id": user_id}, status=404)
+        as_of = max(state.last_ts, segmenter.watermarks.get(partition_of(user_id)))
+        return json_response(web, {
+            "user_id": user_id,
+            "segment": state.segment,
+            "segment_name": segmenter.segment_name(state.segment),
+            "segment_since": format_rfc3339(state.segment_since) if state.segment else None,
+            "pending_segment": state.pending,
+            "event_count": state.n,
+            "first_event_at": format_rfc3339(state.first_ts),
+            "last_event_at": format_rfc3339(state.last_ts),
+            "changes": state.seq,
+            "model_version": state.model_version if state.model_version >= 0 else None,
+            "features_as_of": format_rfc3339(as_of),
+            "features": features_at(state, as_of, s.half_lives_ms),
+        })
+
+    return app

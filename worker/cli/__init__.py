@@ -1,0 +1,3 @@
+"""The ``segment-worker`` command: run, demo, generate, replay."""
+
+from __future__ import annotations

@@ -1,0 +1,97 @@
+"""``segment-worker`` entry point. The only place that reads ``os.environ`` (once, into :class:`Settings`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from worker.errors import SegmentWorkerError
+from worker.settings import ENV_PREFIX, Settings
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    group = parser.add_argument_group("settings (each also from the environment, SEGMENT_WORKER_<NAME>)")
+    for f in dataclasses.fields(Settings):
+        if f.name in skip:
+            continue
+        group.add_argument(
+            "--" + f.name.replace("_", "-"), dest="set_" + f.name, default=None, metavar="VALUE",
+            help=f"{f.metadata.get('help', '')} [env {ENV_PREFIX}{f.name.upper()}, default {f.default!r}]",
+        )
+
+
+def _settings(args: argparse.Namespace, environ: dict[str, str], **defaults: Any) -> Settings:
+    flags = {k.removeprefix("set_"): v for k, v in vars(args).items() if k.startswith("set_") and v is not None}
+    return Settings.load(environ, {**defaults, **flags})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segment-worker",
+        description="Streaming customer segmentation on Kafka: personas per user, segment-change events.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the worker against a Kafka cluster")
+    _add_settings_flags(run)
+
+    demo = sub.add_parser("demo", help="embedded broker + synthetic users + the worker, with a summary")
+    demo.add_argument("--users", type=int, default=1500, help="synthetic users (default 1500)")
+    demo.add_argument("--days", type=float, default=28.0, help="days of event time (default 28)")
+    demo.add_argument("--seed", type=int, default=1, help="population seed")
+    demo.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    demo.add_argument("--json", dest="json_out", default=None, help="also write the summary as JSON to FILE")
+    _add_settings_flags(demo, skip=("broker",))
+
+    gen = sub.add_parser("generate", help="synthetic events with known personas, to JSONL or a topic")
+    gen.add_argument("--users", type=int, default=1000)
+    gen.add_argument("--days", type=float, default=28.0)
+    gen.add_argument("--seed", type=int, default=1)
+    gen.add_argument("--switch-share", type=float, default=0.10, help="share of users that switch persona")
+    gen.add_argument("--silent-share", type=float, default=0.08, help="share of users that go silent")
+    gen.add_argument("--output", "-o", default=None, help="JSONL file ('-' for stdout); else --topic")
+    gen.add_argument("--topic", default=None, help="produce to this topic (of --broker)")
+    gen.add_argument("--truth", default=None, help="write the ground truth (JSON) to this file")
+    gen.add_argument("--broker", default=None, help="kafka://host:port (else SEGMENT_WORKER_BROKER)")
+
+    rep = sub.add_parser("replay", help="JSONL or CSV file of events -> topic, as fast as possible or at a rate")
+    rep.add_argument("file", help="events file (.jsonl/.json lines or .csv)")
+    rep.add_argument("--topic", default=None, help="target topic (default: the input topic setting)")
+    rep.add_argument("--broker", default=None, help="kafka://host:port (else SEGMENT_WORKER_BROKER)")
+    rep.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    rep.add_argument("--format", choices=("jsonl", "csv"), default=None, help="default: by file extension")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    environ = dict(os.environ)
+    try:
+        if args.command == "run":
+            from worker.cli.run import run
+
+            run(_settings(args, environ))
+        elif args.command == "demo":
+            from worker.cli.demo import demo
+
+            code = demo(_settings(args, environ, app_id="segment-worker-demo", partitions=4), environ,
+                        users=args.users, days=args.days, seed=args.seed, timeout=args.timeout,
+                        json_out=args.json_out)
+            sys.exit(code)
+        elif args.command == "generate":
+            from worker.cli.tools import generate_cmd
+
+            generate_cmd(args, Settings.load(environ, {"broker": args.broker}))
+        elif args.command == "replay":
+            from worker.cli.tools import replay_cmd
+
+            replay_cmd(args, Settings.load(environ, {"broker": args.broker}))
+    except SegmentWorkerError as exc:
+        print(f"segment-worker: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,121 @@
+"""``generate`` and ``replay``: getting events onto a topic."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from worker import codec
+from worker.errors import ConfigError
+from worker.kafkaio import create_topics, produce
+from worker.settings import Settings
+from worker.synth import generate
+
+CONTEXT_COLUMNS = ("platform", "country", "language", "channel", "timezone")
+
+
+def _progress(label: str, total: int | None) -> Any:
+    started = time.monotonic()
+
+    def report(n: int) -> None:
+        rate = n / max(1e-9, time.monotonic() - started)
+        of = f"/{total:,}" if total else ""
+        print(f"{label}: {n:,}{of} records ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+
+    return report
+
+
+def keyed(lines: Iterator[bytes]) -> Iterator[tuple[bytes | None, bytes]]:
+    """(key, value) per event: the key is the user id when the line parses; the value is passed verbatim, so
+    malformed lines reach the worker (and its dead-letter topic) unchanged."""
+    for raw in lines:
+        key = None
+        try:
+            doc = codec.loads(raw)
+            uid = doc.get("user_id") if isinstance(doc, dict) else None
+            if isinstance(uid, str):
+                key = uid.encode()
+        except ValueError:
+            pass
+        yield key, raw
+
+
+def generate_cmd(args: argparse.Namespace, settings: Settings) -> None:
+    pop = generate(args.users, args.days, args.seed, args.switch_share, args.silent_share)
+    if args.truth:
+        Path(args.truth).write_bytes(codec.dumps_pretty({u: vars(t) for u, t in pop.truth.items()}))
+    lines = (codec.dumps(e) for e in pop.events)
+    if args.output:
+        out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+        try:
+            for line in lines:
+                out.write(line + b"\n")
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+        print(f"generate: {len(pop.events):,} events of {args.users:,} users", file=sys.stderr)
+        return
+    topic = args.topic or settings.input_topic
+    create_topics(settings.bootstrap_servers, {topic: settings.partitions}, settings.replication_factor)
+    produce(settings.bootstrap_servers, topic, keyed(lines), progress=_progress(f"generate -> {topic}",
+                                                                                 len(pop.events)))
+
+
+def read_events(path: Path, fmt: str | None) -> Iterator[bytes]:
+    fmt = fmt or ("csv" if path.suffix.lower() == ".csv" else "jsonl")
+    if fmt == "jsonl":
+        with path.open("rb") as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    yield line
+        return
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            yield codec.dumps(csv_row_to_event(row))
+
+
+def csv_row_to_event(row: dict[str, str]) -> dict[str, Any]:
+    """CSV columns user_id, event_type, timestamp, value, session_id, event_id, the context fields (plain or
+    ``context.``-prefixed); any other column goes to ``properties``."""
+    event: dict[str, Any] = {}
+    context: dict[str, str] = {}
+    props: dict[str, str] = {}
+    for col, val in row.items():
+        if col is None or val is None or val == "":
+            continue
+        name = col.strip().removeprefix("context.")
+        if name in ("user_id", "event_type", "session_id", "event_id"):
+            event[name] = val
+        elif name == "timestamp":
+            event[name] = int(val) if val.isdigit() else val
+        elif name == "value":
+            try:
+                event[name] = float(val)
+            except ValueError:
+                event[name] = val  # left for the worker to dead-letter
+        elif name in CONTEXT_COLUMNS:
+            context[name] = val
+        else:
+            props[col] = val
+    if context:
+        event["context"] = context
+    if props:
+        event["properties"] = props
+    return event
+
+
+def replay_cmd(args: argparse.Namespace, settings: Settings) -> None:
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"no such file: {path}")
+    topic = args.topic or settings.input_topic
+    create_topics(settings.bootstrap_servers, {topic: settings.partitions}, settings.replication_factor)
+    n = produce(settings.bootstrap_servers, topic, keyed(read_events(path, args.format)), rate=args.rate,
+                progress=_progress(f"replay -> {topic}", None))
+    print(f"replay: {n:,} records to {topic}", file=sys.stderr)

@@ -1,0 +1,105 @@
+"""Plain Kafka client helpers (kafka-python) for the tools around the worker: generate, replay, demo, tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from worker.errors import BrokerError
+
+
+def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1) -> None:
+    """Create topics that do not exist yet (partitions per topic)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segment-worker-admin")
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, p, replication) for name, p in topics.items() if name not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, acks=1, max_request_size=4 * 1024 * 1024,
+        enable_idempotence=False,  # the embedded broker has no InitProducerId; at-least-once is the contract
+    )
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    rate: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Send (key, value) records, at most ``rate`` per second when given; returns how many were sent."""
+    prod = producer(bootstrap)
+    sent = 0
+    started = time.monotonic()
+    last_report = started
+    try:
+        for key, value in records:
+            prod.send(topic, key=key, value=value)
+            sent += 1
+            if rate:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0.005:
+                    time.sleep(ahead)
+            if progress and time.monotonic() - last_report >= 1.0:
+                last_report = time.monotonic()
+                progress(sent)
+        prod.flush(60)
+    finally:
+        prod.close(10)
+    if progress:
+        progress(sent)
+    return sent
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
+    """Every record currently in ``topic`` (up to the end offsets at call time), without a consumer group."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             consumer_timeout_ms=1000)
+    try:
+        deadline = time.monotonic() + timeout
+        parts = None
+        while parts is None:
+            parts = consumer.partitions_for_topic(topic)
+            if parts is None:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"topic {topic} not found")
+                time.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out: list[Record] = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"timed out reading {topic}")
+            for tp, msgs in consumer.poll(timeout_ms=500).items():
+                for m in msgs:
+                    out.append(Record(tp.partition, m.offset, m.key, m.value,
+                                      {k: v for k, v in (m.headers or [])}))
+        return out
+    finally:
+        consumer.close()

@@ -1,0 +1,42 @@
+"""Prometheus metrics of the worker (prometheus-client, default registry with the process collectors)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+disable_created_metrics()
+
+PREFIX = "segment_worker_"
+
+EVENTS_PROCESSED = Counter(PREFIX + "events_processed", "Valid events applied to user state.")
+EVENTS_DEAD_LETTERED = Counter(
+    PREFIX + "events_dead_lettered", "Input records sent to the dead-letter topic, by reason.", ["reason"]
+)
+EVENTS_DUPLICATE = Counter(
+    PREFIX + "events_duplicate", "Re-delivered records skipped by the per-user offset fence."
+)
+EVENTS_FORWARDED = Counter(
+    PREFIX + "events_forwarded", "Records re-routed to the partition that owns their user_id."
+)
+SEGMENT_CHANGES = Counter(
+    PREFIX + "segment_changes", "Segment-change events emitted.", ["from_segment", "to_segment"]
+)
+PERSONA_USERS = Gauge(PREFIX + "persona_users", "Users per persona on this worker's partitions.", ["segment"])
+USERS = Gauge(PREFIX + "users", "Users held in this worker's state (active partitions).")
+EVENT_TO_CHANGE = Histogram(
+    PREFIX + "event_to_change_seconds",
+    "Wall time from consuming an event to emitting the change it caused.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BATCH_SECONDS = Histogram(
+    PREFIX + "batch_seconds", "Processing time of one batch of input records.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+MODEL_VERSION = Gauge(PREFIX + "model_version", "Version of the model snapshot this worker assigns with.")
+MODEL_PERSONAS = Gauge(PREFIX + "model_personas", "Personas in the current model.")
+TRAINING_SAMPLES = Counter(PREFIX + "training_samples", "Samples learned by the trainer (on the trainer worker).")
+WATERMARK = Gauge(PREFIX + "watermark_seconds", "Event-time watermark per partition (Unix seconds).", ["partition"])
+
+
+def exposition() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST
