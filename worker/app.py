@@ -74,12 +74,17 @@ def _table(app: faust.App, cls: type[faust.Table], name: str, partitions: int, *
 
 def _raw_topic(app: faust.App, name: str, partitions: int, internal: bool = False) -> Any:
     return app.topic(
-        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-        partitions=partitions, internal=internal,
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=internal,
     )
 
 
-def create_app(settings: Settings) -> faust.App:  # noqa: C901 - one place that wires everything
+def create_app(settings: Settings) -> faust.App:
     s = settings
     n = s.partitions
     app = faust.App(
@@ -173,8 +178,7 @@ def create_app(settings: Settings) -> faust.App:  # noqa: C901 - one place that 
     async def publish(res: BatchResult) -> None:
         producer = app.producer
         for owner, uid, rec in res.forward:
-            headers = [(H_SRC_PARTITION, str(rec.src_partition).encode()),
-                       (H_SRC_OFFSET, str(rec.src_offset).encode())]
+            headers = [(H_SRC_PARTITION, str(rec.src_partition).encode()), (H_SRC_OFFSET, str(rec.src_offset).encode())]
             await producer.send(by_user.get_topic_name(), uid.encode(), rec.value, owner, None, headers)
         for d in res.dead:
             r = d.record
@@ -187,8 +191,9 @@ def create_app(settings: Settings) -> faust.App:  # noqa: C901 - one place that 
             ]
             await producer.send(dlq.get_topic_name(), r.key, r.value or b"", None, None, headers)
             metrics.EVENTS_DEAD_LETTERED.labels(d.reason).inc()
-            log.warning("dead letter %s at %s/%d/%d: %s", d.reason, s.input_topic, r.src_partition, r.src_offset,
-                        d.detail[:120])
+            log.warning(
+                "dead letter %s at %s/%d/%d: %s", d.reason, s.input_topic, r.src_partition, r.src_offset, d.detail[:120]
+            )
         now = time.monotonic()
         for uid, change, consumed_at in res.changes:
             await producer.send(output.get_topic_name(), uid.encode(), change, partition_of(uid), None, None)
@@ -201,8 +206,9 @@ def create_app(settings: Settings) -> faust.App:  # noqa: C901 - one place that 
             part_meta[meta_keys[p]] = codec.dumps({"max_ts": segmenter.watermarks.max_ts.get(p, 0)})
             metrics.WATERMARK.labels(str(p)).set(segmenter.watermarks.get(p) / 1000)
         if res.samples:
-            await producer.send(samples_topic.get_topic_name(), None, b"[" + b",".join(res.samples) + b"]", 0,
-                                None, None)
+            await producer.send(
+                samples_topic.get_topic_name(), None, b"[" + b",".join(res.samples) + b"]", 0, None, None
+            )
         metrics.EVENTS_PROCESSED.inc(res.processed)
         metrics.EVENTS_DUPLICATE.inc(res.duplicates)
         metrics.EVENTS_FORWARDED.inc(len(res.forward))
@@ -240,18 +246,21 @@ def create_app(settings: Settings) -> faust.App:  # noqa: C901 - one place that 
     @app.agent(samples_topic, name="trainer")
     async def train(stream: Any) -> None:
         async for values in stream.take(64, within=0.5):
-            if trainer[0] is None:
+            current = trainer[0]
+            if current is None:
                 raw = models.get(MODEL_KEY)
-                trainer[0] = Trainer(s, ModelSnapshot.from_bytes(raw) if raw is not None else None)
-            samples = [
-                (uid, UserState.from_wire(wire), t) for value in values for uid, wire, t in codec.loads(value)
-            ]
-            snap = trainer[0].add(samples)
+                current = trainer[0] = Trainer(s, ModelSnapshot.from_bytes(raw) if raw is not None else None)
+            samples = [(uid, UserState.from_wire(wire), t) for value in values for uid, wire, t in codec.loads(value)]
+            snap = current.add(samples)
             metrics.TRAINING_SAMPLES.inc(len(samples))
             if snap is not None:
                 models[MODEL_KEY] = snap.to_bytes()
-                log.info("trainer published model v%d (%d personas, %d samples)", snap.version,
-                         len(snap.persona_ids), snap.samples_seen)
+                log.info(
+                    "trainer published model v%d (%d personas, %d samples)",
+                    snap.version,
+                    len(snap.persona_ids),
+                    snap.samples_seen,
+                )
 
     # --- HTTP API --------------------------------------------------------------------------------------
     def json_response(view: View, obj: Any, status: int = 200) -> Response:
@@ -267,12 +276,15 @@ def create_app(settings: Settings) -> faust.App:  # noqa: C901 - one place that 
     class Health(View):
         async def get(self, request: Request) -> Response:
             model = segmenter.model
-            return json_response(self, {
-                "status": "ok",
-                "model_version": model.version if model else None,
-                "partitions": sorted(owned),
-                "users": len(users),
-            })
+            return json_response(
+                self,
+                {
+                    "status": "ok",
+                    "model_version": model.version if model else None,
+                    "partitions": sorted(owned),
+                    "users": len(users),
+                },
+            )
 
     @app.page("/personas")
     class Personas(View):
@@ -281,15 +293,19 @@ def create_app(settings: Settings) -> faust.App:  # noqa: C901 - one place that 
             out = []
             if model is not None:
                 for i, (pid, name) in enumerate(zip(model.persona_ids, model.persona_names, strict=True)):
-                    out.append({"id": pid, "name": name, "size": segmenter.counts.get(pid, 0),
-                                "profile": model.profile(i)})
+                    out.append(
+                        {"id": pid, "name": name, "size": segmenter.counts.get(pid, 0), "profile": model.profile(i)}
+                    )
             if segmenter.counts.get(DORMANT):
                 out.append({"id": DORMANT, "name": DORMANT, "size": segmenter.counts[DORMANT], "profile": None})
-            return json_response(self, {
-                "model_version": model.version if model else None,
-                "sizes_cover_partitions": sorted(owned),
-                "personas": out,
-            })
+            return json_response(
+                self,
+                {
+                    "model_version": model.version if model else None,
+                    "sizes_cover_partitions": sorted(owned),
+                    "personas": out,
+                },
+            )
 
     @app.page("/users/{user_id}")
     @app.table_route(table=users, match_info="user_id")
@@ -298,19 +314,22 @@ def create_app(settings: Settings) -> faust.App:  # noqa: C901 - one place that 
         if state is None:
             return json_response(web, {"error": "unknown user", "user_id": user_id}, status=404)
         as_of = max(state.last_ts, segmenter.watermarks.get(partition_of(user_id)))
-        return json_response(web, {
-            "user_id": user_id,
-            "segment": state.segment,
-            "segment_name": segmenter.segment_name(state.segment),
-            "segment_since": format_rfc3339(state.segment_since) if state.segment else None,
-            "pending_segment": state.pending,
-            "event_count": state.n,
-            "first_event_at": format_rfc3339(state.first_ts),
-            "last_event_at": format_rfc3339(state.last_ts),
-            "changes": state.seq,
-            "model_version": state.model_version if state.model_version >= 0 else None,
-            "features_as_of": format_rfc3339(as_of),
-            "features": features_at(state, as_of, s.half_lives_ms),
-        })
+        return json_response(
+            web,
+            {
+                "user_id": user_id,
+                "segment": state.segment,
+                "segment_name": segmenter.segment_name(state.segment),
+                "segment_since": format_rfc3339(state.segment_since) if state.segment else None,
+                "pending_segment": state.pending,
+                "event_count": state.n,
+                "first_event_at": format_rfc3339(state.first_ts),
+                "last_event_at": format_rfc3339(state.last_ts),
+                "changes": state.seq,
+                "model_version": state.model_version if state.model_version >= 0 else None,
+                "features_as_of": format_rfc3339(as_of),
+                "features": features_at(state, as_of, s.half_lives_ms),
+            },
+        )
 
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,17 +21,19 @@ def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1) 
         existing = set(admin.list_topics())
         new = [NewTopic(name, p, replication) for name, p in topics.items() if name not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # raced with another creator
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 
 
 def producer(bootstrap: str) -> KafkaProducer:
     return KafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, acks=1, max_request_size=4 * 1024 * 1024,
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        batch_size=256 * 1024,
+        acks=1,
+        max_request_size=4 * 1024 * 1024,
         enable_idempotence=False,  # the embedded broker has no InitProducerId; at-least-once is the contract
     )
 
@@ -77,8 +80,9 @@ class Record:
 
 def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
     """Every record currently in ``topic`` (up to the end offsets at call time), without a consumer group."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, consumer_timeout_ms=1000
+    )
     try:
         deadline = time.monotonic() + timeout
         parts = None
@@ -98,8 +102,7 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
                 raise BrokerError(f"timed out reading {topic}")
             for tp, msgs in consumer.poll(timeout_ms=500).items():
                 for m in msgs:
-                    out.append(Record(tp.partition, m.offset, m.key, m.value,
-                                      {k: v for k, v in (m.headers or [])}))
+                    out.append(Record(tp.partition, m.offset, m.key, m.value, {k: v for k, v in (m.headers or [])}))
         return out
     finally:
         consumer.close()

@@ -3,16 +3,17 @@ the producer applies to table changelog records, so state and routing always agr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 from aiokafka.partitioner import murmur2
 
 
 def partition_for(key: str, partitions: int) -> int:
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-def partitioner(partitions: int, cache: int = 1 << 16) -> lru_cache:  # type: ignore[type-arg]
+def partitioner(partitions: int, cache: int = 1 << 16) -> Callable[[str], int]:
     """A cached ``user_id -> partition`` function for the hot path."""
 
     @lru_cache(maxsize=cache)

@@ -6,7 +6,14 @@ from worker.features.state import UserState
 
 
 def decide(
-    state: UserState, candidate: str, margin: float, *, n: int, min_events: int, confirmations: int, min_margin: float,
+    state: UserState,
+    candidate: str,
+    margin: float,
+    *,
+    n: int,
+    min_events: int,
+    confirmations: int,
+    min_margin: float,
     immediate: bool = False,
 ) -> tuple[str | None, str] | None:
     """Update the user's pending move and return ``(from, to)`` when the segment changes now.

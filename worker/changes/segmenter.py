@@ -169,8 +169,9 @@ class Segmenter:
                     res.samples.append(codec.dumps([uid, state.to_wire(), state.last_ts]))
                 if space is not None:
                     t = state.last_ts
-                    evals.append(_Eval(uid, state, t, state.n, "event", (rec.src_partition, rec.src_offset),
-                                       rec.consumed_at))
+                    evals.append(
+                        _Eval(uid, state, t, state.n, "event", (rec.src_partition, rec.src_offset), rec.consumed_at)
+                    )
                     rows.append(space.row(state, t))
         for uid, state in res.dirty.items():
             if state.due:
@@ -191,8 +192,9 @@ class Segmenter:
         rows: list[list[float]] = []
         for uid, state in self.store.items():
             if state.segment is None and state.n >= self.s.min_events and self.partition_of(uid) in owned:
-                evals.append(_Eval(uid, state, state.last_ts, state.n, "event", (state.source[0], state.source[1]),
-                                   now_mono))
+                evals.append(
+                    _Eval(uid, state, state.last_ts, state.n, "event", (state.source[0], state.source[1]), now_mono)
+                )
                 rows.append(model.space.row(state, state.last_ts))
                 res.dirty[uid] = state
         if evals:
@@ -216,8 +218,9 @@ class Segmenter:
                     continue  # erased, rescheduled by a newer event, or a stale entry
                 t = state.due
                 state.silence_step += 1
-                state.due = state.last_ts + self.checks[state.silence_step] if state.silence_step < len(
-                    self.checks) else 0
+                state.due = (
+                    state.last_ts + self.checks[state.silence_step] if state.silence_step < len(self.checks) else 0
+                )
                 if state.due:
                     self.silence.schedule(p, uid, state.due)
                 res.dirty[uid] = state
@@ -227,13 +230,12 @@ class Segmenter:
                 if space is None:
                     continue
                 dormant = bool(dormant_ms) and t - state.last_ts >= dormant_ms
-                evals.append(_Eval(uid, state, t, state.n, "silence", (state.source[0], state.source[1]), now,
-                                   dormant))
+                evals.append(_Eval(uid, state, t, state.n, "silence", (state.source[0], state.source[1]), now, dormant))
                 rows.append(space.row(state, t))
 
     def _evaluate(self, model: ModelSnapshot, evals: list[_Eval], rows: list[list[float]], res: BatchResult) -> None:
         s = self.s
-        a = model.assign(np.asarray(rows, dtype=np.float64))
+        a = model.assign(model.space.transform(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)))
         index = a.index.tolist()
         margin = a.margin.tolist()
         ids = model.persona_ids
@@ -241,8 +243,14 @@ class Segmenter:
             state = e.state
             candidate = DORMANT if e.dormant else ids[index[i]]
             moved = decide(
-                state, candidate, margin[i], n=e.n, min_events=s.min_events, confirmations=s.confirmations,
-                min_margin=s.min_margin, immediate=e.dormant,
+                state,
+                candidate,
+                margin[i],
+                n=e.n,
+                min_events=s.min_events,
+                confirmations=s.confirmations,
+                min_margin=s.min_margin,
+                immediate=e.dormant,
             )
             if moved is None:
                 continue
@@ -256,7 +264,12 @@ class Segmenter:
             res.transitions.append((before or "none", after))
 
     def _emit(
-        self, model: ModelSnapshot, e: _Eval, before: str | None, after: str, margin: float,
+        self,
+        model: ModelSnapshot,
+        e: _Eval,
+        before: str | None,
+        after: str,
+        margin: float,
         reasons: list[dict[str, Any]],
     ) -> bytes:
         state = e.state

@@ -19,7 +19,10 @@ def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = (
         if f.name in skip:
             continue
         group.add_argument(
-            "--" + f.name.replace("_", "-"), dest="set_" + f.name, default=None, metavar="VALUE",
+            "--" + f.name.replace("_", "-"),
+            dest="set_" + f.name,
+            default=None,
+            metavar="VALUE",
             help=f"{f.metadata.get('help', '')} [env {ENV_PREFIX}{f.name.upper()}, default {f.default!r}]",
         )
 
@@ -78,9 +81,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "demo":
             from worker.cli.demo import demo
 
-            code = demo(_settings(args, environ, app_id="segment-worker-demo", partitions=4), environ,
-                        users=args.users, days=args.days, seed=args.seed, timeout=args.timeout,
-                        json_out=args.json_out)
+            code = demo(
+                _settings(args, environ, app_id="segment-worker-demo", partitions=4),
+                environ,
+                users=args.users,
+                days=args.days,
+                seed=args.seed,
+                timeout=args.timeout,
+                json_out=args.json_out,
+            )
             sys.exit(code)
         elif args.command == "generate":
             from worker.cli.tools import generate_cmd

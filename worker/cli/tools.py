@@ -62,8 +62,9 @@ def generate_cmd(args: argparse.Namespace, settings: Settings) -> None:
         return
     topic = args.topic or settings.input_topic
     create_topics(settings.bootstrap_servers, {topic: settings.partitions}, settings.replication_factor)
-    produce(settings.bootstrap_servers, topic, keyed(lines), progress=_progress(f"generate -> {topic}",
-                                                                                 len(pop.events)))
+    produce(
+        settings.bootstrap_servers, topic, keyed(lines), progress=_progress(f"generate -> {topic}", len(pop.events))
+    )
 
 
 def read_events(path: Path, fmt: str | None) -> Iterator[bytes]:
@@ -116,6 +117,11 @@ def replay_cmd(args: argparse.Namespace, settings: Settings) -> None:
         raise ConfigError(f"no such file: {path}")
     topic = args.topic or settings.input_topic
     create_topics(settings.bootstrap_servers, {topic: settings.partitions}, settings.replication_factor)
-    n = produce(settings.bootstrap_servers, topic, keyed(read_events(path, args.format)), rate=args.rate,
-                progress=_progress(f"replay -> {topic}", None))
+    n = produce(
+        settings.bootstrap_servers,
+        topic,
+        keyed(read_events(path, args.format)),
+        rate=args.rate,
+        progress=_progress(f"replay -> {topic}", None),
+    )
     print(f"replay: {n:,} records to {topic}", file=sys.stderr)

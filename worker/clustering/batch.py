@@ -10,7 +10,7 @@ import numpy as np
 
 def sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances, shape (len(x), len(centers))."""
-    d = (x * x).sum(1)[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None, :]
+    d: np.ndarray = (x * x).sum(1)[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None, :]
     np.maximum(d, 0.0, out=d)
     return d
 

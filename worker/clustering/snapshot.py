@@ -57,7 +57,8 @@ class ModelSnapshot:
         return Assignment(first, margin, xs)
 
     def unscale(self, row: np.ndarray) -> np.ndarray:
-        return row * self.scale + self.mean
+        out: np.ndarray = row * self.scale + self.mean
+        return out
 
     def name_of(self, persona_id: str | None) -> str | None:
         if persona_id is None:

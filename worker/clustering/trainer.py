@@ -33,6 +33,7 @@ class Trainer:
         self.settings = settings
         self.overrides = load_name_overrides(settings.persona_names_file)
         self.warmup: dict[str, tuple[UserState, int]] = {}  # newest sample per user until the first fit
+        self._warm_span = (2**63, 0)  # oldest and newest sample time seen in warm-up
         self.window = np.zeros((0, 0))
         self._window_len = 0
         self._window_pos = 0
@@ -77,11 +78,12 @@ class Trainer:
         for uid, state, t in samples:
             if self.current is None:
                 self.warmup[uid] = (state, t)
+                self._warm_span = (min(self._warm_span[0], t), max(self._warm_span[1], t))
                 if len(self.warmup) >= self.settings.warmup_samples and self._warm_enough():
                     published = self._fit_first()
                 continue
             snap = self.current
-            xs = (np.asarray(snap.space.row(state, t)) - snap.mean) / snap.scale
+            xs = (snap.space.matrix([state], [t])[0] - snap.mean) / snap.scale
             self._remember(xs)
             assert self.model is not None
             self.model.learn_one(dict(zip(snap.space.names, xs.tolist(), strict=True)))
@@ -102,8 +104,7 @@ class Trainer:
     def _warm_enough(self) -> bool:
         """The first fit waits until the samples span the slowest half-life of event time, so the decayed rates
         it is fitted on have matured (a fit on the first hours of a stream sees only newcomers)."""
-        times = [t for _, t in self.warmup.values()]
-        return max(times) - min(times) >= max(self.settings.half_lives_ms)
+        return self._warm_span[1] - self._warm_span[0] >= max(self.settings.half_lives_ms)
 
     def _fit_first(self) -> ModelSnapshot:
         s = self.settings
@@ -178,11 +179,23 @@ class Trainer:
         ids, next_number = match_ids(
             cur.persona_ids, centroids, choice.fit.centers, s.new_persona_distance, cur.next_persona
         )
-        log.info("persona count %d -> %d (silhouette %.3f -> %.3f)", len(centroids), choice.k, current_score,
-                 choice.scores[choice.k])
+        log.info(
+            "persona count %d -> %d (silhouette %.3f -> %.3f)",
+            len(centroids),
+            choice.k,
+            current_score,
+            choice.scores[choice.k],
+        )
         snap = self._snapshot(
-            cur.version + 1, cur.space, cur.mean, cur.scale, choice.fit.centers, ids, next_number,
-            self.seen, choice.scores,
+            cur.version + 1,
+            cur.space,
+            cur.mean,
+            cur.scale,
+            choice.fit.centers,
+            ids,
+            next_number,
+            self.seen,
+            choice.scores,
         )
         self.since_publish = 0
         self.current = snap

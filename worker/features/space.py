@@ -7,8 +7,7 @@ snapshot, so every worker builds the same vectors for the same model version.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +16,6 @@ import numpy as np
 from worker.features.state import UserState, decay_factors
 
 _DAY_MS = 86_400_000
-_log1p = math.log1p
 FIXED_FEATURES = (
     "rate_other",
     "spend",
@@ -33,7 +31,7 @@ FIXED_FEATURES = (
 
 def choose_vocabulary(states: Iterable[UserState], size: int) -> list[str]:
     """The ``size`` event types with the largest total slow-decayed count (ties by name, deterministic)."""
-    totals: Counter[str] = Counter()
+    totals: dict[str, float] = defaultdict(float)
     for s in states:
         for etype, counts in s.rates.items():
             totals[etype] += counts[-1]
@@ -53,42 +51,65 @@ class FeatureSpace:
     names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        rate_names = [
-            f"rate_{_label(h / _DAY_MS)}:{etype}" for etype in self.vocabulary for h in self.half_lives_ms
-        ]
+        rate_names = [f"rate_{_label(h / _DAY_MS)}:{etype}" for etype in self.vocabulary for h in self.half_lives_ms]
         object.__setattr__(self, "names", (*rate_names, *FIXED_FEATURES))
 
     @property
     def dim(self) -> int:
         return len(self.names)
 
+    @property
+    def n_log(self) -> int:
+        """Leading columns that are counts (log-compressed by :meth:`transform`); the rest are shares."""
+        return len(self.names) - 5
+
     def row(self, state: UserState, t: int) -> list[float]:
-        """The (unscaled) vector of ``state`` as of event time ``t``: log-compressed counts and shares."""
-        f = decay_factors(max(0, t - state.ref_ts), self.half_lives_ms)
-        slow = f[-1]
+        """The raw vector of ``state`` as of event time ``t`` (hot path: plain floats, no logs; see
+        :meth:`transform`). Decayed counts per vocabulary type and half-life, other types, spend, days since the
+        last event, sessions, then daypart and weekend shares."""
+        dt = t - state.ref_ts
         rates = state.rates
-        out: list[float] = []
-        other = 0.0
         vocab = self.vocabulary
-        zeros = [0.0] * len(f)
-        for etype in vocab:
-            counts = rates.get(etype, zeros)
-            out.extend(_log1p(c * fi) for c, fi in zip(counts, f, strict=True))
+        out: list[float] = []
+        zeros = self._zeros
+        if dt <= 0:
+            slow = 1.0
+            for etype in vocab:
+                out += rates.get(etype, zeros)
+        else:
+            f = decay_factors(dt, self.half_lives_ms)
+            slow = f[-1]
+            for etype in vocab:
+                counts = rates.get(etype)
+                out += [c * fi for c, fi in zip(counts, f, strict=True)] if counts else zeros
+        other = 0.0
         for etype, counts in rates.items():
             if etype not in vocab:
                 other += counts[-1]
         dp = state.daypart
         dp_total = dp[0] + dp[1] + dp[2] + dp[3] + 1.0
-        slow_total = state.slow_total + 1.0
-        out.append(_log1p(other * slow))
-        out.append(_log1p(max(0.0, state.spend[-1]) * slow))
-        out.append(_log1p(max(0, t - state.last_ts) / _DAY_MS))
-        out.append(_log1p(state.sessions * slow))
-        out.extend((x + 0.25) / dp_total for x in dp)
-        out.append(state.weekend / slow_total)
+        out += (
+            other * slow,
+            max(0.0, state.spend[-1]) * slow,
+            max(0, t - state.last_ts) / _DAY_MS,
+            state.sessions * slow,
+            (dp[0] + 0.25) / dp_total,
+            (dp[1] + 0.25) / dp_total,
+            (dp[2] + 0.25) / dp_total,
+            (dp[3] + 0.25) / dp_total,
+            state.weekend / (state.slow_total + 1.0),
+        )
         return out
 
+    def transform(self, rows: np.ndarray) -> np.ndarray:
+        """Rows from :meth:`row` → model units (counts log-compressed), in place, vectorised."""
+        np.log1p(rows[:, : self.n_log], out=rows[:, : self.n_log])
+        return rows
+
     def matrix(self, states: Sequence[UserState], times: Sequence[int]) -> np.ndarray:
-        return np.array([self.row(s, t) for s, t in zip(states, times, strict=True)], dtype=np.float64).reshape(
-            len(states), self.dim
-        )
+        rows = np.array([self.row(s, t) for s, t in zip(states, times, strict=True)], dtype=np.float64)
+        return self.transform(rows.reshape(len(states), self.dim))
+
+    @property
+    def _zeros(self) -> list[float]:
+        return [0.0] * len(self.half_lives_ms)

@@ -232,8 +232,11 @@ def features_at(state: UserState, t: int, half_lives_ms: tuple[float, ...]) -> d
         "decayed_spend": {f"{d:g}d": round(s * fi, 4) for s, fi, d in zip(state.spend, f, days, strict=True)},
         "decayed_sessions": round(state.sessions * slow, 4),
         "daypart_share": dict(
-            zip(("night", "morning", "afternoon", "evening"), (round(x / dp_total, 4) for x in state.daypart),
-                strict=True)
+            zip(
+                ("night", "morning", "afternoon", "evening"),
+                (round(x / dp_total, 4) for x in state.daypart),
+                strict=True,
+            )
         ),
         "weekend_share": round(state.weekend / slow_total, 4) if slow_total else 0.0,
         "context": dict(state.context),

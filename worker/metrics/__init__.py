@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX = "segment_worker_"
 
@@ -12,15 +12,9 @@ EVENTS_PROCESSED = Counter(PREFIX + "events_processed", "Valid events applied to
 EVENTS_DEAD_LETTERED = Counter(
     PREFIX + "events_dead_lettered", "Input records sent to the dead-letter topic, by reason.", ["reason"]
 )
-EVENTS_DUPLICATE = Counter(
-    PREFIX + "events_duplicate", "Re-delivered records skipped by the per-user offset fence."
-)
-EVENTS_FORWARDED = Counter(
-    PREFIX + "events_forwarded", "Records re-routed to the partition that owns their user_id."
-)
-SEGMENT_CHANGES = Counter(
-    PREFIX + "segment_changes", "Segment-change events emitted.", ["from_segment", "to_segment"]
-)
+EVENTS_DUPLICATE = Counter(PREFIX + "events_duplicate", "Re-delivered records skipped by the per-user offset fence.")
+EVENTS_FORWARDED = Counter(PREFIX + "events_forwarded", "Records re-routed to the partition that owns their user_id.")
+SEGMENT_CHANGES = Counter(PREFIX + "segment_changes", "Segment-change events emitted.", ["from_segment", "to_segment"])
 PERSONA_USERS = Gauge(PREFIX + "persona_users", "Users per persona on this worker's partitions.", ["segment"])
 USERS = Gauge(PREFIX + "users", "Users held in this worker's state (active partitions).")
 EVENT_TO_CHANGE = Histogram(
@@ -29,7 +23,8 @@ EVENT_TO_CHANGE = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 BATCH_SECONDS = Histogram(
-    PREFIX + "batch_seconds", "Processing time of one batch of input records.",
+    PREFIX + "batch_seconds",
+    "Processing time of one batch of input records.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 MODEL_VERSION = Gauge(PREFIX + "model_version", "Version of the model snapshot this worker assigns with.")

@@ -32,8 +32,14 @@ PERSONAS: tuple[PersonaSpec, ...] = (
     PersonaSpec("creators", 0.28, {"post": 1.2, "upload": 0.5, "comment": 0.8, "view": 1.0}, (18, 24)),
     PersonaSpec("social consumers", 0.24, {"view": 2.0, "like": 2.0, "share": 0.6}, (19, 24), weekend_boost=1.5),
     PersonaSpec("readers", 0.20, {"read_article": 2.0, "view": 0.8}, (6, 11)),
-    PersonaSpec("bargain hunters", 0.16, {"view_product": 1.5, "coupon": 0.7, "purchase": 0.25}, (12, 18), 15.0,
-                weekend_boost=2.0),
+    PersonaSpec(
+        "bargain hunters",
+        0.16,
+        {"view_product": 1.5, "coupon": 0.7, "purchase": 0.25},
+        (12, 18),
+        15.0,
+        weekend_boost=2.0,
+    ),
     PersonaSpec("big spenders", 0.12, {"view_product": 0.8, "purchase": 0.5}, (11, 22), 220.0),
 )
 
@@ -103,7 +109,13 @@ def generate(
 
 
 def _events(
-    rng: np.random.Generator, uid: str, spec: PersonaSpec, lo: int, hi: int, activity: float, tz: str,
+    rng: np.random.Generator,
+    uid: str,
+    spec: PersonaSpec,
+    lo: int,
+    hi: int,
+    activity: float,
+    tz: str,
     platform: str,
 ) -> Iterator[dict[str, Any]]:
     span_days = (hi - lo) / _DAY_MS

@@ -1,0 +1,85 @@
+"""A ``segment-worker run`` child process and its HTTP API: used by the demo, the benches and the tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker import codec
+from worker.errors import SegmentWorkerError
+from worker.settings import Settings
+
+
+def metric_total(m: dict[str, float], name: str) -> float:
+    """Sum of a metric over all its label sets in a :meth:`WorkerProcess.metrics` dict."""
+    return sum(v for k, v in m.items() if k == name or k.startswith(name + "|"))
+
+
+class WorkerProcess:
+    """A ``segment-worker run`` child process and its HTTP API."""
+
+    def __init__(self, settings: Settings, environ: dict[str, str], log_path: Path) -> None:
+        self.base = f"http://127.0.0.1:{settings.web_port}"
+        self.log_path = log_path
+        env = {**environ, **settings.to_env()}
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.base + path, timeout=5) as resp:
+            body = resp.read()
+        return body if path == "/metrics" else codec.loads(body)
+
+    def status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(self.get("/metrics").decode()):
+            for sample in family.samples:
+                key = sample.name + "".join(f"|{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[key] = sample.value
+        return out
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SegmentWorkerError(f"worker exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if self.get("/healthz").get("partitions"):
+                    return
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise SegmentWorkerError(f"worker not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _total(m: dict[str, float], name: str) -> float:
+    return sum(v for k, v in m.items() if k == name or k.startswith(name + "|"))
