@@ -65,7 +65,12 @@ class EventParser:
         try:
             self._validate(doc)
         except fastjsonschema.JsonSchemaValueException as exc:
-            reason = "missing_field" if exc.rule == "required" else "invalid_field"
+            if exc.rule == "required":
+                reason = "missing_field"
+            elif exc.name == "data.timestamp":
+                reason = "bad_timestamp"
+            else:
+                reason = "invalid_field"
             raise InvalidEvent(reason, exc.message[:200]) from None
         ts = parse_timestamp(doc["timestamp"])
         if ts > now_ms + self.max_future_ms:

@@ -1,0 +1,63 @@
+"""Shared fixtures: one real (embedded Tansu) Kafka broker for the whole session; factories for unique topic
+sets and worker processes. Integration tests never mock Kafka and never skip: no broker is a failure."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.broker import EmbeddedBroker, free_port
+from worker.kafkaio import create_topics
+from worker.process import WorkerProcess
+from worker.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_file=log) as b:
+        yield b
+
+
+@pytest.fixture
+def worker_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    """Settings with a unique app id (consumer group, internal topics) and unique input/output/DLQ topics."""
+    tag = uuid.uuid4().hex[:8]
+    s = Settings(
+        broker=broker.url,
+        app_id=f"t-{tag}",
+        input_topic=f"events-{tag}",
+        output_topic=f"changes-{tag}",
+        dlq_topic=f"dlq-{tag}",
+        partitions=3,
+        web_port=free_port(),
+        web_host="127.0.0.1",
+        data_dir=str(tmp_path / "data"),
+        warmup_samples=150,
+        k_max=8,
+        session_timeout=6.0,
+    )
+    create_topics(
+        broker.bootstrap, {s.input_topic: s.partitions, s.output_topic: s.partitions, s.dlq_topic: s.partitions}
+    )
+    return s
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Any]:
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, wait: float = 90.0) -> WorkerProcess:
+        w = WorkerProcess(settings, dict(os.environ), tmp_path / f"worker-{len(started)}.log")
+        started.append(w)
+        w.wait_ready(wait)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()

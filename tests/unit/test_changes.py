@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+
+from worker import codec
+from worker.changes import BatchResult, InputRecord, Segmenter
+from worker.changes.hysteresis import decide
+from worker.changes.segmenter import change_id
+from worker.changes.silence import BUCKET_MS, SilenceIndex
+from worker.clustering import ModelSnapshot
+from worker.features import FeatureSpace, UserState
+from worker.settings import Settings
+
+DAY = 86_400_000
+T0 = 1_767_225_600_000
+CHANGE_SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "segment-change.v1.json").read_text())
+
+
+def test_first_assignment_waits_for_min_events() -> None:
+    s = UserState(2)
+    assert decide(s, "p1", 0.9, n=2, min_events=3, confirmations=2, min_margin=0.1) is None
+    assert decide(s, "p1", 0.9, n=3, min_events=3, confirmations=2, min_margin=0.1) == (None, "p1")
+
+
+def test_move_needs_consecutive_confident_confirmations() -> None:
+    s = UserState(2)
+    s.segment = "p1"
+    kw = {"n": 10, "min_events": 3, "confirmations": 3, "min_margin": 0.2}
+    assert decide(s, "p2", 0.5, **kw) is None
+    assert decide(s, "p2", 0.05, **kw) is None  # weak evidence does not count, does not reset
+    assert decide(s, "p2", 0.5, **kw) is None
+    assert decide(s, "p1", 0.5, **kw) is None  # back home: pending move cancelled
+    assert s.pending is None
+    assert [decide(s, "p2", 0.5, **kw) for _ in range(3)] == [None, None, ("p1", "p2")]
+
+
+def test_immediate_moves_skip_confirmation() -> None:
+    s = UserState(2)
+    s.segment = "p1"
+    assert decide(s, "dormant", 0.0, n=5, min_events=3, confirmations=3, min_margin=0.2, immediate=True) == (
+        "p1",
+        "dormant",
+    )
+
+
+def test_change_ids_are_deterministic() -> None:
+    assert change_id("u", 2, "p1", "p2") == change_id("u", 2, "p1", "p2")
+    assert (
+        len(
+            {
+                change_id("u", 2, "p1", "p2"),
+                change_id("u", 3, "p1", "p2"),
+                change_id("v", 2, "p1", "p2"),
+                change_id("u", 1, None, "p2"),
+            }
+        )
+        == 4
+    )
+
+
+def test_silence_index_pops_only_passed_buckets() -> None:
+    idx = SilenceIndex()
+    idx.schedule(0, "a", 10 * BUCKET_MS + 5)
+    idx.schedule(0, "b", 12 * BUCKET_MS)
+    idx.schedule(1, "c", 1)
+    assert idx.pop_due(0, 10 * BUCKET_MS + 999) == []  # bucket 10 not over yet
+    assert idx.pop_due(0, 11 * BUCKET_MS) == ["a"]
+    assert idx.pop_due(0, 11 * BUCKET_MS) == []
+    assert len(idx) == 2
+
+
+# --- the segmenter, on a model with two personas: "viewers" and "buyers" ---------------------------------------
+
+
+def two_persona_model(settings: Settings) -> ModelSnapshot:
+    space = FeatureSpace(("view", "purchase"), settings.half_lives_ms)
+    rec = record_factory()
+    store: dict[str, UserState] = {}
+    seg = Segmenter(settings, store, lambda _u: 0)
+    for i in range(10):
+        step(seg, [rec("v", "view", T0 + i * 3_600_000), rec("b", "purchase", T0 + i * 3_600_000, 50.0)])
+    viewer, buyer = store["v"], store["b"]
+    x = space.matrix([viewer, buyer], [viewer.last_ts, buyer.last_ts])
+    mean = x.mean(0)
+    scale = np.where(x.std(0) > 0, x.std(0), 1.0)
+    centroids = (x - mean) / scale
+    return ModelSnapshot(1, space, mean, scale, centroids, ("p1", "p2"), ("viewers", "buyers"), 2, 3)
+
+
+def step(seg: Segmenter, records: list[InputRecord]) -> BatchResult:
+    """What the Faust glue does around the core: process a batch, write back the changed states."""
+    res = seg.process(records, 2**62, 0.0)
+    seg.store.update(res.dirty)
+    return res
+
+
+def record_factory() -> Callable[..., InputRecord]:
+    offset = [0]
+
+    def rec(uid: str, etype: str, t: int, value: float | None = None, partition: int = 0) -> InputRecord:
+        offset[0] += 1
+        body: dict[str, object] = {"user_id": uid, "event_type": etype, "timestamp": t}
+        if value is not None:
+            body["value"] = value
+        return InputRecord(codec.dumps(body), None, partition, offset[0], partition, offset[0], False, 0.0)
+
+    return rec
+
+
+def test_segmenter_end_to_end_on_a_known_model() -> None:
+    s = Settings(min_events=3, confirmations=2, min_margin=0.0, dormant_after_days=5, silence_checks_days=(2.0,))
+    model = two_persona_model(s)
+    store: dict[str, UserState] = {}
+    seg = Segmenter(s, store, lambda _u: 0)
+    seg.set_model(model)
+    rec = record_factory()
+    changes = []
+    hour = 3_600_000
+    # u views for 10 hours -> viewers; then buys for 30 hours -> moves to buyers
+    for i in range(10):
+        changes += step(seg, [rec("u", "view", T0 + i * hour)]).changes
+    for i in range(10, 40):
+        changes += step(seg, [rec("u", "purchase", T0 + i * hour, 80.0)]).changes
+    # another user's events push the watermark 10 days on: u is re-evaluated by the silence timer, goes dormant
+    changes += step(seg, [rec("w", "view", T0 + 10 * DAY)]).changes
+    docs = [codec.loads(c) for _, c, _ in changes if codec.loads(c)["user_id"] == "u"]
+    for d in docs:
+        jsonschema.validate(d, CHANGE_SCHEMA)
+    assert [(d["from_segment"], d["to_segment"]) for d in docs] == [(None, "p1"), ("p1", "p2"), ("p2", "dormant")]
+    assert [d["sequence"] for d in docs] == [1, 2, 3]
+    assert docs[1]["reasons"] and docs[1]["reasons"][0]["direction"] in ("up", "down")
+    assert docs[2]["trigger"] == "silence" and docs[2]["reasons"][0]["feature"] == "days_since_last_event"
+    assert store["u"].n == 40 and store["u"].segment == "dormant"
+    assert seg.counts["dormant"] == 1
+
+
+def test_duplicates_dead_letters_and_foreign_users() -> None:
+    s = Settings()
+    store: dict[str, UserState] = {}
+    seg = Segmenter(s, store, lambda uid: 1 if uid == "elsewhere" else 0)
+    good = InputRecord(codec.dumps({"user_id": "u", "event_type": "v", "timestamp": T0}), None, 0, 7, 0, 7, False, 0)
+    res = seg.process([good, good], 2**62, 0)
+    assert (res.processed, res.duplicates) == (1, 1)
+    store.update(res.dirty)
+    assert seg.process([good], 2**62, 0).duplicates == 1  # the fence survives across batches (in state)
+    bad = InputRecord(b"nope", b"k", 0, 8, 0, 8, False, 0)
+    foreign = InputRecord(
+        codec.dumps({"user_id": "elsewhere", "event_type": "v", "timestamp": T0}), None, 0, 9, 0, 9, False, 0
+    )
+    res = seg.process([bad, foreign], 2**62, 0)
+    assert [(d.reason, d.record.offset) for d in res.dead] == [("not_json", 8)]
+    assert [(p, uid) for p, uid, _ in res.forward] == [(1, "elsewhere")]
+    assert res.processed == 0
+
+
+def test_batching_does_not_change_the_outcome() -> None:
+    s = Settings(min_events=3, confirmations=2, min_margin=0.0)
+    model = two_persona_model(s)
+    rec = record_factory()
+    hour = 3_600_000
+    records = [rec("u", "view", T0 + i * hour) for i in range(8)] + [
+        rec("u", "purchase", T0 + i * hour, 80.0) for i in range(8, 30)
+    ]
+    outcomes = []
+    for size in (1, 4, len(records)):
+        seg = Segmenter(s, {}, lambda _u: 0)
+        seg.set_model(model)
+        out = []
+        for i in range(0, len(records), size):
+            out += [c for _, c, _ in step(seg, records[i : i + size]).changes]
+        outcomes.append(out)
+    assert outcomes[0] == outcomes[1] == outcomes[2] and len(outcomes[0]) == 2

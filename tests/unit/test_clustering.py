@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worker.clustering import ModelSnapshot, Trainer
+from worker.clustering.batch import choose_k, kmeans, silhouette
+from worker.events.ingest import UserEvent
+from worker.features import FeatureSpace, UserState, apply_event
+from worker.settings import Settings
+
+DAY = 86_400_000
+
+
+def blobs(k: int, n: int, dim: int, seed: int, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, size=(k, dim))
+    labels = rng.integers(0, k, size=n)
+    return centers[labels] + rng.normal(0, spread, size=(n, dim)), labels
+
+
+@pytest.mark.parametrize(("k", "seed"), [(3, 1), (5, 2), (6, 3)])
+def test_choose_k_finds_the_true_count(k: int, seed: int) -> None:
+    x, _ = blobs(k, 900, 6, seed)
+    assert choose_k(x, 2, 10, seed=0).k == k
+
+
+def test_kmeans_and_silhouette() -> None:
+    x, _ = blobs(3, 300, 4, 5)
+    fit = kmeans(x, 3, np.random.default_rng(0))
+    assert silhouette(x, fit.labels) > 0.7
+    assert silhouette(x, np.zeros(len(x), dtype=int)) == -1.0
+
+
+def snapshot(centroids: np.ndarray) -> ModelSnapshot:
+    space = FeatureSpace(("a",), (DAY, 7 * DAY))
+    dim = space.dim
+    c = np.zeros((len(centroids), dim))
+    c[:, : centroids.shape[1]] = centroids
+    return ModelSnapshot(3, space, np.zeros(dim), np.ones(dim), c, ("p1", "p2"), ("one", "two"), 10, 3, {2: 0.5})
+
+
+def test_snapshot_assign_margin_and_round_trip() -> None:
+    snap = snapshot(np.array([[0.0, 0.0], [4.0, 0.0]]))
+    x = np.zeros((3, snap.space.dim))
+    x[1, 0] = 4.0
+    x[2, 0] = 2.0
+    a = snap.assign(x)
+    assert a.index.tolist() == [0, 1, 0] or a.index.tolist()[:2] == [0, 1]
+    assert a.margin[0] == pytest.approx(1.0) and a.margin[2] == pytest.approx(0.0)
+    back = ModelSnapshot.from_bytes(snap.to_bytes())
+    assert back.persona_ids == snap.persona_ids and np.allclose(back.centroids, snap.centroids)
+    assert back.version == 3 and back.k_scores == {2: 0.5}
+
+
+def population(n: int, t_end: int, seed: int = 0) -> list[tuple[str, UserState, int]]:
+    """Two behaviours: 'reader' users view, 'buyer' users purchase; ten days of events per user, users sampled
+    at times spread over ten days."""
+    rng = np.random.default_rng(seed)
+    hl = (DAY, 7 * DAY)
+    out = []
+    for u in range(n):
+        s = UserState(2)
+        etype = "view" if u % 2 else "purchase"
+        end = t_end - (u % 11) * DAY
+        for t in sorted(rng.integers(end - 10 * DAY, end, size=20).tolist()):
+            apply_event(
+                s, UserEvent(f"u{u}", etype, t, 5.0 if etype == "purchase" else None, None, None), hl, 8, 1_800_000
+            )
+        out.append((f"u{u}", s, end))
+    return out
+
+
+def test_trainer_waits_for_warmup_then_publishes_and_resumes() -> None:
+    s = Settings(warmup_samples=100, k_max=4, publish_every=50)
+    t_end = 1_767_225_600_000 + 20 * DAY
+    samples = population(200, t_end)
+    tr = Trainer(s)
+    assert tr.add(samples[:99]) is None
+    first = tr.add(samples[99:100])
+    assert first is not None and first.version == 1 and len(first.persona_ids) == 2
+    later = tr.add(samples[100:150])
+    assert later is not None and later.version == 2 and later.persona_ids == first.persona_ids
+    resumed = Trainer(s, later)
+    nxt = resumed.add(samples[150:200])
+    assert nxt is not None and nxt.version == 3 and nxt.persona_ids == later.persona_ids
+    assert nxt.samples_seen == later.samples_seen + 50
+
+
+def test_trainer_warmup_needs_event_time_span() -> None:
+    s = Settings(warmup_samples=100, k_max=4)
+    tr = Trainer(s)
+    same_time = [(u, st, 1_767_225_600_000) for u, st, _ in population(150, 1_767_225_600_000 + 20 * DAY)]
+    assert tr.add(same_time) is None  # all sampled at one instant: features not mature yet

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+
+from worker import codec
+from worker.errors import InvalidEvent
+from worker.events import EventParser, format_rfc3339, parse_timestamp
+
+NOW = 1_800_000_000_000
+parser = EventParser(max_bytes=4096, max_future_ms=86_400_000)
+
+
+def ev(**fields: object) -> bytes:
+    base: dict[str, object] = {"user_id": "u1", "event_type": "view", "timestamp": 1_767_225_600_000}
+    base.update(fields)
+    return codec.dumps({k: v for k, v in base.items() if v is not None})
+
+
+def test_valid_event_with_everything() -> None:
+    e = parser.parse(
+        ev(
+            value=12.5,
+            session_id="s",
+            event_id="e1",
+            context={"platform": "ios", "timezone": "Europe/Berlin"},
+            properties={"sku": 1},
+        ),
+        NOW,
+    )
+    assert (e.user_id, e.event_type, e.ts, e.value, e.session_id) == ("u1", "view", 1_767_225_600_000, 12.5, "s")
+    assert e.context == {"platform": "ios", "timezone": "Europe/Berlin"}
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("2026-01-01T00:00:00Z", 1_767_225_600_000),
+        ("2026-01-01T01:00:00+01:00", 1_767_225_600_000),
+        ("2026-01-01T00:00:00.250Z", 1_767_225_600_250),
+    ],
+)
+def test_rfc3339_timestamps(text: str, ms: int) -> None:
+    assert parse_timestamp(text) == ms
+    assert parser.parse(ev(timestamp=text), NOW).ts == ms
+
+
+def test_format_rfc3339_round_trips() -> None:
+    assert parse_timestamp(format_rfc3339(1_767_225_600_123)) == 1_767_225_600_123
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "empty"),
+        (b"x" * 5000, "oversize"),
+        (b"{not json", "not_json"),
+        (b"\xff\xfe garbage", "not_json"),
+        (b'{"user_id": "u", "event_type": "v", "timestamp": 1, "value": NaN}', "non_finite_number"),
+        (b'{"user_id": "u", "event_type": "v", "timestamp": 1, "value": 1e999}', "non_finite_number"),
+        (b"[1, 2]", "not_object"),
+        (ev(user_id=None), "missing_field"),
+        (ev(timestamp=None), "missing_field"),
+        (ev(user_id=7), "invalid_field"),
+        (ev(user_id=""), "invalid_field"),
+        (ev(user_id="x" * 257), "invalid_field"),
+        (ev(event_type=""), "invalid_field"),
+        (ev(value="12"), "invalid_field"),
+        (ev(value=True), "invalid_field"),
+        (ev(context={"platform": 3}), "invalid_field"),
+        (ev(timestamp="yesterday"), "bad_timestamp"),
+        (ev(timestamp="2026-01-01T00:00:00"), "bad_timestamp"),
+        (ev(timestamp=-5), "bad_timestamp"),
+        (ev(timestamp=1.5), "bad_timestamp"),
+        (ev(timestamp=NOW + 2 * 86_400_000), "timestamp_in_future"),
+    ],
+)
+def test_invalid_records_have_a_stable_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        parser.parse(raw, NOW)
+    assert info.value.reason == reason

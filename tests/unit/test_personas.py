@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.errors import ConfigError
+from worker.personas import load_name_overrides, match_ids, name_personas
+from worker.personas.naming import describe
+
+
+def test_ids_survive_renumbering() -> None:
+    old = np.array([[0.0, 0.0], [5.0, 5.0], [10.0, 0.0]])
+    new = old[[2, 0, 1]] + 0.1
+    ids, nxt = match_ids(["p1", "p2", "p3"], old, new, cap=1.0, next_number=4)
+    assert ids == ["p3", "p1", "p2"] and nxt == 4
+
+
+def test_far_cluster_gets_a_new_id_and_old_one_retires() -> None:
+    old = np.array([[0.0, 0.0], [5.0, 5.0]])
+    new = np.array([[0.0, 0.1], [20.0, 20.0], [5.0, 5.0]])
+    ids, nxt = match_ids(["p1", "p2"], old, new, cap=1.0, next_number=3)
+    assert ids == ["p1", "p3", "p2"] and nxt == 4
+
+
+def test_names_from_profiles_and_overrides() -> None:
+    names = ("rate_1d:purchase", "rate_7d:purchase", "spend", "rate_7d:view")
+    c = np.array([[2.0, 2.5, 1.5, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    assert describe(c[0], names) == "frequent purchase, big spenders, low view"
+    out = name_personas(c, names, ["p1", "p2"], {"p2": "everyone else"})
+    assert out == ["frequent purchase, big spenders, low view", "everyone else"]
+
+
+def test_duplicate_names_are_disambiguated() -> None:
+    out = name_personas(np.zeros((2, 1)), ["spend"], ["p1", "p2"], {})
+    assert out == ["average activity (p1)", "average activity (p2)"]
+
+
+def test_override_files(tmp_path: Path) -> None:
+    toml = tmp_path / "names.toml"
+    toml.write_text('p1 = "creators"\np2 = "readers"\n')
+    assert load_name_overrides(str(toml)) == {"p1": "creators", "p2": "readers"}
+    js = tmp_path / "names.json"
+    js.write_text('{"p3": "couponers"}')
+    assert load_name_overrides(str(js)) == {"p3": "couponers"}
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1]")
+    with pytest.raises(ConfigError):
+        load_name_overrides(str(bad))
+    assert load_name_overrides("") == {}
