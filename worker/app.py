@@ -11,11 +11,13 @@ Data path::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.serializers import codecs
 from faust.web import Request, Response, View
 
@@ -31,6 +33,7 @@ from worker.settings import Settings
 log = logging.getLogger("worker")
 
 MODEL_KEY = "current"
+TAIL_RECORDS = 5000  # changelog records re-read per partition after recovery (see recover_tail)
 H_SRC_PARTITION = "sw.src.partition"
 H_SRC_OFFSET = "sw.src.offset"
 
@@ -65,11 +68,20 @@ class _SinglePartitionGlobalTable(faust.GlobalTable):  # type: ignore[misc]
         return 0
 
 
-def _table(app: faust.App, cls: type[faust.Table], name: str, partitions: int, **kwargs: Any) -> Any:
+def _table(
+    app: faust.App,
+    cls: type[faust.Table],
+    name: str,
+    partitions: int,
+    value_serializer: str | None = None,
+    **kwargs: Any,
+) -> Any:
     extra = {"standby_buffer_size": 1, "is_global": True} if cls is _SinglePartitionGlobalTable else {}
-    return app.tables.add(
-        cls(app, name=name, default=None, beacon=app.tables.beacon, partitions=partitions, **extra, **kwargs)
-    )
+    table = cls(app, name=name, default=None, beacon=app.tables.beacon, partitions=partitions, **extra, **kwargs)
+    if value_serializer:
+        # before the table is registered: registering creates its changelog topic with this codec
+        table.value_serializer = value_serializer
+    return app.tables.add(table)
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int, internal: bool = False) -> Any:
@@ -114,11 +126,34 @@ def create_app(settings: Settings) -> faust.App:
     output = _raw_topic(app, s.output_topic, n)
     dlq = _raw_topic(app, s.dlq_topic, n)
     partition_of = partitioner(n)
-    users = _table(app, _KeyRoutedTable, "users", n, key_type=str)
-    users.value_serializer = "sw-userstate"  # UserState objects in memory, compact orjson arrays in the changelog
+    # UserState objects in memory, compact orjson arrays in the changelog
+    users = _table(app, _KeyRoutedTable, "users", n, value_serializer="sw-userstate", key_type=str)
     part_meta = _table(app, _KeyRoutedTable, "partition-meta", n, key_type=str, value_type=bytes)
     users.route = part_meta.route = partition_of
     models = _table(app, _SinglePartitionGlobalTable, "models", 1, key_type=str, value_type=bytes)
+
+    async def put(table: Any, key: str, value: Any) -> None:
+        """Set a table key and send its changelog record through the producer, awaited.
+
+        Not ``table[key] = value``: that queues the record in Faust's producer buffer, whose flush before an
+        offset commit gives up after 0.1 s, so a commit could cover state still unsent (seen here as a lost
+        event after a restart). An awaited send is in the producer's own batches, which the commit flushes.
+        """
+        partition = table.partition_for_key(key)
+        table.data[key] = value
+        key_partition = getattr(table.data, "_key_partition", None)
+        if key_partition is not None:  # the memory store's record of which keys a revoked partition drops
+            key_partition[key] = partition
+        serializers = app.serializers
+        await app.producer.send(
+            table.changelog_topic.get_topic_name(),
+            serializers.dumps_key(table.key_type, key, serializer=table.key_serializer),
+            serializers.dumps_value(table.value_type, value, serializer=table.value_serializer),
+            partition,
+            None,
+            None,
+        )
+
     meta_keys = partition_keys(n, "__partition-meta-")
     segmenter = Segmenter(s, users, partition_of)
     owned: set[int] = set()
@@ -139,11 +174,61 @@ def create_app(settings: Settings) -> faust.App:
         log.info("model v%d in use: %s", snap.version, dict(zip(snap.persona_ids, snap.persona_names, strict=True)))
         return first
 
-    def refresh_ownership() -> None:
+    async def recover_tail(table: Any, partitions: set[int]) -> int:
+        """Re-apply the tail of a table's changelog partitions after Faust's recovery.
+
+        Faust stops recovering at the broker's reported end offset. A broker whose ListOffsets reports the start
+        of the last record batch instead of the end (the embedded Tansu broker does) would make a restart lose
+        the newest writes. Reading from a little before that offset to the real end, in order, is idempotent:
+        the last record per key wins, exactly as in Faust's own recovery.
+        """
+        if not partitions:
+            return 0
+        topic = table.changelog_topic.get_topic_name()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+            isolation_level="read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted",
+        )
+        await consumer.start()
+        applied = 0
+        try:
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            for tp, end in (await consumer.end_offsets(tps)).items():
+                consumer.seek(tp, max(0, end - TAIL_RECORDS))
+            idle = 0
+            while idle < 2:
+                batches = await consumer.getmany(timeout_ms=300, max_records=5000)
+                idle = 0 if batches else idle + 1
+                for records in batches.values():
+                    for r in records:
+                        key = app.serializers.loads_key(table.key_type, r.key, serializer=table.key_serializer)
+                        if r.value is None:
+                            table.data.pop(key, None)
+                        else:
+                            table.data[key] = app.serializers.loads_value(
+                                table.value_type, r.value, serializer=table.value_serializer
+                            )
+                        applied += 1
+        finally:
+            await consumer.stop()
+        return applied
+
+    models_recovered = [False]
+
+    async def refresh_ownership() -> None:
         current = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.input_topic}
         if current != owned:
+            gained = current - owned
             owned.clear()
             owned.update(current)
+            await recover_tail(users, gained)
+            await recover_tail(part_meta, gained)
+            if not models_recovered[0]:  # every worker holds the whole (one-partition) model table
+                await recover_tail(models, {0})
+                models_recovered[0] = True
             marks = {}
             for p in current:
                 raw = part_meta.get(meta_keys[p])
@@ -152,8 +237,16 @@ def create_app(settings: Settings) -> faust.App:
             segmenter.rebuild(set(current), marks)
             log.info("owning partitions %s: %d users in state", sorted(current), sum(segmenter.counts.values()))
 
+    # One batch at a time through the core and out: the two ingest agents and the timer share user states, and a
+    # batch that read a user before another batch's write of that user landed would overwrite it (a lost update).
+    core_lock = asyncio.Lock()
+
     async def handle(batch: list[InputRecord]) -> None:
-        refresh_ownership()
+        async with core_lock:
+            await handle_locked(batch)
+
+    async def handle_locked(batch: list[InputRecord]) -> None:
+        await refresh_ownership()
         if refresh_model():
             await publish(segmenter.sweep(owned, time.monotonic()))
         started = time.perf_counter()
@@ -168,12 +261,20 @@ def create_app(settings: Settings) -> faust.App:
             raise
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
+    def settled() -> bool:
+        """Recovered and not rebalancing: only then is the table whole. Timers run during recovery, and a write
+        from a half-recovered table would put an old state back (seen as lost events after a restart)."""
+        return bool(app.tables.recovery.completed.is_set() and not app.rebalancing and not app.in_recovery)
+
     @app.timer(1.0)
     async def housekeeping() -> None:
         # a model can arrive while no events flow (the trainer lags the stream): assign waiting users now
-        refresh_ownership()
-        if refresh_model():
-            await publish(segmenter.sweep(owned, time.monotonic()))
+        if not settled():
+            return
+        async with core_lock:
+            await refresh_ownership()
+            if refresh_model():
+                await publish(segmenter.sweep(owned, time.monotonic()))
 
     async def publish(res: BatchResult) -> None:
         producer = app.producer
@@ -201,9 +302,9 @@ def create_app(settings: Settings) -> faust.App:
         for before, after in res.transitions:
             metrics.SEGMENT_CHANGES.labels(before, after).inc()
         for uid, state in res.dirty.items():
-            users[uid] = state
+            await put(users, uid, state)
         for p in res.partitions:
-            part_meta[meta_keys[p]] = codec.dumps({"max_ts": segmenter.watermarks.max_ts.get(p, 0)})
+            await put(part_meta, meta_keys[p], codec.dumps({"max_ts": segmenter.watermarks.max_ts.get(p, 0)}))
             metrics.WATERMARK.labels(str(p)).set(segmenter.watermarks.get(p) / 1000)
         if res.samples:
             await producer.send(
@@ -254,7 +355,7 @@ def create_app(settings: Settings) -> faust.App:
             snap = current.add(samples)
             metrics.TRAINING_SAMPLES.inc(len(samples))
             if snap is not None:
-                models[MODEL_KEY] = snap.to_bytes()
+                await put(models, MODEL_KEY, snap.to_bytes())
                 log.info(
                     "trainer published model v%d (%d personas, %d samples)",
                     snap.version,

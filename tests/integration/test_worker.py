@@ -1,0 +1,149 @@
+"""The worker process against the real (embedded) broker: events in → changes out, dead letters, the HTTP API,
+routing by user_id whatever the key, and a restart that keeps counts and persona ids."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from worker import codec
+from worker.kafkaio import produce, read_all
+from worker.process import WorkerProcess, metric_total
+from worker.settings import Settings
+from worker.synth import generate
+
+pytestmark = pytest.mark.integration
+
+SCHEMAS = Path(__file__).parents[2] / "schemas"
+CHANGE_SCHEMA = json.loads((SCHEMAS / "segment-change.v1.json").read_text())
+EVENT_SCHEMA = json.loads((SCHEMAS / "user-event.v1.json").read_text())
+FUTURE = 4_102_444_800_000  # 2100-01-01
+
+BAD = {
+    b"{not json": "not_json",
+    b"": "empty",
+    b'{"user_id": "x", "event_type": "v", "timestamp": 1767225600000, "pad": "' + b"x" * 70_000 + b'"}': "oversize",
+    b'{"user_id": "x", "event_type": "v", "timestamp": 1767225600000, "value": NaN}': "non_finite_number",
+    b'["user_id", "x"]': "not_object",
+    b'{"event_type": "v", "timestamp": 1767225600000}': "missing_field",
+    b'{"user_id": ["x"], "event_type": "v", "timestamp": 1767225600000}': "invalid_field",
+    b'{"user_id": "x", "event_type": "v", "timestamp": "2026-13-45T99:00:00Z"}': "bad_timestamp",
+    b'{"user_id": "x", "event_type": "v", "timestamp": %d}' % FUTURE: "timestamp_in_future",
+}
+
+
+def wait_for(worker: WorkerProcess, cond: Any, timeout: float = 120.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        m = worker.metrics()
+        if cond(m):
+            return m
+        assert worker.proc.poll() is None, f"worker died, see {worker.log_path}"
+        assert time.monotonic() < deadline, f"timed out; last metrics {m}"
+        time.sleep(0.5)
+
+
+def processed(n: int) -> Any:
+    return lambda m: metric_total(m, "segment_worker_events_processed_total") >= n
+
+
+def send(settings: Settings, events: list[dict[str, Any]], wrong_key_every: int = 0) -> None:
+    records = []
+    for i, e in enumerate(events):
+        key = e["user_id"].encode()
+        if wrong_key_every and i % wrong_key_every == 0:
+            key = b"not-the-user" if i % 2 else None
+        records.append((key, codec.dumps(e)))
+    produce(settings.broker.removeprefix("kafka://"), settings.input_topic, records)
+
+
+def test_events_in_changes_out_dead_letters_api_and_restart(worker_settings: Settings, start_worker: Any) -> None:
+    s = worker_settings
+    bootstrap = s.bootstrap_servers
+    pop = generate(250, 21, seed=3)
+    for e in pop.events[:50]:
+        jsonschema.validate(e, EVENT_SCHEMA)
+    cut = int(len(pop.events) * 0.7)
+    first, rest = pop.events[:cut], pop.events[cut:]
+    # a share of records keyed wrongly or not at all: the worker must route by user_id
+    send(s, first, wrong_key_every=17)
+    produce(bootstrap, s.input_topic, [(b"bad", raw) for raw in BAD])
+    worker = start_worker(s)
+
+    wait_for(worker, lambda m: processed(len(first))(m) and m.get("segment_worker_model_version", 0) >= 1)
+    send(s, rest, wrong_key_every=17)
+    m = wait_for(worker, processed(len(pop.events)))
+    assert metric_total(m, "segment_worker_events_processed_total") == len(pop.events)
+    assert metric_total(m, "segment_worker_events_forwarded_total") > 0
+    assert metric_total(m, "segment_worker_events_duplicate_total") == 0
+    for name in (
+        "segment_worker_segment_changes_total",
+        "segment_worker_persona_users",
+        "segment_worker_event_to_change_seconds_count",
+        "process_resident_memory_bytes",
+    ):
+        assert any(k.startswith(name) for k in m), name
+
+    # dead letters: exactly one per bad record, original bytes, reason and source coordinates in headers
+    m = wait_for(worker, lambda m: metric_total(m, "segment_worker_events_dead_lettered_total") >= len(BAD))
+    dead = read_all(bootstrap, s.dlq_topic)
+    assert sorted((r.value or b"") for r in dead) == sorted(BAD)
+    for r in dead:
+        assert r.headers["dlq.reason"].decode() == BAD[r.value or b""]
+        assert r.headers["dlq.source.topic"].decode() == s.input_topic
+        assert int(r.headers["dlq.source.offset"]) >= 0
+    by_reason = {k.split("reason=")[1]: v for k, v in m.items() if "dead_lettered_total|" in k}
+    assert by_reason == dict.fromkeys(BAD.values(), 1.0)
+
+    # changes: schema-valid, one content per id, chained per user
+    time.sleep(1.5)
+    changes = [codec.loads(r.value) for r in read_all(bootstrap, s.output_topic)]
+    assert changes
+    content: dict[str, bytes] = {}
+    chains: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for c in changes:
+        jsonschema.validate(c, CHANGE_SCHEMA)
+        assert content.setdefault(c["event_id"], codec.dumps(c)) == codec.dumps(c)
+        chains[c["user_id"]].append(c)
+    for chain in chains.values():
+        chain.sort(key=lambda c: c["sequence"])
+        assert [c["sequence"] for c in chain] == list(range(1, len(chain) + 1))
+        assert chain[0]["from_segment"] is None
+        for a, b in zip(chain, chain[1:], strict=False):
+            assert b["from_segment"] == a["to_segment"]
+
+    # the API: exact counts for every user, personas, 404 for strangers
+    counts = Counter(e["user_id"] for e in pop.events)
+    before = {}
+    for uid, n in counts.items():
+        u = worker.get(f"/users/{uid}")
+        assert u["event_count"] == n, uid
+        assert u["segment"] == (chains[uid][-1]["to_segment"] if uid in chains else None)
+        before[uid] = u["segment"]
+    assert sum(1 for v in before.values() if v) >= 0.9 * len(counts)
+    assert worker.status("/users/nobody-at-all") == 404
+    personas = worker.get("/personas")
+    assert personas["model_version"] >= 1 and len(personas["personas"]) >= 2
+    assert {"id", "name", "size", "profile"} <= set(personas["personas"][0])
+    assert worker.get("/healthz")["status"] == "ok"
+
+    # restart: state and persona ids survive, counts stay exact, nothing is counted twice
+    worker.stop()
+    worker = start_worker(s)
+    uid = next(iter(counts))
+    last_ts = max(e["timestamp"] for e in pop.events if isinstance(e["timestamp"], int))
+    more = [{"user_id": uid, "event_type": "view", "timestamp": last_ts + i} for i in range(1, 6)]
+    send(s, more)
+    wait_for(worker, lambda m: worker.get(f"/users/{uid}")["event_count"] == counts[uid] + 5)
+    for other, n in list(counts.items())[:60]:
+        u = worker.get(f"/users/{other}")
+        assert u["event_count"] == n + (5 if other == uid else 0)
+        if other != uid:
+            assert u["segment"] == before[other]
+    assert worker.get("/personas")["model_version"] >= personas["model_version"]
