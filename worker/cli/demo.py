@@ -159,6 +159,7 @@ def _report(
             last[c["user_id"]] = c
     final = {u: c["to_segment"] for u, c in last.items()}
     names = {c["to_segment"]: c["to_segment_name"] for c in changes}
+    names.update({p["id"]: p["name"] for p in summary["personas"]["personas"]})
     agree = agreement(final, pop.truth)
     personas = summary["personas"]["personas"]
     moves = Counter((c["from_segment"], c["to_segment"]) for c in changes if c["from_segment"] is not None)

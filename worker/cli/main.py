@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(run)
 
     demo = sub.add_parser("demo", help="embedded broker + synthetic users + the worker, with a summary")
-    demo.add_argument("--users", type=int, default=1500, help="synthetic users (default 1500)")
+    demo.add_argument("--users", type=int, default=1000, help="synthetic users (default 1000)")
     demo.add_argument("--days", type=float, default=28.0, help="days of event time (default 28)")
     demo.add_argument("--seed", type=int, default=1, help="population seed")
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")

@@ -1,0 +1,62 @@
+"""The documented commands, run as a newcomer would: the demo, and the README's examples."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker import codec
+from worker.broker import EmbeddedBroker
+from worker.kafkaio import read_all
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parents[2]
+
+
+def test_demo_runs_and_summarises(tmp_path: Path) -> None:
+    out = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--users", "240", "--days", "28", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "segment-worker demo summary" in proc.stdout
+    assert "personas found" in proc.stdout and "adjusted Rand index" in proc.stdout
+    summary = codec.loads(out.read_bytes())
+    agree = summary["agreement"]
+    assert agree["assigned"] == agree["users"] == 240
+    assert summary["dead_letters"] == 5
+    assert len(summary["personas"]) >= 3
+    assert agree["ari"] > 0.4
+    assert agree["silent_moved"] >= 0.8 * agree["silent"]
+
+
+def readme_examples() -> list[str]:
+    """Shell lines of the README's "Examples" section (fenced ``bash`` blocks), comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Examples", 1)[1].split("\n## ", 1)[0]
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        lines += [ln for ln in block.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return lines
+
+
+def test_readme_examples_run(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    lines = readme_examples()
+    assert any(ln.startswith("segment-worker generate") for ln in lines)
+    env = {**os.environ, "SEGMENT_WORKER_BROKER": broker.url, "SEGMENT_WORKER_INPUT_TOPIC": "readme-events"}
+    bindir = Path(sys.executable).parent
+    env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
+    for line in lines:
+        proc = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    produced = read_all(broker.bootstrap, "readme-events")
+    expected = sum(1 for p in tmp_path.glob("*.jsonl") for _ in p.open()) + sum(
+        max(0, sum(1 for _ in p.open()) - 1) for p in tmp_path.glob("*.csv")
+    )
+    assert len(produced) == expected > 0
