@@ -352,7 +352,8 @@ def create_app(settings: Settings) -> faust.App:
                 raw = models.get(MODEL_KEY)
                 current = trainer[0] = Trainer(s, ModelSnapshot.from_bytes(raw) if raw is not None else None)
             samples = [(uid, UserState.from_wire(wire), t) for value in values for uid, wire, t in codec.loads(value)]
-            snap = current.add(samples)
+            # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
+            snap = await asyncio.get_running_loop().run_in_executor(None, current.add, samples)
             metrics.TRAINING_SAMPLES.inc(len(samples))
             if snap is not None:
                 await put(models, MODEL_KEY, snap.to_bytes())

@@ -22,7 +22,10 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
     proc = subprocess.run(
         [sys.executable, "-m", "worker", "demo", "--users", "240", "--days", "28", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "segment-worker demo summary" in proc.stdout

@@ -3,6 +3,7 @@ routing by user_id whatever the key, and a restart that keeps counts and persona
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter, defaultdict
@@ -115,7 +116,7 @@ def test_events_in_changes_out_dead_letters_api_and_restart(worker_settings: Set
         chain.sort(key=lambda c: c["sequence"])
         assert [c["sequence"] for c in chain] == list(range(1, len(chain) + 1))
         assert chain[0]["from_segment"] is None
-        for a, b in zip(chain, chain[1:], strict=False):
+        for a, b in itertools.pairwise(chain):
             assert b["from_segment"] == a["to_segment"]
 
     # the API: exact counts for every user, personas, 404 for strangers
