@@ -218,6 +218,12 @@ def create_app(settings: Settings) -> faust.App:
 
     models_recovered = [False]
 
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # A rebalance may hand back the same partitions; Faust re-recovers them from the changelog (stopping
+        # short on brokers like Tansu), so re-read the tail and rebuild the indexes on the next batch regardless.
+        owned.clear()
+
     async def refresh_ownership() -> None:
         current = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.input_topic}
         if current != owned:
