@@ -32,6 +32,13 @@ def test_names_from_profiles_and_overrides() -> None:
     assert out == ["frequent purchase, big spenders, low view", "everyone else"]
 
 
+def test_features_that_barely_vary_do_not_name_a_persona() -> None:
+    names = ("daypart_night", "spend")
+    c = np.array([3.0, 1.0])
+    assert describe(c, names, spread=np.array([0.01, 2.0])) == "big spenders"
+    assert describe(c, names, spread=np.array([0.2, 2.0])) == "night owls, big spenders"
+
+
 def test_duplicate_names_are_disambiguated() -> None:
     out = name_personas(np.zeros((2, 1)), ["spend"], ["p1", "p2"], {})
     assert out == ["average activity (p1)", "average activity (p2)"]

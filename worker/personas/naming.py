@@ -12,6 +12,7 @@ from worker import codec
 from worker.errors import ConfigError
 
 _THRESHOLD = 0.5  # |z| a feature needs to be named
+_MIN_SPREAD = 0.05  # population standard deviation (feature units) a feature needs to be named
 
 _FIXED_PHRASES = {
     "rate_other": ("varied activity", "focused activity"),
@@ -34,12 +35,16 @@ def _phrase(feature: str, positive: bool) -> str | None:
     return up if positive else down
 
 
-def describe(centroid: np.ndarray, names: Sequence[str]) -> str:
-    """E.g. ``"frequent purchase, big spenders, low view"`` from a centroid in standardised units."""
+def describe(centroid: np.ndarray, names: Sequence[str], spread: np.ndarray | None = None) -> str:
+    """E.g. ``"frequent purchase, big spenders, low view"`` from a centroid in standardised units.
+
+    ``spread`` (the population's standard deviation per feature, in feature units) keeps a feature that barely
+    varies from naming a persona: a z-score of 3 on a share that moves by 0.01 says nothing a person would notice.
+    """
     # several half-lives of one type describe one behaviour: keep the strongest per phrase
     best: dict[str, float] = {}
-    for z, feature in zip(centroid, names, strict=True):
-        if abs(z) < _THRESHOLD:
+    for i, (z, feature) in enumerate(zip(centroid, names, strict=True)):
+        if abs(z) < _THRESHOLD or (spread is not None and spread[i] < _MIN_SPREAD):
             continue
         phrase = _phrase(feature, z > 0)
         if phrase and abs(z) > abs(best.get(phrase, 0.0)):
@@ -50,9 +55,13 @@ def describe(centroid: np.ndarray, names: Sequence[str]) -> str:
 
 
 def name_personas(
-    centroids: np.ndarray, feature_names: Sequence[str], ids: Sequence[str], overrides: Mapping[str, str]
+    centroids: np.ndarray,
+    feature_names: Sequence[str],
+    ids: Sequence[str],
+    overrides: Mapping[str, str],
+    spread: np.ndarray | None = None,
 ) -> list[str]:
-    names = [overrides.get(pid) or describe(c, feature_names) for c, pid in zip(centroids, ids, strict=True)]
+    names = [overrides.get(pid) or describe(c, feature_names, spread) for c, pid in zip(centroids, ids, strict=True)]
     seen: dict[str, int] = {}
     for n in names:
         seen[n] = seen.get(n, 0) + 1
