@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 
 from worker.errors import BrokerError
+from worker.process import terminate
 
 
 def free_port() -> int:
@@ -64,13 +65,8 @@ class EmbeddedBroker:
         raise BrokerError(f"embedded broker did not listen on port {self.port} within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            terminate(self.proc, grace=5.0)
         self.proc = None
 
     def __enter__(self) -> EmbeddedBroker:

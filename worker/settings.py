@@ -57,7 +57,6 @@ class Settings:
         default=3600.0, metadata={"help": "watermark = newest event time of a partition minus this"}
     )
     # --- model ---------------------------------------------------------------------------------------
-    model: Literal["kmeans"] = field(default="kmeans", metadata={"help": "River clusterer (river.cluster.KMeans)"})
     k_min: int = field(default=2, metadata={"help": "fewest personas the model may find"})
     k_max: int = field(default=10, metadata={"help": "most personas the model may find"})
     warmup_samples: int = field(default=1500, metadata={"help": "samples before the first model is fitted"})
