@@ -28,7 +28,7 @@ def run(users: int, days: float, batch: int) -> None:
     t_seg = t_train = 0.0
     changes = 0
     for i in range(0, len(raw), batch):
-        recs = [InputRecord(v, None, 0, i + j, 0, i + j, False, 0.0) for j, v in enumerate(raw[i : i + batch])]
+        recs = [InputRecord(v, None, 0, i + j, 0, i + j, 0.0) for j, v in enumerate(raw[i : i + batch])]
         t0 = time.perf_counter()
         res = seg.process(recs, 2**62, 0.0)
         store.update(res.dirty)

@@ -328,7 +328,7 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(s.batch_size, within=s.batch_window):
             now = time.monotonic()
             batch = [
-                InputRecord(m.value, m.key, m.partition, m.offset, m.partition, m.offset, False, now)
+                InputRecord(m.value, m.key, m.partition, m.offset, m.partition, m.offset, now)
                 for m in (e.message for e in events)
             ]
             await handle(batch)
@@ -345,7 +345,7 @@ def create_app(settings: Settings) -> faust.App:
                     src_p, src_o = int(h[H_SRC_PARTITION]), int(h[H_SRC_OFFSET])
                 except (KeyError, ValueError):  # written by someone else: fence on this topic's coordinates
                     src_p, src_o = m.partition + n, m.offset
-                batch.append(InputRecord(m.value, m.key, m.partition, m.offset, src_p, src_o, True, now))
+                batch.append(InputRecord(m.value, m.key, m.partition, m.offset, src_p, src_o, now))
             await handle(batch)
 
     trainer: list[Trainer | None] = [None]

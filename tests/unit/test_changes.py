@@ -107,7 +107,7 @@ def record_factory() -> Callable[..., InputRecord]:
         body: dict[str, object] = {"user_id": uid, "event_type": etype, "timestamp": t}
         if value is not None:
             body["value"] = value
-        return InputRecord(codec.dumps(body), None, partition, offset[0], partition, offset[0], False, 0.0)
+        return InputRecord(codec.dumps(body), None, partition, offset[0], partition, offset[0], 0.0)
 
     return rec
 
@@ -143,14 +143,14 @@ def test_duplicates_dead_letters_and_foreign_users() -> None:
     s = Settings()
     store: dict[str, UserState] = {}
     seg = Segmenter(s, store, lambda uid: 1 if uid == "elsewhere" else 0)
-    good = InputRecord(codec.dumps({"user_id": "u", "event_type": "v", "timestamp": T0}), None, 0, 7, 0, 7, False, 0)
+    good = InputRecord(codec.dumps({"user_id": "u", "event_type": "v", "timestamp": T0}), None, 0, 7, 0, 7, 0)
     res = seg.process([good, good], 2**62, 0)
     assert (res.processed, res.duplicates) == (1, 1)
     store.update(res.dirty)
     assert seg.process([good], 2**62, 0).duplicates == 1  # the fence survives across batches (in state)
-    bad = InputRecord(b"nope", b"k", 0, 8, 0, 8, False, 0)
+    bad = InputRecord(b"nope", b"k", 0, 8, 0, 8, 0)
     foreign = InputRecord(
-        codec.dumps({"user_id": "elsewhere", "event_type": "v", "timestamp": T0}), None, 0, 9, 0, 9, False, 0
+        codec.dumps({"user_id": "elsewhere", "event_type": "v", "timestamp": T0}), None, 0, 9, 0, 9, 0
     )
     res = seg.process([bad, foreign], 2**62, 0)
     assert [(d.reason, d.record.offset) for d in res.dead] == [("not_json", 8)]

@@ -46,7 +46,6 @@ class InputRecord:
     offset: int
     src_partition: int  # partition of the input topic it first arrived on (differs only when forwarded)
     src_offset: int
-    forwarded: bool
     consumed_at: float  # monotonic seconds, for the event→change latency
 
 
@@ -117,7 +116,7 @@ class Segmenter:
         self.watermarks.forget(set(self.watermarks.max_ts))
         for p, ts in watermarks.items():
             if p in owned:
-                self.watermarks.restore(p, ts)
+                self.watermarks.observe(p, ts)
         for uid, state in self.store.items():
             p = self.partition_of(uid)
             if p not in owned:

@@ -49,10 +49,12 @@ class FeatureSpace:
     vocabulary: tuple[str, ...]
     half_lives_ms: tuple[float, ...]
     names: tuple[str, ...] = field(init=False)
+    _zeros: tuple[float, ...] = field(init=False, repr=False)  # counts of a type the user never did
 
     def __post_init__(self) -> None:
         rate_names = [f"rate_{_label(h / _DAY_MS)}:{etype}" for etype in self.vocabulary for h in self.half_lives_ms]
         object.__setattr__(self, "names", (*rate_names, *FIXED_FEATURES))
+        object.__setattr__(self, "_zeros", (0.0,) * len(self.half_lives_ms))
 
     @property
     def dim(self) -> int:
@@ -109,7 +111,3 @@ class FeatureSpace:
     def matrix(self, states: Sequence[UserState], times: Sequence[int]) -> np.ndarray:
         rows = np.array([self.row(s, t) for s, t in zip(states, times, strict=True)], dtype=np.float64)
         return self.transform(rows.reshape(len(states), self.dim))
-
-    @property
-    def _zeros(self) -> list[float]:
-        return [0.0] * len(self.half_lives_ms)

@@ -16,9 +16,6 @@ class Watermarks:
         if ts > self.max_ts.get(partition, 0):
             self.max_ts[partition] = ts
 
-    def restore(self, partition: int, max_ts: int) -> None:
-        self.observe(partition, max_ts)
-
     def get(self, partition: int) -> int:
         """Watermark of ``partition`` in epoch ms (0 before its first event)."""
         newest = self.max_ts.get(partition, 0)
