@@ -11,6 +11,7 @@ from typing import Any
 
 from worker.errors import SegmentWorkerError
 from worker.settings import ENV_PREFIX, Settings
+from worker.synth.scenarios import SCENARIOS
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
@@ -67,6 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--broker", default=None, help="kafka://host:port (else SEGMENT_WORKER_BROKER)")
     rep.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
     rep.add_argument("--format", choices=("jsonl", "csv"), default=None, help="default: by file extension")
+    ev = sub.add_parser("evaluate", help="scenario worlds through the segmentation, scored against ground truth")
+    ev.add_argument(
+        "--scenarios",
+        default="stable,switching,silent,emerging,weekly,noisy,vocabulary",
+        help=f"comma list of: {', '.join(SCENARIOS)}",
+    )
+    ev.add_argument("--seeds", default="1,2", help="comma list of seeds (each draws new personas and users)")
+    ev.add_argument("--users", type=int, default=1000, help="users per world (default 1000)")
+    ev.add_argument("--days", type=float, default=28.0, help="days of event time (default 28)")
+    ev.add_argument(
+        "--engine",
+        choices=("pipeline", "core"),
+        default="pipeline",
+        help="pipeline: embedded broker + worker process (the production path); core: the same code in-process",
+    )
+    ev.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
+    ev.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON to FILE")
+    ev.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    _add_settings_flags(ev, skip=("broker",))
     return parser
 
 
@@ -91,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 json_out=args.json_out,
             )
             sys.exit(code)
+        elif args.command == "evaluate":
+            from worker.cli.evaluate import evaluate_cmd
+
+            sys.exit(evaluate_cmd(args, _settings(args, environ, partitions=4), environ))
         elif args.command == "generate":
             from worker.cli.tools import generate_cmd
 

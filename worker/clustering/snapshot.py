@@ -56,6 +56,11 @@ class ModelSnapshot:
         margin = (hi - lo) / np.maximum(hi + lo, 1e-12)
         return Assignment(first, margin, xs)
 
+    def assign_scaled(self, xs: np.ndarray) -> np.ndarray:
+        """Nearest centroid of rows already in the model's scaled units."""
+        out: np.ndarray = sq_distances(xs, self.centroids).argmin(1)
+        return out
+
     def unscale(self, row: np.ndarray) -> np.ndarray:
         out: np.ndarray = row * self.scale + self.mean
         return out

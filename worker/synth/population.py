@@ -26,6 +26,7 @@ class PersonaSpec:
     hours: tuple[int, int]  # active local hours [from, to)
     spend: float = 0.0  # mean value of a purchase
     weekend_boost: float = 1.0
+    valued: frozenset[str] = frozenset({"purchase"})  # event types that carry a monetary value
 
 
 PERSONAS: tuple[PersonaSpec, ...] = (
@@ -47,10 +48,17 @@ PERSONAS: tuple[PersonaSpec, ...] = (
 @dataclass
 class Truth:
     user_id: str
-    persona: str  # at the start
+    persona: str  # at the start (for a user who joins late: the persona they join with)
     final: str  # at the end: the persona switched to, or "dormant" for users gone silent
     switch_at: int | None = None  # event time of the switch
     silent_at: int | None = None  # event time the user stopped
+    joined_at: int | None = None  # event time of a late user's first event (an emerging persona)
+    low_activity: bool = False  # a noisy user with a fraction of the persona's usual activity
+
+    @property
+    def stable(self) -> bool:
+        """Behaviour never changed: one persona from the first event to the last."""
+        return self.switch_at is None and self.silent_at is None
 
 
 @dataclass
@@ -59,6 +67,23 @@ class Population:
     truth: dict[str, Truth] = field(default_factory=dict)
     start_ms: int = 0
     end_ms: int = 0
+
+
+@dataclass(frozen=True)
+class World:
+    """A population's recipe: its personas, and which share of users switch, go silent, join a persona that only
+    appears mid-stream, or are much less active than their persona (noisy, few events)."""
+
+    personas: tuple[PersonaSpec, ...] = PERSONAS
+    switch_share: float = 0.10
+    silent_share: float = 0.08
+    low_activity_share: float = 0.0
+    low_activity: float = 0.2  # activity multiplier of low-activity users
+    emerging: PersonaSpec | None = None  # a persona nobody has until ``emerge_at``
+    emerging_share: float = 0.0  # users who join with it from then on
+    emerge_at: float = 0.45  # share of the span
+    switch_window: tuple[float, float] = (0.35, 0.55)  # share of the span where switches happen
+    silent_window: tuple[float, float] = (0.30, 0.45)
 
 
 def generate(
@@ -70,32 +95,52 @@ def generate(
     start_ms: int = 1_767_225_600_000,  # 2026-01-01T00:00:00Z
     personas: tuple[PersonaSpec, ...] = PERSONAS,
 ) -> Population:
+    return generate_world(World(personas, switch_share, silent_share), users, days, seed, start_ms)
+
+
+def generate_world(
+    world: World,
+    users: int = 2000,
+    days: float = 28.0,
+    seed: int = 1,
+    start_ms: int = 1_767_225_600_000,
+) -> Population:
     rng = np.random.default_rng(seed)
+    personas = world.personas
     end_ms = start_ms + int(days * _DAY_MS)
+    span = days * _DAY_MS
     shares = np.array([p.share for p in personas])
     shares = shares / shares.sum()
     pop = Population([], {}, start_ms, end_ms)
     zones = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo")
     platforms = ("ios", "android", "web")
+    late = round(users * world.emerging_share) if world.emerging is not None else 0
     for u in range(users):
         uid = f"user-{u:06d}"
-        first = int(rng.choice(len(personas), p=shares))
-        truth = Truth(uid, personas[first].name, personas[first].name)
-        segments: list[tuple[PersonaSpec, int, int]] = []
-        roll = rng.random()
-        if roll < switch_share:
-            other = int(rng.choice([i for i in range(len(personas)) if i != first]))
-            at = start_ms + int(rng.uniform(0.35, 0.55) * days * _DAY_MS)
-            segments = [(personas[first], start_ms, at), (personas[other], at, end_ms)]
-            truth.final, truth.switch_at = personas[other].name, at
-        elif roll < switch_share + silent_share:
-            at = start_ms + int(rng.uniform(0.3, 0.45) * days * _DAY_MS)
-            segments = [(personas[first], start_ms, at)]
-            truth.final, truth.silent_at = "dormant", at
+        segments: list[tuple[PersonaSpec, int, int]]
+        if u >= users - late:
+            assert world.emerging is not None
+            joined = start_ms + int(rng.uniform(world.emerge_at, world.emerge_at + 0.1) * span)
+            truth = Truth(uid, world.emerging.name, world.emerging.name, joined_at=joined)
+            segments = [(world.emerging, joined, end_ms)]
         else:
-            segments = [(personas[first], start_ms, end_ms)]
+            first = int(rng.choice(len(personas), p=shares))
+            truth = Truth(uid, personas[first].name, personas[first].name)
+            roll = rng.random()
+            if roll < world.switch_share:
+                other = int(rng.choice([i for i in range(len(personas)) if i != first]))
+                at = start_ms + int(rng.uniform(*world.switch_window) * span)
+                segments = [(personas[first], start_ms, at), (personas[other], at, end_ms)]
+                truth.final, truth.switch_at = personas[other].name, at
+            elif roll < world.switch_share + world.silent_share:
+                at = start_ms + int(rng.uniform(*world.silent_window) * span)
+                segments = [(personas[first], start_ms, at)]
+                truth.final, truth.silent_at = "dormant", at
+            else:
+                segments = [(personas[first], start_ms, end_ms)]
+                truth.low_activity = roll < world.switch_share + world.silent_share + world.low_activity_share
         pop.truth[uid] = truth
-        activity = float(rng.lognormal(0.0, 0.25))
+        activity = float(rng.lognormal(0.0, 0.25)) * (world.low_activity if truth.low_activity else 1.0)
         tz = zones[u % len(zones)]
         platform = platforms[int(rng.integers(len(platforms)))]
         for spec, lo, hi in segments:
@@ -132,6 +177,10 @@ def _events(
             weekday = ((t // _DAY_MS) + 3) % 7
             move = (weekday < 5) & (rng.random(n) < 1 - 1 / spec.weekend_boost)
             t = t + move * ((5 - weekday) % 7) * _DAY_MS
+        elif spec.weekend_boost < 1.0:  # a weekday habit: most weekend events move to the Monday after
+            weekday = ((t // _DAY_MS) + 3) % 7
+            move = (weekday >= 5) & (rng.random(n) < 1 - spec.weekend_boost)
+            t = t + move * (7 - weekday) * _DAY_MS
         for ti in t.tolist():
             if not lo <= ti < hi:
                 continue
@@ -142,6 +191,6 @@ def _events(
                 "session_id": f"{uid}-{ti // (6 * _HOUR_MS)}",
                 "context": {"platform": platform, "timezone": tz},
             }
-            if etype == "purchase":
+            if etype in spec.valued:
                 ev["value"] = round(float(rng.gamma(2.0, spec.spend / 2.0)), 2)
             yield ev

@@ -1,0 +1,205 @@
+"""Scenario worlds for ``segment-worker evaluate``: each one stresses one thing a segmentation can get wrong.
+
+Persona definitions are drawn from the seed (event mix, rates, hours, spend, weekend habit, sizes) over one of
+several product domains, so a default that only suits one hand-written world shows up as a bad score on the
+others. ``reference`` is the fixed world of the demo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from worker.synth.population import PERSONAS, PersonaSpec, World
+
+DOMAINS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
+    # domain: (event types, types that carry a monetary value)
+    "commerce": (
+        (
+            "view_product",
+            "search",
+            "add_to_cart",
+            "wishlist",
+            "coupon",
+            "purchase",
+            "return",
+            "review",
+            "compare",
+            "view_category",
+        ),
+        frozenset({"purchase"}),
+    ),
+    "media": (
+        (
+            "play",
+            "skip",
+            "like",
+            "add_playlist",
+            "share",
+            "follow_artist",
+            "search",
+            "download",
+            "comment",
+            "live_join",
+        ),
+        frozenset(),
+    ),
+    "gaming": (
+        (
+            "session_start",
+            "level_up",
+            "match_play",
+            "match_win",
+            "in_app_purchase",
+            "ad_watch",
+            "gift_send",
+            "clan_chat",
+            "daily_bonus",
+            "tournament_join",
+        ),
+        frozenset({"in_app_purchase"}),
+    ),
+    "fintech": (
+        (
+            "login",
+            "balance_check",
+            "transfer",
+            "card_payment",
+            "savings_deposit",
+            "invest_buy",
+            "bill_pay",
+            "statement_view",
+            "support_chat",
+            "crypto_trade",
+        ),
+        frozenset({"card_payment", "invest_buy"}),
+    ),
+}
+
+_SYLLABLES = ("ka", "lo", "mi", "ren", "to", "su", "vel", "dra", "pin", "qo", "zu", "bar", "nex", "ily", "os")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    build: Callable[[np.random.Generator], World]
+
+
+def _shares(rng: np.random.Generator, k: int, skew: float) -> list[float]:
+    """Unequal sizes: geometric-like with a random ratio, shuffled, none under 5 %."""
+    ratio = rng.uniform(1.0 - skew, 1.0 - skew / 3)
+    raw = np.array([ratio**i for i in range(k)])
+    raw = np.maximum(raw / raw.sum(), 0.05)
+    rng.shuffle(raw)
+    shares: list[float] = (raw / raw.sum()).tolist()
+    return shares
+
+
+def random_personas(
+    rng: np.random.Generator,
+    k: int,
+    vocabulary: tuple[str, ...],
+    valued: frozenset[str],
+    skew: float = 0.45,
+    prefix: str = "persona",
+) -> tuple[PersonaSpec, ...]:
+    """``k`` personas over ``vocabulary``: each has its own signature type, one or two secondary types and the
+    domain's common type at its own rate, its own active hours, spend and weekend habit."""
+    order = [vocabulary[i] for i in rng.permutation(len(vocabulary))]
+    common, signatures, others = order[-1], order[:k], order[k:-1] or order[:-1]
+    shares = _shares(rng, k, skew)
+    out = []
+    for i in range(k):
+        rates = {signatures[i]: float(rng.uniform(0.8, 2.5)), common: float(rng.uniform(0.2, 1.5))}
+        for etype in rng.choice(others, size=int(rng.integers(1, 3)), replace=False).tolist():
+            rates.setdefault(etype, float(rng.uniform(0.15, 1.0)))
+        start = int(rng.integers(0, 19))
+        out.append(
+            PersonaSpec(
+                f"{prefix}-{i + 1}",
+                shares[i],
+                rates,
+                (start, min(24, start + int(rng.integers(4, 9)))),
+                spend=float(rng.choice([15.0, 40.0, 120.0, 300.0])),
+                weekend_boost=float(rng.choice([0.5, 1.0, 1.0, 1.5, 2.0])),
+                valued=valued,
+            )
+        )
+    return tuple(out)
+
+
+def _domain(rng: np.random.Generator) -> tuple[tuple[str, ...], frozenset[str]]:
+    return DOMAINS[sorted(DOMAINS)[int(rng.integers(len(DOMAINS)))]]
+
+
+def _drawn(rng: np.random.Generator, k: int, skew: float = 0.45) -> tuple[PersonaSpec, ...]:
+    vocab, valued = _domain(rng)
+    return random_personas(rng, k, vocab, valued, skew)
+
+
+def _stable(rng: np.random.Generator) -> World:
+    return World(_drawn(rng, int(rng.integers(4, 7)), skew=0.6), switch_share=0.0, silent_share=0.0)
+
+
+def _switching(rng: np.random.Generator) -> World:
+    return World(_drawn(rng, 5), switch_share=0.15, silent_share=0.0)
+
+
+def _silent(rng: np.random.Generator) -> World:
+    return World(_drawn(rng, 5), switch_share=0.0, silent_share=0.10)
+
+
+def _emerging(rng: np.random.Generator) -> World:
+    vocab, valued = _domain(rng)
+    everyone = random_personas(rng, 5, vocab, valued)
+    # the fifth persona appears only mid-stream, joined by new users
+    return World(everyone[:4], switch_share=0.0, silent_share=0.0, emerging=everyone[4], emerging_share=0.15)
+
+
+def _weekly(rng: np.random.Generator) -> World:
+    personas = list(_drawn(rng, 4))
+    # two personas that do the same things; one mostly at the weekend, one mostly on weekdays
+    base = personas[0]
+    personas[0] = replace(base, weekend_boost=4.0)
+    personas.append(replace(base, name=f"{base.name}-weekday", weekend_boost=0.2))
+    return World(tuple(personas), switch_share=0.0, silent_share=0.0)
+
+
+def _noisy(rng: np.random.Generator) -> World:
+    return World(_drawn(rng, 5), switch_share=0.0, silent_share=0.0, low_activity_share=0.3)
+
+
+def _unseen_vocabulary(rng: np.random.Generator) -> World:
+    names: set[str] = set()
+    while len(names) < 16:
+        parts = rng.choice(_SYLLABLES, size=int(rng.integers(2, 4))).tolist()
+        names.add("".join(parts) + "_" + str(rng.choice(["open", "send", "tap", "start", "buy", "rate"])))
+    vocab = tuple(sorted(names))
+    return World(random_personas(rng, 6, vocab, frozenset({vocab[0]})), switch_share=0.05, silent_share=0.05)
+
+
+def _reference(rng: np.random.Generator) -> World:
+    return World(PERSONAS)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("stable", "stable personas of unequal sizes", _stable),
+        Scenario("switching", "15% of users switch persona mid-way", _switching),
+        Scenario("silent", "10% of users go silent", _silent),
+        Scenario("emerging", "a new persona appears mid-stream, joined by 15% new users", _emerging),
+        Scenario("weekly", "same activity, weekend-heavy vs weekday users", _weekly),
+        Scenario("noisy", "30% of users with a fifth of the usual activity", _noisy),
+        Scenario("vocabulary", "16 made-up event types, 6 personas, 5% switch, 5% silent", _unseen_vocabulary),
+        Scenario("reference", "the demo's world: 5 personas, 10% switch, 8% silent", _reference),
+    )
+}
+
+
+def world(name: str, seed: int) -> World:
+    """The world of scenario ``name`` drawn with ``seed`` (the population is drawn with the same seed)."""
+    return SCENARIOS[name].build(np.random.default_rng([seed, 7919]))
