@@ -61,9 +61,16 @@ class Settings:
     k_max: int = field(default=10, metadata={"help": "most personas the model may find"})
     warmup_samples: int = field(default=1500, metadata={"help": "samples before the first model is fitted"})
     sample_rate: float = field(default=0.1, metadata={"help": "share of evaluations sent to the trainer"})
-    model_halflife: float = field(default=0.01, metadata={"help": "River KMeans step towards each sample"})
+    model: Literal["minibatch", "kmeans", "streamkmeans", "clustream", "dbstream", "denstream"] = field(
+        default="minibatch", metadata={"help": "online clusterer (see docs/model-choice.md)"}
+    )
+    model_memory: int = field(default=5000, metadata={"help": "minibatch: samples a centroid remembers"})
+    model_halflife: float = field(default=0.01, metadata={"help": "kmeans: River KMeans step towards each sample"})
     publish_every: int = field(default=2000, metadata={"help": "trainer publishes a model every N samples"})
-    recheck_every: int = field(default=20_000, metadata={"help": "samples between re-choosing the persona count"})
+    recheck_every: int = field(default=2_000, metadata={"help": "samples between re-choosing the persona count"})
+    recheck_gain: float = field(
+        default=0.05, metadata={"help": "silhouette gain another persona count needs to replace the current one"}
+    )
     new_persona_distance: float = field(
         default=1.5, metadata={"help": "centroid shift (scaled units) beyond which a cluster gets a new id"}
     )
@@ -77,7 +84,11 @@ class Settings:
         default=14.0, metadata={"help": "silence that moves a user to 'dormant' (0 disables)"}
     )
     silence_checks_days: tuple[float, ...] = field(
-        default=(1.0, 3.0, 7.0), metadata={"help": "silence after which a user is re-evaluated (comma list)"}
+        default=(),
+        metadata={
+            "help": "silence (days) after which a user is re-evaluated by the model, besides the dormancy check "
+            "(comma list; empty = dormancy only)"
+        },
     )
 
     def __post_init__(self) -> None:

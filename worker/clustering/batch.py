@@ -22,34 +22,57 @@ class Fit:
     inertia: float
 
 
+def lloyd(x: np.ndarray, centers: np.ndarray, iters: int = 60) -> Fit:
+    """Lloyd iterations from the given centres (an empty cluster keeps its centre)."""
+    k = len(centers)
+    labels = np.zeros(len(x), dtype=np.int64)
+    for _ in range(iters):
+        labels = sq_distances(x, centers).argmin(1)
+        new = np.array([x[labels == j].mean(0) if np.any(labels == j) else centers[j] for j in range(k)])
+        if np.allclose(new, centers, atol=1e-7):
+            break
+        centers = new
+    d = sq_distances(x, centers)
+    return Fit(centers, d.argmin(1), float(d.min(1).sum()))
+
+
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, n_init: int = 4, iters: int = 60) -> Fit:
     best: Fit | None = None
     for _ in range(n_init):
-        centers = _kmeans_pp(x, k, rng)
-        labels = np.zeros(len(x), dtype=np.int64)
-        for _ in range(iters):
-            d = sq_distances(x, centers)
-            labels = d.argmin(1)
-            new = np.array([x[labels == j].mean(0) if np.any(labels == j) else centers[j] for j in range(k)])
-            if np.allclose(new, centers, atol=1e-7):
-                break
-            centers = new
-        inertia = float(sq_distances(x, centers).min(1).sum())
-        if best is None or inertia < best.inertia:
-            best = Fit(centers, labels, inertia)
+        fit = lloyd(x, _kmeans_pp(x, k, rng), iters)
+        if best is None or fit.inertia < best.inertia:
+            best = fit
     assert best is not None
     return best
 
 
 def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    centers = [x[rng.integers(len(x))]]
-    closest = sq_distances(x, np.array(centers))[:, 0]
+    centers: np.ndarray = x[rng.integers(len(x))][None, :]
     for _ in range(1, k):
-        total = closest.sum()
-        idx = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=closest / total)
-        centers.append(x[idx])
-        closest = np.minimum(closest, sq_distances(x, x[idx : idx + 1])[:, 0])
-    return np.array(centers)
+        centers = add_center(x, centers, rng)
+    return centers
+
+
+def add_center(x: np.ndarray, centers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``centers`` plus one row of ``x`` drawn with probability proportional to its squared distance from them
+    (the k-means++ step)."""
+    closest = sq_distances(x, centers).min(1)
+    total = closest.sum()
+    idx = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=closest / total)
+    return np.vstack([centers, x[idx]])
+
+
+def fit_score(x: np.ndarray, sub: np.ndarray, fit: Fit, min_share: float = 0.01) -> float:
+    """Silhouette of ``fit`` on the subsample ``sub``; -1 when a cluster holds under ``min_share`` of ``x``."""
+    sizes = np.bincount(fit.labels, minlength=len(fit.centers))
+    if sizes.min() < max(2, min_share * len(x)):
+        return -1.0
+    return round(silhouette(sub, sq_distances(sub, fit.centers).argmin(1)), 4)
+
+
+def subsample(x: np.ndarray, rng: np.random.Generator, size: int = 2500) -> np.ndarray:
+    """Silhouette is quadratic: at most ``size`` rows of ``x``."""
+    return x if len(x) <= size else x[rng.choice(len(x), size, replace=False)]
 
 
 def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
@@ -82,18 +105,12 @@ def choose_k(x: np.ndarray, k_min: int, k_max: int, seed: int, tolerance: float 
     k wins (over-segmenting is a defect). A cluster of under 1 % of the sample disqualifies a k."""
     rng = np.random.default_rng(seed)
     k_max = max(k_min, min(k_max, len(x) - 1))
-    sub = x if len(x) <= 2500 else x[rng.choice(len(x), 2500, replace=False)]
+    sub = subsample(x, rng)
     fits: dict[int, Fit] = {}
     scores: dict[int, float] = {}
     for k in range(max(2, k_min), k_max + 1):
-        fit = kmeans(x, k, rng)
-        fits[k] = fit
-        sizes = np.bincount(fit.labels, minlength=k)
-        if sizes.min() < max(2, 0.01 * len(x)):
-            scores[k] = -1.0
-            continue
-        sub_labels = sq_distances(sub, fit.centers).argmin(1)
-        scores[k] = round(silhouette(sub, sub_labels), 4)
+        fits[k] = kmeans(x, k, rng)
+        scores[k] = fit_score(x, sub, fits[k])
     if not scores:  # k_min == k_max == 1
         fit = kmeans(x, 1, rng)
         return KChoice(1, fit, {1: 0.0})

@@ -1,11 +1,11 @@
 """The one place a group's model learns.
 
 Workers send samples (user states with the event time they were evaluated at) to a single-partition topic, so
-exactly one worker of the group runs the trainer. It warm-starts River's online ``KMeans`` from a batch fit on the
-first samples (choosing the persona count by silhouette within bounds), then learns one sample at a time and
-publishes a new snapshot every ``publish_every`` samples. Every ``recheck_every`` samples it re-chooses the
-persona count on a window of recent samples and refits when another count is clearly better. Persona ids survive
-refits through :func:`worker.personas.match_ids`.
+exactly one worker of the group runs the trainer. It fits the first model in batch on the first samples (choosing
+the persona count by silhouette within bounds), warm-starts the online model (:mod:`worker.clustering.online`)
+from it, learns from every later sample and publishes a new snapshot every ``publish_every`` samples. Every
+``recheck_every`` samples it tries one persona more and one fewer on a window of recent samples and switches when
+that is clearly better. Persona ids survive updates through :func:`worker.personas.match_ids`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ import logging
 from collections.abc import Iterable
 
 import numpy as np
-from river import cluster
 
-from worker.clustering.batch import choose_k, silhouette, sq_distances
+from worker.clustering.batch import Fit, add_center, choose_k, fit_score, lloyd, subsample
+from worker.clustering.online import OnlineModel, make_model
 from worker.clustering.snapshot import ModelSnapshot
 from worker.features.space import FeatureSpace, choose_vocabulary
 from worker.features.state import UserState
 from worker.personas import load_name_overrides, match_ids, name_personas
+from worker.personas.registry import persona_id
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_RECHECK_GAIN = 0.02  # silhouette a different persona count must win by
 
 
 class Trainer:
@@ -38,7 +37,7 @@ class Trainer:
         self._window_len = 0
         self._window_pos = 0
         self.current: ModelSnapshot | None = None
-        self.model: cluster.KMeans | None = None
+        self.model: OnlineModel | None = None
         self.since_publish = 0
         self.since_recheck = 0
         self.seen = 0
@@ -46,35 +45,29 @@ class Trainer:
             self.resume(current)
 
     # --- state ---------------------------------------------------------------------------------------
-    def resume(self, snap: ModelSnapshot) -> None:
-        """Continue from a persisted snapshot (after a restart or a move of the trainer to another worker)."""
+    def resume(self, snap: ModelSnapshot, counts: np.ndarray | None = None) -> None:
+        """Continue from a snapshot: a persisted one (after a restart, or when the trainer moved to another
+        worker; taken as mature) or a new fit, whose ``counts`` (samples per centroid) set how far the first
+        samples may still move it."""
         self.current = snap
         self.seen = snap.samples_seen
-        self.model = self._river_model(snap.centroids, snap.space.names)
+        mature = np.full(len(snap.centroids), float(self.settings.model_memory))
+        self.model = make_model(self.settings, snap.centroids, mature if counts is None else counts, snap.space.names)
         size = 2 * self.settings.warmup_samples
-        self.window = np.zeros((size, snap.space.dim))
-        self._window_len = 0
-        self._window_pos = 0
-
-    def _river_model(self, centroids: np.ndarray, names: tuple[str, ...]) -> cluster.KMeans:
-        model = cluster.KMeans(
-            n_clusters=len(centroids), halflife=self.settings.model_halflife, seed=self.settings.model_seed
-        )
-        # warm start: River's random initial centres replaced by the batch fit
-        for i, c in enumerate(centroids):
-            model.centers[i].clear()
-            model.centers[i].update(zip(names, (float(v) for v in c), strict=True))
-        return model
+        if self.window.shape != (size, snap.space.dim):
+            self.window = np.zeros((size, snap.space.dim))
+            self._window_len = 0
+            self._window_pos = 0
 
     def _centroids(self) -> np.ndarray:
-        assert self.model is not None and self.current is not None
-        names = self.current.space.names
-        return np.array([[self.model.centers[i][n] for n in names] for i in range(len(self.model.centers))])
+        assert self.model is not None
+        return self.model.centroids()
 
     # --- learning ------------------------------------------------------------------------------------
     def add(self, samples: Iterable[tuple[str, UserState, int]]) -> ModelSnapshot | None:
         """Learn from ``(user_id, state, evaluated_at)`` samples; returns a new snapshot when one is due."""
         published: ModelSnapshot | None = None
+        rows: list[list[float]] = []
         for uid, state, t in samples:
             if self.current is None:
                 self.warmup[uid] = (state, t)
@@ -82,17 +75,33 @@ class Trainer:
                 if len(self.warmup) >= self.settings.warmup_samples and self._warm_enough():
                     published = self._fit_first()
                 continue
-            snap = self.current
-            xs = (snap.space.matrix([state], [t])[0] - snap.mean) / snap.scale
-            self._remember(xs)
-            assert self.model is not None
-            self.model.learn_one(dict(zip(snap.space.names, xs.tolist(), strict=True)))
-            self.seen += 1
-            self.since_publish += 1
-            self.since_recheck += 1
-            if self.since_recheck >= self.settings.recheck_every and self._window_len >= self.window.shape[0] // 2:
+            rows.append(self.current.space.row(state, t))
+        if rows:
+            published = self._learn(rows) or published
+        return published
+
+    def _learn(self, rows: list[list[float]]) -> ModelSnapshot | None:
+        s = self.settings
+        snap = self.current
+        assert snap is not None and self.model is not None
+        x = snap.space.transform(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1))
+        xs = (x - snap.mean) / snap.scale
+        published = None
+        i = 0
+        while i < len(xs):
+            # in steps that end where a publication or a re-check is due
+            m = max(1, min(len(xs) - i, s.publish_every - self.since_publish, s.recheck_every - self.since_recheck))
+            part = xs[i : i + m]
+            i += m
+            for row in part:
+                self._remember(row)
+            self.model.learn(part)
+            self.seen += m
+            self.since_publish += m
+            self.since_recheck += m
+            if self.since_recheck >= s.recheck_every and self._window_len >= self.window.shape[0] // 2:
                 published = self._recheck() or published
-            if self.since_publish >= self.settings.publish_every:
+            if self.since_publish >= s.publish_every:
                 published = self._publish_update()
         return published
 
@@ -114,14 +123,13 @@ class Trainer:
         space = FeatureSpace(tuple(choose_vocabulary(states, s.vocabulary_size)), s.half_lives_ms)
         x = space.matrix(states, [t for _, t in pairs])
         mean = x.mean(0)
-        scale = x.std(0)
-        scale[scale < 1e-9] = 1.0
+        scale = np.maximum(x.std(0), space.scale_floor())
         xs = (x - mean) / scale
         choice = choose_k(xs, s.k_min, s.k_max, s.model_seed)
         ids, next_number = match_ids([], None, choice.fit.centers, s.new_persona_distance, 1)
         snap = self._snapshot(1, space, mean, scale, choice.fit.centers, ids, next_number, len(x), choice.scores)
         self.warmup = {}
-        self.resume(snap)
+        self.resume(snap, np.bincount(choice.fit.labels, minlength=choice.k).astype(np.float64))
         for row in xs:
             self._remember(row)
         log.info("first model: k=%d of silhouette scores %s, vocabulary %s", choice.k, choice.scores, space.vocabulary)
@@ -150,58 +158,63 @@ class Trainer:
 
     def _publish_update(self) -> ModelSnapshot:
         cur = self.current
-        assert cur is not None
+        assert cur is not None and self.model is not None
         self.since_publish = 0
+        centroids = self._centroids()
+        if self.model.keeps_order and len(centroids) == len(cur.centroids):
+            ids, next_number = list(cur.persona_ids), cur.next_persona
+        else:  # a clusterer that rebuilds its clusters: match them to the personas they continue
+            ids, next_number = match_ids(
+                cur.persona_ids, cur.centroids, centroids, self.settings.new_persona_distance, cur.next_persona
+            )
         snap = self._snapshot(
-            cur.version + 1,
-            cur.space,
-            cur.mean,
-            cur.scale,
-            self._centroids(),
-            list(cur.persona_ids),
-            cur.next_persona,
-            self.seen,
-            cur.k_scores,
+            cur.version + 1, cur.space, cur.mean, cur.scale, centroids, ids, next_number, self.seen, cur.k_scores
         )
         self.current = snap
         return snap
 
     def _recheck(self) -> ModelSnapshot | None:
-        """Re-choose the persona count on the recent window; refit only when another count is clearly better."""
+        """Try one persona more and one fewer on the recent window, each refined from the current centroids so
+        the personas that stay keep their place (and their ids); switch only when clearly better."""
         cur = self.current
         assert cur is not None
         self.since_recheck = 0
         s = self.settings
+        rng = np.random.default_rng(s.model_seed + cur.version)
         xs = self.window[: self._window_len]
+        sub = subsample(xs, rng)
         centroids = self._centroids()
-        labels = sq_distances(xs, centroids).argmin(1)
-        sub = slice(0, min(len(xs), 2500))
-        current_score = silhouette(xs[sub], labels[sub])
-        choice = choose_k(xs, s.k_min, s.k_max, s.model_seed + cur.version)
-        if choice.k == len(centroids) or choice.scores[choice.k] < current_score + _RECHECK_GAIN:
+        k = len(centroids)
+        current_score = fit_score(xs, sub, lloyd(xs, centroids, iters=0))
+        # each candidate refines the current centroids, so identity follows by construction: one persona more
+        # keeps every id and gets a new one, one fewer drops the id of the centroid taken out
+        candidates: list[tuple[Fit, list[str]]] = []
+        ids = list(cur.persona_ids)
+        if k < s.k_max:
+            new_id = persona_id(cur.next_persona)
+            candidates += [(lloyd(xs, add_center(xs, centroids, rng)), [*ids, new_id]) for _ in range(3)]
+        if k > max(1, s.k_min):
+            candidates += [(lloyd(xs, np.delete(centroids, j, axis=0)), ids[:j] + ids[j + 1 :]) for j in range(k)]
+        if not candidates:
             return None
-        ids, next_number = match_ids(
-            cur.persona_ids, centroids, choice.fit.centers, s.new_persona_distance, cur.next_persona
-        )
-        log.info(
-            "persona count %d -> %d (silhouette %.3f -> %.3f)",
-            len(centroids),
-            choice.k,
-            current_score,
-            choice.scores[choice.k],
-        )
+        scores = [fit_score(xs, sub, fit) for fit, _ in candidates]
+        best = int(np.argmax(scores))
+        if scores[best] < current_score + s.recheck_gain:
+            return None
+        fit, new_ids = candidates[best]
+        next_number = cur.next_persona + (len(new_ids) > k)
+        log.info("persona count %d -> %d (silhouette %.3f -> %.3f)", k, len(fit.centers), current_score, scores[best])
         snap = self._snapshot(
             cur.version + 1,
             cur.space,
             cur.mean,
             cur.scale,
-            choice.fit.centers,
-            ids,
+            fit.centers,
+            new_ids,
             next_number,
             self.seen,
-            choice.scores,
+            {**cur.k_scores, len(fit.centers): scores[best]},
         )
         self.since_publish = 0
-        self.current = snap
-        self.model = self._river_model(snap.centroids, snap.space.names)
+        self.resume(snap, np.bincount(fit.labels, minlength=len(fit.centers)).astype(np.float64))
         return snap

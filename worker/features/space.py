@@ -16,6 +16,8 @@ import numpy as np
 from worker.features.state import UserState, decay_factors
 
 _DAY_MS = 86_400_000
+LOG_FLOOR = 0.25
+SHARE_FLOOR = 0.05
 FIXED_FEATURES = (
     "rate_other",
     "spend",
@@ -102,6 +104,15 @@ class FeatureSpace:
             state.weekend / (state.slow_total + 1.0),
         )
         return out
+
+    def scale_floor(self) -> np.ndarray:
+        """Smallest standard deviation each model feature is scaled by: a change this size means something (about
+        30 % more or less of a count, 5 points of a share), however uniform the users the model was fitted on were.
+        Without it, a feature that barely varied at the first fit (nobody active at night yet) turns a later
+        small difference into a huge distance that swamps every other feature."""
+        floor = np.full(self.dim, SHARE_FLOOR)
+        floor[: self.n_log] = LOG_FLOOR
+        return floor
 
     def transform(self, rows: np.ndarray) -> np.ndarray:
         """Rows from :meth:`row` → model units (counts log-compressed), in place, vectorised."""

@@ -160,6 +160,13 @@ def _emerging(rng: np.random.Generator) -> World:
 
 
 def _weekly(rng: np.random.Generator) -> World:
+    # a strong weekly rhythm: most personas live at the weekend (days of near-silence in between), one on weekdays
+    personas = [replace(p, weekend_boost=float(rng.uniform(3.0, 5.0))) for p in _drawn(rng, 5)]
+    personas[-1] = replace(personas[-1], weekend_boost=0.2)
+    return World(tuple(personas), switch_share=0.05, silent_share=0.0)
+
+
+def _weekend_twins(rng: np.random.Generator) -> World:
     personas = list(_drawn(rng, 4))
     # two personas that do the same things; one mostly at the weekend, one mostly on weekdays
     base = personas[0]
@@ -192,7 +199,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("switching", "15% of users switch persona mid-way", _switching),
         Scenario("silent", "10% of users go silent", _silent),
         Scenario("emerging", "a new persona appears mid-stream, joined by 15% new users", _emerging),
-        Scenario("weekly", "same activity, weekend-heavy vs weekday users", _weekly),
+        Scenario("weekly", "weekend-heavy personas (near-silent weekdays), one weekday persona, 5% switch", _weekly),
+        Scenario("twins", "two personas that differ only by weekend vs weekday habit", _weekend_twins),
         Scenario("noisy", "30% of users with a fifth of the usual activity", _noisy),
         Scenario("vocabulary", "16 made-up event types, 6 personas, 5% switch, 5% silent", _unseen_vocabulary),
         Scenario("reference", "the demo's world: 5 personas, 10% switch, 8% silent", _reference),
