@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--broker", default=None, help="kafka://host:port (else SEGMENT_WORKER_BROKER)")
     rep.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
     rep.add_argument("--format", choices=("jsonl", "csv"), default=None, help="default: by file extension")
+    rep.add_argument(
+        "--shadow",
+        metavar="SETTINGS_FILE",
+        default=None,
+        help="send nothing: run the file through the current settings and through these (NAME=value lines) "
+        "in-process, and report which users would migrate differently",
+    )
+    rep.add_argument("--shadow-json", default=None, help="with --shadow: write the full comparison to FILE")
     ev = sub.add_parser("evaluate", help="scenario worlds through the segmentation, scored against ground truth")
     ev.add_argument(
         "--scenarios",
@@ -122,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "replay":
             from worker.cli.tools import replay_cmd
 
-            replay_cmd(args, Settings.load(environ, {"broker": args.broker}))
+            replay_cmd(args, Settings.load(environ, {"broker": args.broker}), environ)
     except SegmentWorkerError as exc:
         print(f"segment-worker: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -12,8 +12,11 @@ from typing import Any
 
 from worker import codec
 from worker.errors import ConfigError
+from worker.evaluation.engines import run_core
+from worker.evaluation.run import sized
+from worker.evaluation.shadow import compare, render
 from worker.kafkaio import create_topics, produce
-from worker.settings import Settings
+from worker.settings import ENV_PREFIX, Settings
 from worker.synth import generate
 
 CONTEXT_COLUMNS = ("platform", "country", "language", "channel", "timezone")
@@ -111,10 +114,53 @@ def csv_row_to_event(row: dict[str, str]) -> dict[str, Any]:
     return event
 
 
-def replay_cmd(args: argparse.Namespace, settings: Settings) -> None:
+def env_file(path: str) -> dict[str, str]:
+    """``NAME=value`` lines (``SEGMENT_WORKER_`` prefix optional; blank lines and ``#`` comments ignored), as
+    environment entries."""
+    out: dict[str, str] = {}
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"settings file {path}: {exc}") from exc
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"settings file {path}, line {n}: expected NAME=value")
+        name = name.strip().upper()
+        out[name if name.startswith(ENV_PREFIX) else ENV_PREFIX + name] = value.strip().strip('"')
+    return out
+
+
+def shadow_cmd(args: argparse.Namespace, current: Settings, environ: dict[str, str]) -> None:
+    """Replay the file through the current settings and the candidate's, in-process, and report the users who
+    would migrate differently."""
+    candidate = Settings.load({**environ, **env_file(args.shadow)}, {"broker": current.broker})
+    records = [(k or b"", v) for k, v in keyed(read_events(Path(args.file), args.format))]
+    users = len({k for k, _ in records})
+    runs = []
+    for label, s in (("current", current), ("candidate", candidate)):
+        started = time.monotonic()
+        runs.append(run_core(sized(s, users), records))
+        print(
+            f"shadow: {label} settings over {len(records):,} records in {time.monotonic() - started:.1f}s",
+            file=sys.stderr,
+        )
+    report = compare(runs[0], runs[1])
+    print(render(report))
+    if args.shadow_json:
+        Path(args.shadow_json).write_bytes(codec.dumps_pretty(report))
+
+
+def replay_cmd(args: argparse.Namespace, settings: Settings, environ: dict[str, str]) -> None:
     path = Path(args.file)
     if not path.is_file():
         raise ConfigError(f"no such file: {path}")
+    if args.shadow:
+        shadow_cmd(args, settings, environ)
+        return
     topic = args.topic or settings.input_topic
     create_topics(settings.bootstrap_servers, {topic: settings.partitions}, settings.replication_factor)
     n = produce(
