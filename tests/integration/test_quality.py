@@ -101,6 +101,7 @@ def test_real_purchase_log_gets_rfm_personas(
         half_lives_days=(30.0, 180.0),
         min_events=1,
         dormant_after_days=0.0,
+        silence_checks_days=(30.0, 90.0),
         warmup_samples=800,
         sample_rate=1.0,
         max_future_seconds=86_400.0,

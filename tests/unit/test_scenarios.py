@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import pytest
+
+from worker.synth.population import generate_world
+from worker.synth.scenarios import SCENARIOS, world
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenarios_are_reproducible_and_keep_their_promise(name: str) -> None:
+    a = generate_world(world(name, 3), 200, 28, 3)
+    b = generate_world(world(name, 3), 200, 28, 3)
+    assert a.events == b.events and a.truth == b.truth
+    truth = list(a.truth.values())
+    w = world(name, 3)
+    assert sum(t.switch_at is not None for t in truth) == pytest.approx(200 * w.switch_share, abs=20)
+    assert sum(t.silent_at is not None for t in truth) == pytest.approx(200 * w.silent_share, abs=20)
+    if w.emerging is not None:
+        late = [t for t in truth if t.joined_at is not None]
+        assert len(late) == 30 and all(t.final == w.emerging.name for t in late)
+        first_seen = {}
+        for e in a.events:
+            first_seen.setdefault(e["user_id"], e)
+        assert all(t.user_id in first_seen for t in late)
+
+
+def test_personas_differ_between_seeds() -> None:
+    assert world("stable", 1).personas != world("stable", 2).personas
