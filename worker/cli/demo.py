@@ -44,7 +44,7 @@ def demo(
 ) -> int:
     started = time.monotonic()
     deadline = started + timeout
-    say = _printer(started)
+    say = printer(started)
     with tempfile.TemporaryDirectory(prefix="segment-worker-demo-") as tmp:
         work = Path(tmp)
         with EmbeddedBroker(log_file=work / "broker.log") as broker:
@@ -70,7 +70,9 @@ def demo(
     return 0 if report["ok"] else 1
 
 
-def _printer(started: float) -> Any:
+def printer(started: float) -> Any:
+    """``say(msg)``: a line prefixed with the seconds since ``started``."""
+
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
 

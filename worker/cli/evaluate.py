@@ -7,15 +7,14 @@ import time
 from pathlib import Path
 
 from worker import codec
+from worker.cli.demo import printer
 from worker.evaluation.run import Plan, evaluate, table, target_summary
 from worker.settings import Settings
 
 
 def evaluate_cmd(args: argparse.Namespace, settings: Settings, environ: dict[str, str]) -> int:
     started = time.monotonic()
-
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
+    say = printer(started)
 
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     plan = Plan(args.scenarios.split(","), seeds, args.users, args.days, args.engine)
