@@ -106,3 +106,44 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
         return out
     finally:
         consumer.close()
+
+
+def true_end_offsets(
+    consumer: KafkaConsumer, tps: list[TopicPartition], timeout: float = 10.0
+) -> dict[TopicPartition, int]:
+    """The offset after each partition's last record. Some brokers' ListOffsets answer the base offset of the last
+    record batch plus one instead (the embedded Tansu broker does), so read that batch to find its real end."""
+    reported = consumer.end_offsets(tps)
+    ends = dict(reported)
+    pending = {tp for tp in tps if reported[tp] > 0}
+    if not pending:
+        return ends
+    consumer.assign(sorted(pending, key=lambda tp: (tp.topic, tp.partition)))
+    for tp in pending:
+        consumer.seek(tp, reported[tp] - 1)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for tp, msgs in consumer.poll(timeout_ms=200).items():
+            if msgs:
+                ends[tp] = max(ends[tp], msgs[-1].offset + 1)
+                # the fetch ends where the batch ends; a position at the reported end means nothing more
+                if consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    return ends
+
+
+def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    """Records not yet committed by consumer ``group``, per (topic, partition) of ``topics`` (a partition the group
+    never committed counts from its start)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segment-worker-admin")
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        fetched = admin.list_group_offsets({group: tps}).get(group, {})
+        committed = {tp: meta.offset for tp, meta in fetched.items()}
+        starts = consumer.beginning_offsets(tps)
+        ends = true_end_offsets(consumer, tps)
+        return {(tp.topic, tp.partition): ends[tp] - max(starts[tp], committed.get(tp, -1)) for tp in tps}
+    finally:
+        consumer.close()
+        admin.close()
