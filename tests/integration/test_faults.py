@@ -1,0 +1,166 @@
+"""Faults against the real broker, modelled on Kafka Streams' exactly-once system test: a worker SIGKILLed at
+random points and restarted, and a second worker joining mid-stream and leaving (SIGTERM or SIGKILL). Whatever
+happens, the outcome must equal a run without faults: every count and total exact, every user with a persona,
+one content per change id, unbroken change chains that end where the API says, and one model history."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+
+from worker import codec
+from worker.broker import free_port
+from worker.kafkaio import group_lag, read_all
+from worker.process import WorkerProcess, metric_total
+from worker.settings import Settings
+from worker.synth import Population, generate
+
+from .test_worker import send
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+USERS, DAYS = 1500, 9  # about 45,000 events
+
+
+@pytest.fixture(scope="module")
+def population() -> Population:
+    return generate(USERS, DAYS, seed=11)
+
+
+def _processed(worker: WorkerProcess) -> float:
+    try:
+        return metric_total(worker.metrics(), "segment_worker_events_processed_total")
+    except OSError:  # not serving yet
+        return 0.0
+
+
+def _run_until(worker: WorkerProcess, processed: float, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _processed(worker) < processed:
+        assert worker.proc.poll() is None, f"worker died, see {worker.log_path}"
+        assert time.monotonic() < deadline, f"worker stuck below {processed:.0f} events, see {worker.log_path}"
+        time.sleep(0.2)
+
+
+def _drained(s: Settings, worker: WorkerProcess, timeout: float = 180.0) -> None:
+    """Every input and re-routed record committed by the group, i.e. applied and its output sent."""
+    topics = [s.input_topic, f"{s.app_id}-events-by-user"]
+    deadline = time.monotonic() + timeout
+    while True:
+        lag = group_lag(s.bootstrap_servers, s.app_id, topics)
+        if not any(lag.values()):
+            return
+        assert worker.proc.poll() is None, f"worker died, see {worker.log_path}"
+        assert time.monotonic() < deadline, f"not drained: {lag}, see {worker.log_path}"
+        time.sleep(0.5)
+
+
+def _user(worker: WorkerProcess, uid: str) -> dict[str, Any]:
+    """The API's view of a user; one the worker has not seen yet as an empty user."""
+    if worker.status(f"/users/{uid}") == 404:
+        return {"event_count": 0, "value_total": 0.0, "segment": None, "changes": 0}
+    return dict(worker.get(f"/users/{uid}"))
+
+
+def _check_outcome(s: Settings, pop: Population, worker: WorkerProcess) -> None:
+    counts = Counter(e["user_id"] for e in pop.events)
+    money: dict[str, float] = defaultdict(float)
+    for e in pop.events:
+        money[e["user_id"]] += float(e.get("value") or 0.0)
+    # the worker catches up: every user's count complete and, once it is, a persona for every eligible user
+    # (a model published late assigns the waiting users on its arrival)
+    deadline = time.monotonic() + 180
+    while True:
+        assert worker.proc.poll() is None, f"worker died, see {worker.log_path}"
+        users = {uid: _user(worker, uid) for uid in counts}
+        behind = [u for u, v in users.items() if v["event_count"] < counts[u]]
+        waiting = [u for u, v in users.items() if v["segment"] is None and counts[u] >= s.min_events]
+        if (not behind and not waiting) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert not waiting, f"{len(waiting)} users without a persona, e.g. {waiting[:3]}"
+    # nothing lost, nothing counted twice
+    wrong = [(u, v["event_count"], counts[u]) for u, v in users.items() if v["event_count"] != counts[u]]
+    assert not wrong, f"{len(wrong)} users with wrong event counts (user, seen, sent): {wrong[:5]}"
+    wrong_money = [(u, v["value_total"], money[u]) for u, v in users.items() if abs(v["value_total"] - money[u]) > 1e-6]
+    assert not wrong_money, f"{len(wrong_money)} users with wrong monetary totals: {wrong_money[:5]}"
+
+    # and every record's offset committed (a commit stuck behind a lost in-flight record would make the next
+    # restart re-read from far back)
+    _drained(s, worker, timeout=60.0)
+
+    # change ids: duplicates only as byte-identical re-emissions; chains unbroken and ending at the API's persona
+    content: dict[str, bytes] = {}
+    chains: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in read_all(s.bootstrap_servers, s.output_topic):
+        assert r.value is not None
+        c = codec.loads(r.value)
+        assert content.setdefault(c["event_id"], r.value) == r.value, f"change {c['event_id']} with two contents"
+        chains[c["user_id"]][c["sequence"]] = c
+    for uid, by_seq in chains.items():
+        chain = [by_seq[k] for k in sorted(by_seq)]
+        assert [c["sequence"] for c in chain] == list(range(1, len(chain) + 1)), uid
+        assert chain[0]["from_segment"] is None, uid
+        for a, b in itertools.pairwise(chain):
+            assert b["from_segment"] == a["to_segment"], uid
+        assert chain[-1]["to_segment"] == users[uid]["segment"], uid
+        assert len(chain) == users[uid]["changes"], uid
+    assert set(chains) == {u for u, v in users.items() if v["segment"] is not None}
+
+    # one model history: each version published with one content (a restart resumes it, never refits a v1)
+    versions: dict[int, bytes] = {}
+    for r in read_all(s.bootstrap_servers, f"{s.app_id}-models-changelog"):
+        assert r.value is not None
+        version = codec.loads(r.value)["version"]
+        assert versions.setdefault(version, r.value) == r.value, f"model v{version} with two contents"
+    assert worker.get("/personas")["model_version"] == max(versions)
+
+
+def _persona_ids(worker: WorkerProcess) -> set[str]:
+    return {p["id"] for p in worker.get("/personas")["personas"]}
+
+
+def test_sigkill_twice_at_random_points_loses_and_doubles_nothing(
+    worker_settings: Settings, start_worker: Any, population: Population
+) -> None:
+    s = worker_settings
+    total = len(population.events)
+    send(s, population.events, wrong_key_every=10)  # a tenth keyed wrongly: the re-routing path crashes too
+    rng = random.Random()
+    worker = start_worker(s)
+    ids_before: set[str] = set()
+    for _ in range(2):
+        point = rng.uniform(0.15, 0.4) * total
+        _run_until(worker, point)
+        time.sleep(rng.uniform(0.0, 0.5))
+        if worker.get("/personas")["model_version"]:
+            ids_before = _persona_ids(worker)
+        worker.kill()
+        worker = start_worker(s)
+    _check_outcome(s, population, worker)
+    assert ids_before <= _persona_ids(worker), "persona ids changed across the restarts"
+
+
+@pytest.mark.parametrize("leave", ["sigterm", "sigkill"])
+def test_second_worker_joins_and_leaves(
+    worker_settings: Settings, start_worker: Any, population: Population, leave: str
+) -> None:
+    s = worker_settings
+    total = len(population.events)
+    send(s, population.events, wrong_key_every=10)
+    first = start_worker(s)
+    _run_until(first, 0.2 * total)
+    second = start_worker(s.replace(web_port=free_port(), data_dir=s.data_dir + "-2"))
+    # both members own partitions now; they share one model history (only one of them trains)
+    _run_until(second, 0.1 * total)
+    assert first.get("/healthz")["partitions"] and second.get("/healthz")["partitions"]
+    if leave == "sigterm":
+        second.stop()
+    else:
+        second.kill()
+    _check_outcome(s, population, first)
