@@ -132,9 +132,6 @@ class Trainer:
         self.resume(snap, np.bincount(choice.fit.labels, minlength=choice.k).astype(np.float64))
         for row in xs:
             self._remember(row)
-        # the first fit saw the fewest users it ever will (a small population may hide a persona in it):
-        # re-check its persona count once as many samples again have arrived, not a full period later
-        self.since_recheck = max(0, s.recheck_every - len(x))
         log.info("first model: k=%d of silhouette scores %s, vocabulary %s", choice.k, choice.scores, space.vocabulary)
         return snap
 
