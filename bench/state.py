@@ -1,0 +1,112 @@
+"""State at scale: bytes of state per user, and how long a worker takes to recover many users' state.
+
+python bench/state.py [--users 2000] [--recover 1000000]
+
+1. Runs a synthetic population through the core and measures each user's changelog record (key + value, exactly
+   as the worker writes it): mean, p50, p99 bytes per user.
+2. Writes ``--recover`` users' state records (copies of the measured ones under new user ids) into a worker's
+   ``users`` changelog on the embedded broker, starts a worker process on it, and times start → ready (group
+   joined, changelog recovered, every user in state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from worker import codec
+from worker.broker import EmbeddedBroker, free_port
+from worker.changes import InputRecord, Segmenter
+from worker.features.state import UserState
+from worker.kafkaio import create_topics, producer
+from worker.process import WorkerProcess
+from worker.routing import partitioner
+from worker.settings import Settings
+from worker.synth import generate
+
+
+def measured_states(users: int, days: float) -> dict[str, bytes]:
+    """user id → the changelog value the worker writes for that user after the population's events."""
+    s = Settings()
+    pop = generate(users, days, seed=1)
+    store: dict[str, UserState] = {}
+    seg = Segmenter(s, store, lambda _u: 0)
+    raw = [codec.dumps(e) for e in pop.events]
+    for i in range(0, len(raw), 1000):
+        recs = [InputRecord(v, None, 0, i + j, 0, i + j, 0.0) for j, v in enumerate(raw[i : i + 1000])]
+        store.update(seg.process(recs, 2**62, 0.0).dirty)
+    return {uid: codec.dumps(state.to_wire()) for uid, state in store.items()}
+
+
+def recovery(values: list[bytes], users: int, partitions: int) -> None:
+    with (
+        tempfile.TemporaryDirectory(prefix="segment-worker-bench-") as tmp,
+        EmbeddedBroker(log_file=Path(tmp) / "broker.log") as broker,
+    ):
+        s = Settings(
+            broker=broker.url,
+            app_id="bench-state",
+            input_topic="bench-events",
+            output_topic="bench-changes",
+            dlq_topic="bench-dlq",
+            partitions=partitions,
+            web_port=free_port(),
+            data_dir=str(Path(tmp) / "data"),
+            session_timeout=6.0,
+        )
+        changelog = f"{s.app_id}-users-changelog"
+        create_topics(broker.bootstrap, {changelog: partitions, s.input_topic: partitions})
+        part = partitioner(partitions)
+        started = time.monotonic()
+
+        prod = producer(broker.bootstrap)
+        total = 0
+        for i in range(users):
+            uid = f"user-{i:08d}"
+            key, value = codec.dumps(uid), values[i % len(values)]  # table keys are JSON strings
+            prod.send(changelog, key=key, value=value, partition=part(uid))
+            total += len(key) + len(value)
+        prod.flush(300)
+        prod.close()
+        print(f"wrote {users:,} state records ({total / 1e6:,.0f} MB) in {time.monotonic() - started:.1f}s", flush=True)
+        t0 = time.monotonic()
+        worker = WorkerProcess(s, dict(os.environ), Path(tmp) / "worker.log")
+        try:
+            worker.wait_ready(600)
+            while worker.get("/healthz")["users"] < users:
+                if time.monotonic() - t0 > 900:
+                    sys.exit("worker did not hold every user after 900 s")
+                time.sleep(0.2)
+            took = time.monotonic() - t0
+            rss = worker.metrics().get("process_resident_memory_bytes", 0.0)
+        finally:
+            worker.stop()
+        print(f"recovery of {users:,} users: {took:.1f}s from process start to every user in state (goal <= 30 s)")
+        print(f"worker resident memory after recovery: {rss / 2**20:,.0f} MiB ({rss / users:,.0f} B/user in memory)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, default=2000, help="synthetic users whose state is measured")
+    ap.add_argument("--days", type=float, default=28.0)
+    ap.add_argument("--recover", type=int, default=1_000_000, help="users' state to recover (0 to skip)")
+    ap.add_argument("--partitions", type=int, default=3)
+    args = ap.parse_args()
+    states = measured_states(args.users, args.days)
+    sizes = sorted(len(codec.dumps(uid)) + len(v) for uid, v in states.items())
+    print(
+        f"state per user ({len(sizes):,} users, {args.days:g} days): mean {statistics.fmean(sizes):,.0f} B, "
+        f"p50 {sizes[len(sizes) // 2]:,} B, p99 {sizes[int(len(sizes) * 0.99)]:,} B "
+        "(key + changelog value; goal <= 300 B)"
+    )
+    if args.recover:
+        recovery(list(states.values()), args.recover, args.partitions)
+
+
+if __name__ == "__main__":
+    main()
