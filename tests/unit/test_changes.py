@@ -9,6 +9,7 @@ import numpy as np
 
 from worker import codec
 from worker.changes import BatchResult, InputRecord, Segmenter
+from worker.changes.gate import OffsetGate
 from worker.changes.hysteresis import decide
 from worker.changes.segmenter import change_id
 from worker.changes.silence import BUCKET_MS, SilenceIndex
@@ -175,3 +176,58 @@ def test_batching_does_not_change_the_outcome() -> None:
             out += [c for _, c, _ in step(seg, records[i : i + size]).changes]
         outcomes.append(out)
     assert outcomes[0] == outcomes[1] == outcomes[2] and len(outcomes[0]) == 2
+
+
+# --- the offset gate ---------------------------------------------------------------------------------------
+def _rec(partition: int, offset: int) -> InputRecord:
+    return InputRecord(b"{}", None, partition, offset, partition, offset, 0.0)
+
+
+def _offsets(records: list[InputRecord]) -> list[tuple[int, int]]:
+    return [(r.partition, r.offset) for r in records]
+
+
+def test_gate_applies_in_order_and_skips_redeliveries() -> None:
+    gate = OffsetGate()
+    gate.open(0, 5)
+    gate.open(1, 0)
+    batch = [_rec(0, 3), _rec(0, 5), _rec(1, 0), _rec(0, 6), _rec(0, 5), _rec(1, 1)]
+    assert gate.holes(batch) == []
+    got = gate.admit(batch)
+    assert sorted(_offsets(got.records)) == [(0, 5), (0, 6), (1, 0), (1, 1)]
+    assert (got.duplicates, got.held, got.foreign) == (2, 0, 0)
+    assert gate.next == {0: 7, 1: 2}
+    assert gate.admit([_rec(0, 6), _rec(1, 1)]).records == []  # a whole re-delivered batch applies nothing
+
+
+def test_gate_names_holes_and_takes_the_fetched_records_in_order() -> None:
+    gate = OffsetGate()
+    gate.open(0, 10)
+    batch = [_rec(0, 12), _rec(0, 13), _rec(0, 16)]  # 10, 11, 14, 15 were never delivered
+    assert gate.holes(batch) == [(0, 10, 12), (0, 14, 16)]
+    fetched = [_rec(0, 10), _rec(0, 11), _rec(0, 14), _rec(0, 15)]
+    got = gate.admit(batch + fetched, [(0, 10, 12), (0, 14, 16)])
+    assert _offsets(got.records) == [(0, o) for o in (10, 11, 12, 13, 14, 15, 16)]
+    assert gate.next == {0: 17}
+
+
+def test_gate_steps_over_confirmed_gaps_only() -> None:
+    gate = OffsetGate()
+    gate.open(0, 0)
+    # offsets 2..3 do not exist (a transaction marker, compaction): the broker read of 0..4 confirmed it
+    got = gate.admit([_rec(0, 0), _rec(0, 1), _rec(0, 4)], [(0, 0, 4)])
+    assert _offsets(got.records) == [(0, 0), (0, 1), (0, 4)]
+    # unconfirmed: 6 is missing and nobody read it, so 7 and 8 wait (the position stays at 6)
+    got = gate.admit([_rec(0, 5), _rec(0, 7), _rec(0, 8)])
+    assert _offsets(got.records) == [(0, 5)]
+    assert got.held == 2 and gate.next == {0: 6}
+
+
+def test_gate_leaves_partitions_it_does_not_hold() -> None:
+    gate = OffsetGate()
+    gate.open(0, 0)
+    gate.open(1, 0)
+    gate.close([1])
+    assert gate.holes([_rec(1, 9)]) == []
+    got = gate.admit([_rec(0, 0), _rec(1, 0)])
+    assert _offsets(got.records) == [(0, 0)] and got.foreign == 1
