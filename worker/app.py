@@ -14,19 +14,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.exceptions import SameNode
 from faust.serializers import codecs
+from faust.types import TP
 from faust.web import Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
 
 from worker import codec, metrics
 from worker.changes import BatchResult, InputRecord, Segmenter
+from worker.changes.gate import OffsetGate
 from worker.clustering import ModelSnapshot, Trainer
 from worker.events.timefmt import format_rfc3339
 from worker.features.state import UserState, features_at
 from worker.personas import DORMANT
+from worker.refetch import RangeReader
 from worker.routing import partition_keys, partitioner
 from worker.settings import Settings
 
@@ -36,6 +42,10 @@ MODEL_KEY = "current"
 TAIL_RECORDS = 5000  # changelog records re-read per partition after recovery (see recover_tail)
 H_SRC_PARTITION = "sw.src.partition"
 H_SRC_OFFSET = "sw.src.offset"
+INPUT, BY_USER = "input", "by_user"  # the two consumed streams (metric label, key of their positions in state)
+PROBE_AFTER = 5.0  # seconds a partition's position may stand still before the broker is asked for what follows
+PROBE_MAX = 30.0  # longest wait between probes of a partition that has nothing new
+SAMPLES_PER_RECORD = 500  # training samples per record on the samples topic (about 300 kB)
 
 
 class _UserStateCodec(codecs.Codec):
@@ -84,7 +94,7 @@ def _table(
     return app.tables.add(table)
 
 
-def _raw_topic(app: faust.App, name: str, partitions: int, internal: bool = False) -> Any:
+def _raw_topic(app: faust.App, name: str, partitions: int, internal: bool = False, acks: bool = True) -> Any:
     return app.topic(
         name,
         key_type=bytes,
@@ -93,7 +103,22 @@ def _raw_topic(app: faust.App, name: str, partitions: int, internal: bool = Fals
         value_serializer="raw",
         partitions=partitions,
         internal=internal,
+        acks=acks,
     )
+
+
+def _input_record(
+    stream: str, partition: int, offset: int, key: Any, value: Any, headers: Any, n: int, now: float
+) -> InputRecord:
+    """An input record as the core wants it, from a Faust message or a broker record of either consumed stream."""
+    if stream == INPUT:
+        return InputRecord(value, key, partition, offset, partition, offset, now)
+    h = dict(headers or ())
+    try:
+        src_p, src_o = int(h[H_SRC_PARTITION]), int(h[H_SRC_OFFSET])
+    except (KeyError, ValueError):  # written by someone else: fence on this topic's coordinates
+        src_p, src_o = partition + n, offset
+    return InputRecord(value, key, partition, offset, src_p, src_o, now)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -120,8 +145,10 @@ def create_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         autodiscover=False,
     )
-    source = _raw_topic(app, s.input_topic, n)
-    by_user = _raw_topic(app, f"{s.app_id}-events-by-user", n, internal=True)
+    # the two consumed streams: their offsets are the worker's own (the offset gate's positions, kept in state and
+    # committed from there), not Faust's acknowledgement tracking
+    source = _raw_topic(app, s.input_topic, n, acks=False)
+    by_user = _raw_topic(app, f"{s.app_id}-events-by-user", n, internal=True, acks=False)
     samples_topic = _raw_topic(app, f"{s.app_id}-training-samples", 1, internal=True)
     output = _raw_topic(app, s.output_topic, n)
     dlq = _raw_topic(app, s.dlq_topic, n)
@@ -132,8 +159,8 @@ def create_app(settings: Settings) -> faust.App:
     users.route = part_meta.route = partition_of
     models = _table(app, _SinglePartitionGlobalTable, "models", 1, key_type=str, value_type=bytes)
 
-    async def put(table: Any, key: str, value: Any) -> None:
-        """Set a table key and send its changelog record through the producer, awaited.
+    async def put(table: Any, key: str, value: Any) -> Any:
+        """Set a table key and send its changelog record through the producer; returns the delivery future.
 
         Not ``table[key] = value``: that queues the record in Faust's producer buffer, whose flush before an
         offset commit gives up after 0.1 s, so a commit could cover state still unsent (seen here as a lost
@@ -145,7 +172,7 @@ def create_app(settings: Settings) -> faust.App:
         if key_partition is not None:  # the memory store's record of which keys a revoked partition drops
             key_partition[key] = partition
         serializers = app.serializers
-        await app.producer.send(
+        return await app.producer.send(
             table.changelog_topic.get_topic_name(),
             serializers.dumps_key(table.key_type, key, serializer=table.key_serializer),
             serializers.dumps_value(table.value_type, value, serializer=table.value_serializer),
@@ -156,6 +183,17 @@ def create_app(settings: Settings) -> faust.App:
 
     meta_keys = partition_keys(n, "__partition-meta-")
     segmenter = Segmenter(s, users, partition_of)
+    # per consumed stream: its topic and the gate holding each owned partition's position (kept in part_meta)
+    streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name()}
+    gates = {stream: OffsetGate() for stream in streams}
+    isolation = "read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted"
+    filler = RangeReader(s.bootstrap_servers, isolation)  # holes in a batch, under the core lock
+    prober = RangeReader(s.bootstrap_servers, isolation)  # partitions standing still, from the timer
+    moved: dict[tuple[str, int], float] = {}  # when each partition's position last moved or was probed
+    probe_wait: dict[tuple[str, int], float] = {}
+    probed: dict[tuple[str, int], int] = {}  # the position at which a probe last found records
+    durable: dict[tuple[str, int], int] = {}  # positions delivered to the changelog, to commit to the group
+    committed: dict[tuple[str, int], int] = {}
     owned: set[int] = set()
     model_bytes: list[bytes | None] = [None]
 
@@ -218,11 +256,23 @@ def create_app(settings: Settings) -> faust.App:
 
     models_recovered = [False]
 
+    @app.on_before_shutdown.connect
+    async def close_readers(sender: Any, **kwargs: Any) -> None:
+        await filler.stop()
+        await prober.stop()
+
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        # A rebalance may hand back the same partitions; Faust re-recovers them from the changelog (stopping
-        # short on brokers like Tansu), so re-read the tail and rebuild the indexes on the next batch regardless.
-        owned.clear()
+        # The batch in flight finishes and is delivered first: the next owner recovers the partitions from the
+        # changelog, and a write of ours landing after its own would put an older user state back. Until the
+        # assignment settles no batch is applied (the gates are closed; their records are read again).
+        async with core_lock:
+            await commit_positions()
+            for gate in gates.values():
+                gate.close(list(gate.next))
+            # A rebalance may hand back the same partitions; Faust re-recovers them from the changelog (stopping
+            # short on brokers like Tansu), so re-read the tail and rebuild the indexes on the next batch regardless.
+            owned.clear()
 
     async def refresh_ownership() -> None:
         current = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.input_topic}
@@ -235,30 +285,62 @@ def create_app(settings: Settings) -> faust.App:
             if not models_recovered[0]:  # every worker holds the whole (one-partition) model table
                 await recover_tail(models, {0})
                 models_recovered[0] = True
-            marks = {}
-            for p in current:
-                raw = part_meta.get(meta_keys[p])
-                if raw is not None:
-                    marks[p] = int(codec.loads(raw)["max_ts"])
-            segmenter.rebuild(set(current), marks)
+            metas = {p: codec.loads(raw) for p in current if (raw := part_meta.get(meta_keys[p])) is not None}
+            segmenter.rebuild(set(current), {p: int(meta["max_ts"]) for p, meta in metas.items()})
+            for stream, gate in gates.items():
+                gate.close(set(gate.next) - current)
+                for key in [k for k in durable if k[0] == stream and k[1] not in current]:
+                    durable.pop(key)
+                    committed.pop(key, None)
+                stored = {p: int(metas[p][stream]) for p in gained if stream in metas.get(p, {})}
+                if gained - set(stored):  # never consumed here: from the start of the log
+                    stored.update(await filler.beginning(streams[stream], sorted(gained - set(stored))))
+                for p, position in stored.items():
+                    gate.open(p, position)
+                    moved[(stream, p)] = time.monotonic()
             log.info("owning partitions %s: %d users in state", sorted(current), len(users))
 
     # One batch at a time through the core and out: the two ingest agents and the timer share user states, and a
     # batch that read a user before another batch's write of that user landed would overwrite it (a lost update).
     core_lock = asyncio.Lock()
 
-    async def handle(batch: list[InputRecord]) -> None:
+    async def handle(stream: str, batch: list[InputRecord]) -> None:
         async with core_lock:
-            await handle_locked(batch)
+            await handle_locked(stream, batch, [], [])
 
-    async def handle_locked(batch: list[InputRecord]) -> None:
+    async def handle_locked(stream: str, batch: list[InputRecord], fetched: list[Any], confirmed: list[Any]) -> None:
+        """One batch of a stream through the offset gate, the core and out. ``fetched`` are records read from the
+        broker already (``confirmed`` the ranges that read covered); the gate's holes are read here."""
+        if app.rebalancing:  # the assignment is changing: not ours to apply yet (see on_revoked)
+            metrics.RECORDS_HELD.labels(stream).inc(len(batch) + len(fetched))
+            return
         await refresh_ownership()
         if refresh_model():
-            await publish(segmenter.sweep(owned, time.monotonic()))
+            await publish(segmenter.sweep(owned, time.monotonic()), ())
         started = time.perf_counter()
+        gate, topic = gates[stream], streams[stream]
         try:
-            res = segmenter.process(batch, int(time.time() * 1000), time.monotonic())
-            await publish(res)
+            for p, start, stop in gate.holes(batch):
+                records, reached = await filler.read(topic, p, start, stop)
+                log.warning(
+                    "%s partition %d: offsets %d..%d skipped by the consumer; %d records read from the broker",
+                    stream,
+                    p,
+                    start,
+                    stop - 1,
+                    len(records),
+                )
+                fetched.extend(records)
+                confirmed.append((p, start, reached))
+            now = time.monotonic()
+            batch.extend(
+                _input_record(stream, r.partition, r.offset, r.key, r.value, r.headers, n, now) for r in fetched
+            )
+            before = dict(gate.next)
+            admitted = gate.admit(batch, confirmed)
+            advanced = [p for p, position in gate.next.items() if before.get(p) != position]
+            res = segmenter.process(admitted.records, int(time.time() * 1000), now)
+            await publish(res, advanced)
         except Exception as exc:
             # not an input problem (those are dead-lettered inside): stop the worker before any offset of
             # this batch is committed, so a restart re-reads it (the offset fence drops what was applied)
@@ -266,6 +348,12 @@ def create_app(settings: Settings) -> faust.App:
             await app.crash(exc)
             raise
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        for p in advanced:
+            moved[(stream, p)] = now
+            probe_wait.pop((stream, p), None)
+        metrics.RECORDS_REDELIVERED.labels(stream).inc(admitted.duplicates)
+        metrics.RECORDS_HELD.labels(stream).inc(admitted.held)
+        metrics.RECORDS_REFETCHED.labels(stream).inc(len(fetched))
 
     def settled() -> bool:
         """Recovered and not rebalancing: only then is the table whole. Timers run during recovery, and a write
@@ -280,13 +368,65 @@ def create_app(settings: Settings) -> faust.App:
         async with core_lock:
             await refresh_ownership()
             if refresh_model():
-                await publish(segmenter.sweep(owned, time.monotonic()))
+                await publish(segmenter.sweep(owned, time.monotonic()), ())
+        await probe()
+        await commit_positions()
 
-    async def publish(res: BatchResult) -> None:
-        """Send a batch's outputs, then its state. Outputs first and delivered: a user's state records the
-        source offset it applied (the fence that drops re-deliveries), so a state that reached the changelog
-        before its change record would, after a crash, drop the re-delivered event and never re-emit the change
-        (seen in the rebalance test: users with a persona and no change on the topic)."""
+    async def commit_positions() -> None:
+        """Commit to the consumer group the positions the changelog holds. The group's offsets only say where a
+        restarted consumer starts reading (the gate skips what is applied and reads what is missing)."""
+        todo = {key: pos for key, pos in durable.items() if committed.get(key) != pos}
+        if not todo:
+            return
+        try:
+            await app.consumer._commit_offsets({TP(streams[stream], p): pos for (stream, p), pos in todo.items()})
+        except Exception as exc:  # a rebalance under way: the next owner commits
+            log.info("commit of %s not taken: %s", todo, exc)
+            return
+        committed.update(todo)
+
+    async def probe() -> None:
+        """Ask the broker what follows a position that stood still. Records the consumer dropped and never
+        re-delivers show no hole when nothing comes after them (the end of a partition, a restart behind a commit
+        that skipped them); here they are found and applied: those a probe saw that the consumer still has not
+        delivered by the next probe. Backs off while a partition has nothing new."""
+        for stream, gate in gates.items():
+            for p, position in list(gate.next.items()):
+                key = (stream, p)
+                now = time.monotonic()
+                if now - moved.get(key, now) < probe_wait.get(key, PROBE_AFTER):
+                    continue
+                records, reached = await prober.read(streams[stream], p, position, None)
+                moved[key] = time.monotonic()
+                if not records:
+                    probe_wait[key] = min(PROBE_MAX, 2 * probe_wait.get(key, PROBE_AFTER))
+                elif probed.get(key) != position:  # new since the last probe: the consumer may be on its way
+                    probed[key] = position
+                elif settled():  # seen a probe ago and still not delivered
+                    tp = TP(streams[stream], p)
+                    consumer = app.consumer
+                    log.info(
+                        "%s partition %d: records from offset %d not delivered by the consumer after %.0f s "
+                        "(fetching paused for a full buffer: %s, paused: %s); reading them from the broker",
+                        stream,
+                        p,
+                        position,
+                        probe_wait.get(key, PROBE_AFTER),
+                        tp in getattr(consumer, "_buffered_partitions", ()),
+                        tp in getattr(consumer, "_paused_partitions", ()),
+                    )
+                    # Faust takes a partition out of fetching while its stream buffer is full and puts it back
+                    # when the buffer drains; a rebalance in between can lose the put-back for good
+                    consumer.on_buffer_drop(tp)
+                    async with core_lock:
+                        await handle_locked(stream, [], records, [(p, position, reached)])
+
+    async def publish(res: BatchResult, advanced: Iterable[int]) -> None:
+        """Send a batch's outputs, then its user states, then the partitions' positions, each delivered before the
+        next is sent. A user's state records the source offset it applied (the fence that drops re-deliveries), so
+        a state that reached the changelog before its change record would, after a crash, drop the re-delivered
+        event and never re-emit the change (seen in the rebalance test: users with a persona and no change on the
+        topic). A position ahead of the states it covers would skip their records after a crash."""
         producer = app.producer
         delivered: list[Any] = []
         for owner, uid, rec in res.forward:
@@ -319,15 +459,22 @@ def create_app(settings: Settings) -> faust.App:
             metrics.EVENT_TO_CHANGE.observe(max(0.0, now - consumed_at))
         for before, after in res.transitions:
             metrics.SEGMENT_CHANGES.labels(before, after).inc()
-        for uid, state in res.dirty.items():
-            await put(users, uid, state)
-        for p in res.partitions:
-            await put(part_meta, meta_keys[p], codec.dumps({"max_ts": segmenter.watermarks.max_ts.get(p, 0)}))
+        states = [await put(users, uid, state) for uid, state in res.dirty.items()]
+        if states:
+            await asyncio.gather(*states)
+        metas = []
+        for p in res.partitions.union(advanced):
+            meta = {"max_ts": segmenter.watermarks.max_ts.get(p, 0)}
+            meta.update((stream, gate.next[p]) for stream, gate in gates.items() if p in gate.next)
+            metas.append((p, meta, await put(part_meta, meta_keys[p], codec.dumps(meta))))
             metrics.WATERMARK.labels(str(p)).set(segmenter.watermarks.get(p) / 1000)
-        if res.samples:
-            await producer.send(
-                samples_topic.get_topic_name(), None, b"[" + b",".join(res.samples) + b"]", 0, None, None
-            )
+        if metas:  # delivered too: a rebalance re-reads the changelog's tail into the table
+            await asyncio.gather(*(sent for _, _, sent in metas))
+            for p, meta, _ in metas:
+                durable.update(((stream, p), meta[stream]) for stream in gates if stream in meta)
+        for i in range(0, len(res.samples), SAMPLES_PER_RECORD):  # a large batch stays under the record size limit
+            chunk = res.samples[i : i + SAMPLES_PER_RECORD]
+            await producer.send(samples_topic.get_topic_name(), None, b"[" + b",".join(chunk) + b"]", 0, None, None)
         metrics.EVENTS_PROCESSED.inc(res.processed)
         metrics.EVENTS_DUPLICATE.inc(res.duplicates)
         metrics.EVENTS_FORWARDED.inc(len(res.forward))
@@ -340,25 +487,20 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(s.batch_size, within=s.batch_window):
             now = time.monotonic()
             batch = [
-                InputRecord(m.value, m.key, m.partition, m.offset, m.partition, m.offset, now)
+                _input_record(INPUT, m.partition, m.offset, m.key, m.value, None, n, now)
                 for m in (e.message for e in events)
             ]
-            await handle(batch)
+            await handle(INPUT, batch)
 
     @app.agent(by_user, name="ingest-by-user")
     async def ingest_by_user(stream: Any) -> None:
         async for events in stream.take_events(s.batch_size, within=s.batch_window):
             now = time.monotonic()
-            batch = []
-            for e in events:
-                m = e.message
-                h = dict(m.headers or ())
-                try:
-                    src_p, src_o = int(h[H_SRC_PARTITION]), int(h[H_SRC_OFFSET])
-                except (KeyError, ValueError):  # written by someone else: fence on this topic's coordinates
-                    src_p, src_o = m.partition + n, m.offset
-                batch.append(InputRecord(m.value, m.key, m.partition, m.offset, src_p, src_o, now))
-            await handle(batch)
+            batch = [
+                _input_record(BY_USER, m.partition, m.offset, m.key, m.value, m.headers, n, now)
+                for m in (e.message for e in events)
+            ]
+            await handle(BY_USER, batch)
 
     trainer: list[Trainer | None] = [None]
 
@@ -428,8 +570,19 @@ def create_app(settings: Settings) -> faust.App:
             )
 
     @app.page("/users/{user_id}")
-    @app.table_route(table=users, match_info="user_id")
     async def user_view(web: View, request: Request, user_id: str) -> Response:
+        try:  # the worker holding the user's partition answers
+            return await app.router.route_req(users.name, user_id, web.web, request)
+        except SameNode:
+            pass
+        except (ServiceUnavailable, OSError, TimeoutError) as exc:  # aiohttp connection errors are OSErrors
+            # between a member leaving and the rebalance, the old owner may still be named
+            return web.bytes(
+                codec.dumps({"error": f"the worker holding this user is not reachable: {exc}", "user_id": user_id}),
+                content_type="application/json",
+                status=503,
+                headers={"Retry-After": "1"},
+            )
         state = users.get(user_id)
         if state is None:
             return json_response(web, {"error": "unknown user", "user_id": user_id}, status=404)

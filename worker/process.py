@@ -34,10 +34,18 @@ class WorkerProcess:
                 [sys.executable, "-m", "worker", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
 
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.base + path, timeout=5) as resp:
-            body = resp.read()
-        return body if path == "/metrics" else codec.loads(body)
+    def get(self, path: str, retry_for: float = 15.0) -> Any:
+        """GET and decode; a 503 (a rebalance under way) is retried after its Retry-After for ``retry_for`` s."""
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                with urllib.request.urlopen(self.base + path, timeout=5) as resp:
+                    body = resp.read()
+                return body if path == "/metrics" else codec.loads(body)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or time.monotonic() > deadline:
+                    raise
+                time.sleep(float(exc.headers.get("Retry-After") or 1))
 
     def status(self, path: str) -> int:
         try:

@@ -30,6 +30,21 @@ BATCH_SECONDS = Histogram(
 MODEL_VERSION = Gauge(PREFIX + "model_version", "Version of the model snapshot this worker assigns with.")
 MODEL_PERSONAS = Gauge(PREFIX + "model_personas", "Personas in the current model.")
 TRAINING_SAMPLES = Counter(PREFIX + "training_samples", "Samples learned by the trainer (on the trainer worker).")
+RECORDS_REDELIVERED = Counter(
+    PREFIX + "records_redelivered",
+    "Records delivered again after they were applied, skipped by the partition's offset gate.",
+    ["stream"],
+)
+RECORDS_REFETCHED = Counter(
+    PREFIX + "records_refetched",
+    "Records the consumer skipped or dropped, read from the broker by the offset gate and applied.",
+    ["stream"],
+)
+RECORDS_HELD = Counter(
+    PREFIX + "records_held",
+    "Records not applied because an earlier offset could not be read yet (read again from the position later).",
+    ["stream"],
+)
 WATERMARK = Gauge(PREFIX + "watermark_seconds", "Event-time watermark per partition (Unix seconds).", ["partition"])
 
 
