@@ -144,6 +144,11 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         autodiscover=False,
+        # Faust compares the changelog offset its last recovery reached with the end offset the broker reports
+        # now, and crashes when the first is higher. A broker that reports the start of the last record batch
+        # (Tansu does) trips it when a rebalance hands a partition back. The check guards persisted stores
+        # against a deleted topic; recovery here always reads to the real end (``recover_tail``).
+        recovery_consistency_check=False,
     )
     # the two consumed streams: their offsets are the worker's own (the offset gate's positions, kept in state and
     # committed from there), not Faust's acknowledgement tracking
