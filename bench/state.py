@@ -22,6 +22,7 @@ from pathlib import Path
 from worker import codec
 from worker.broker import EmbeddedBroker, free_port
 from worker.changes import InputRecord, Segmenter
+from worker.features import wire
 from worker.features.state import UserState
 from worker.kafkaio import create_topics, producer
 from worker.process import WorkerProcess
@@ -40,7 +41,7 @@ def measured_states(users: int, days: float) -> dict[str, bytes]:
     for i in range(0, len(raw), 1000):
         recs = [InputRecord(v, None, 0, i + j, 0, i + j, 0.0) for j, v in enumerate(raw[i : i + 1000])]
         store.update(seg.process(recs, 2**62, 0.0).dirty)
-    return {uid: codec.dumps(state.to_wire()) for uid, state in store.items()}
+    return {uid: wire.encode(state) for uid, state in store.items()}
 
 
 def recovery(values: list[bytes], users: int, partitions: int) -> None:

@@ -30,6 +30,7 @@ from worker.changes import BatchResult, InputRecord, Segmenter
 from worker.changes.gate import OffsetGate
 from worker.clustering import ModelSnapshot, Trainer
 from worker.events.timefmt import format_rfc3339
+from worker.features import wire
 from worker.features.state import UserState, features_at
 from worker.personas import DORMANT
 from worker.refetch import RangeReader
@@ -50,10 +51,10 @@ SAMPLES_PER_RECORD = 500  # training samples per record on the samples topic (ab
 
 class _UserStateCodec(codecs.Codec):
     def _dumps(self, obj: Any) -> bytes:
-        return codec.dumps(obj.to_wire())
+        return wire.encode(obj)
 
     def _loads(self, s: bytes) -> Any:
-        return UserState.from_wire(codec.loads(s))
+        return wire.decode(s)
 
 
 codecs.register("sw-userstate", _UserStateCodec())
@@ -158,7 +159,7 @@ def create_app(settings: Settings) -> faust.App:
     output = _raw_topic(app, s.output_topic, n)
     dlq = _raw_topic(app, s.dlq_topic, n)
     partition_of = partitioner(n)
-    # UserState objects in memory, compact orjson arrays in the changelog
+    # UserState objects in memory, their compact binary form (worker.features.wire) in the changelog
     users = _table(app, _KeyRoutedTable, "users", n, value_serializer="sw-userstate", key_type=str)
     part_meta = _table(app, _KeyRoutedTable, "partition-meta", n, key_type=str, value_type=bytes)
     users.route = part_meta.route = partition_of
@@ -516,7 +517,9 @@ def create_app(settings: Settings) -> faust.App:
             if current is None:
                 raw = models.get(MODEL_KEY)
                 current = trainer[0] = Trainer(s, ModelSnapshot.from_bytes(raw) if raw is not None else None)
-            samples = [(uid, UserState.from_wire(wire), t) for value in values for uid, wire, t in codec.loads(value)]
+            samples = [
+                (uid, UserState.from_wire(fields), t) for value in values for uid, fields, t in codec.loads(value)
+            ]
             # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
             snap = await asyncio.get_running_loop().run_in_executor(None, current.add, samples)
             metrics.TRAINING_SAMPLES.inc(len(samples))

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from worker import codec
+from worker.features import UserState, apply_event
+from worker.features.wire import StateDecodeError, decode, encode
+
+from .test_features import DAY, HL, T0, apply, event, fresh
+
+
+def _same(a: UserState, b: UserState) -> bool:
+    """Equal to the bit: the JSON of the fields, where 0.0 and -0.0 or two float roundings would differ."""
+    return bool(codec.dumps(a.to_wire()) == codec.dumps(b.to_wire()))
+
+
+def _busy_state(seed: int) -> UserState:
+    rng = random.Random(seed)
+    s = fresh()
+    t = T0
+    for i in range(rng.randint(1, 200)):
+        t += rng.randint(-DAY, 3 * DAY)  # out-of-order events too
+        tz = rng.choice([None, "Asia/Tokyo", "Europe/Berlin", "Not/AZone"])
+        value = rng.choice([None, 0.0, 9.99, rng.uniform(0, 500)])
+        etype = rng.choice(["view", "purchase", "like", "söhne", "post", "share"])
+        apply_event(s, event(t, etype, value, rng.choice([None, "a", "b"]), tz), HL, 4, 1_800_000)
+        s.fence(rng.randint(0, 3), i * 7)
+    s.segment = rng.choice([None, "p0", "p3"])
+    s.segment_since = t if s.segment else 0
+    s.pending, s.pending_n = rng.choice([(None, 0), ("p1", 1)])
+    s.seq, s.model_version, s.silence_step = rng.randint(0, 9), rng.randint(-1, 40), rng.randint(0, 3)
+    s.due = rng.choice([0, t + 14 * DAY])
+    return s
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_round_trip_is_exact(seed: int) -> None:
+    s = _busy_state(seed)
+    assert _same(decode(encode(s)), s)
+
+
+def test_edge_values_round_trip() -> None:
+    s = fresh()  # never saw an event: every time 0, no rates
+    assert _same(decode(encode(s)), s)
+    s = apply(fresh(), event(T0, value=3.0, tz="Europe/Berlin"))
+    s.value_total = -0.0
+    s.sessions = float("inf")
+    s.context["note"] = "x" * 400  # a skeleton longer than one length byte
+    back = decode(encode(s))
+    assert _same(back, s) and str(back.value_total) == "-0.0"
+
+
+def test_smaller_than_the_json_form() -> None:
+    s = _busy_state(3)
+    assert len(encode(s)) < 0.8 * len(codec.dumps(s.to_wire()))
+
+
+def test_older_json_records_still_decode() -> None:
+    s = _busy_state(5)
+    assert _same(decode(codec.dumps(s.to_wire())), s)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 10, -1])
+def test_truncated_or_foreign_records_raise_the_domain_error(cut: int) -> None:
+    data = encode(_busy_state(7))
+    with pytest.raises(StateDecodeError):
+        decode(data[:cut])
+    with pytest.raises(StateDecodeError):
+        decode(b"")
+    with pytest.raises(StateDecodeError):
+        decode(b"\x07" + data[1:])  # a format this version does not know
+
+
+def test_decoded_lists_are_mutable_and_independent() -> None:
+    s = apply(fresh(), event(T0, "view"), event(T0 + 1000, "like"))
+    back = decode(encode(s))
+    apply(back, event(T0 + 2000, "view", 5.0))
+    apply(s, event(T0 + 2000, "view", 5.0))
+    assert _same(back, s)
+    assert back.daypart is not back.spend and back.rates["view"] is not back.rates["like"]

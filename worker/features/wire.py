@@ -1,0 +1,178 @@
+"""The compact, lossless binary form of a :class:`UserState` kept in the ``users`` changelog.
+
+The changelog holds one record per user, so its size is the state's size at scale: the JSON array this replaces
+averaged about 440 bytes a user, most of them the decimal digits of decayed floats and 13-digit timestamps.
+Here every float keeps its exact 64 bits (a restored state must re-emit byte-identical changes) and zeros cost one
+bit.
+
+Layout (format 1): the format byte; the length of what follows (one byte, or 0xFF and four); a compact JSON array
+of everything but the floats (the last event time relative to the first, the other times relative to the last,
+``null`` for an unset one); then the floats value_total, sessions, weekend, daypart[4], spend[H] and each event
+type's counts[H], as a bitmask of the non-zero ones followed by those as little-endian IEEE doubles. The JSON
+part decodes in C, and the floats are spread back by a cached ``itemgetter`` per zero pattern.
+
+A record that starts with ``[`` is the older all-JSON form, which still decodes, so an existing changelog is read
+after an upgrade.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from functools import lru_cache
+from operator import itemgetter
+
+from worker import codec
+from worker.errors import SegmentWorkerError
+from worker.features.state import UserState
+
+FORMAT = 1
+_LEGACY_JSON = ord("[")
+_FIXED_FLOATS = 7  # value_total, sessions, weekend, daypart[4]
+_LONG = 0xFF  # a skeleton this long or longer has its length in the next 4 bytes
+
+
+class StateDecodeError(SegmentWorkerError):
+    """A changelog value that is not a user state this version can read."""
+
+
+@lru_cache(maxsize=256)
+def _doubles(count: int) -> struct.Struct:
+    return struct.Struct(f"<{count}d")
+
+
+@lru_cache(maxsize=4096)
+def _spread(mask: int, count: int) -> Callable[[tuple[float, ...]], tuple[float, ...]]:
+    """Picks ``count`` floats out of (the non-zero ones..., 0.0) by ``mask``, in C: users share few zero patterns."""
+    picks, j = [], 0
+    for i in range(count):
+        if mask >> i & 1:
+            picks.append(j)
+            j += 1
+        else:
+            picks.append(-1)
+    picks += [-1, -1]  # itemgetter of one index returns a bare item, not a tuple
+    getter = itemgetter(*picks)
+    return lambda values: getter(values)[:count]
+
+
+def encode(state: UserState) -> bytes:
+    first, last = state.first_ts, state.last_ts
+    offsets = state.offsets
+    src_partition, src_offset = state.source
+    spend = state.spend
+    h = len(spend)
+    rates = state.rates
+    skeleton = codec.dumps(
+        [
+            state.n,
+            first,
+            last - first,
+            state.ref_ts - last,
+            state.segment_since - last if state.segment_since else None,
+            state.due - last if state.due else None,
+            state.seq,
+            state.model_version,
+            state.pending_n,
+            state.silence_step,
+            state.segment,
+            state.pending,
+            state.last_session,
+            state.context,
+            offsets,
+            src_partition,
+            src_offset - offsets.get(str(src_partition), 0),
+            h,
+            list(rates),
+        ]
+    )
+    floats = [state.value_total, state.sessions, state.weekend, *state.daypart, *spend]
+    for name, counts in rates.items():
+        if len(counts) != h:
+            raise StateDecodeError(f"counts of {name!r} have {len(counts)} half-lives, spend has {h}")
+        floats += counts
+    mask = 0
+    bit = 1
+    nonzero = []
+    for x in floats:
+        if x or math.copysign(1.0, x) < 0:  # -0.0 kept exactly too
+            mask |= bit
+            nonzero.append(x)
+        bit <<= 1
+    n = len(skeleton)
+    prefix = bytes((FORMAT, n)) if n < _LONG else bytes((FORMAT, _LONG)) + n.to_bytes(4, "little")
+    return b"".join(
+        (prefix, skeleton, mask.to_bytes((len(floats) + 7) >> 3, "little"), _doubles(len(nonzero)).pack(*nonzero))
+    )
+
+
+def decode(buf: bytes) -> UserState:
+    if not buf:
+        raise StateDecodeError("empty user state")
+    if buf[0] == _LEGACY_JSON:
+        return UserState.from_wire(codec.loads(buf))
+    if buf[0] != FORMAT:
+        raise StateDecodeError(f"user state in format {buf[0]}; this version reads format {FORMAT}")
+    try:
+        return _decode(buf)
+    except (IndexError, ValueError, TypeError, struct.error) as exc:  # codec.JSONDecodeError is a ValueError
+        raise StateDecodeError(f"truncated or corrupt user state: {exc}") from exc
+
+
+def _decode(buf: bytes) -> UserState:
+    n, pos = buf[1], 2
+    if n == _LONG:
+        n, pos = int.from_bytes(buf[2:6], "little"), 6
+    (
+        s_n,
+        first,
+        d_last,
+        d_ref,
+        d_since,
+        d_due,
+        seq,
+        model_version,
+        pending_n,
+        silence_step,
+        segment,
+        pending,
+        last_session,
+        context,
+        offsets,
+        src_partition,
+        d_src,
+        h,
+        names,
+    ) = codec.loads(buf[pos : pos + n])
+    pos += n
+    count = _FIXED_FLOATS + h * (1 + len(names))
+    mask_len = (count + 7) >> 3
+    mask = int.from_bytes(buf[pos : pos + mask_len], "little")
+    pos += mask_len
+    packed = _doubles(mask.bit_count()).unpack_from(buf, pos)
+    if pos + 8 * len(packed) != len(buf):
+        raise StateDecodeError(f"user state of {len(buf)} bytes, its layout says {pos + 8 * len(packed)}")
+    floats = _spread(mask, count)((*packed, 0.0))
+    s = UserState.__new__(UserState)
+    s.n = s_n
+    s.first_ts = first
+    last = s.last_ts = first + d_last
+    s.ref_ts = last + d_ref
+    s.segment_since = 0 if d_since is None else last + d_since
+    s.due = 0 if d_due is None else last + d_due
+    s.seq = seq
+    s.model_version = model_version
+    s.pending_n = pending_n
+    s.silence_step = silence_step
+    s.segment = segment
+    s.pending = pending
+    s.last_session = last_session
+    s.context = context
+    s.offsets = offsets
+    s.source = [src_partition, d_src + offsets.get(str(src_partition), 0)]
+    s.value_total, s.sessions, s.weekend = floats[0], floats[1], floats[2]
+    s.daypart = list(floats[3:7])
+    s.spend = list(floats[7 : 7 + h])
+    s.rates = {name: list(floats[7 + h * (k + 1) : 7 + h * (k + 2)]) for k, name in enumerate(names)}
+    return s
