@@ -78,3 +78,69 @@ def test_invalid_records_have_a_stable_reason(raw: bytes, reason: str) -> None:
     with pytest.raises(InvalidEvent) as info:
         parser.parse(raw, NOW)
     assert info.value.reason == reason
+
+
+_ODD_VALUES: list[object] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1.5,
+    2**53,
+    253402300799999,
+    253402300800000,
+    "",
+    "x",
+    "2026-01-01",
+    "x" * 64,
+    "x" * 65,
+    "x" * 129,
+    "x" * 257,
+    [],
+    {},
+    {"platform": 1},
+    {"timezone": "x" * 65},
+    {"other": 1},
+    1e300,
+]
+
+
+def test_fast_check_never_accepts_what_the_schema_rejects() -> None:
+    """The hot path's shortcut (``_surely_valid``) may send valid events to the full validator, but every event it
+    accepts must pass the schema; mutated events probe each field's bounds."""
+    import random
+
+    import fastjsonschema
+
+    from worker.events.ingest import _surely_valid, load_schema
+
+    validate = fastjsonschema.compile(load_schema("user-event.v1.json"))
+    rng = random.Random(7)
+    fields = ["user_id", "event_type", "timestamp", "event_id", "value", "session_id", "context", "properties"]
+    accepted = rejected_by_schema = 0
+    for _ in range(20_000):
+        doc: dict[str, object] = {
+            "user_id": "u1",
+            "event_type": "view",
+            "timestamp": rng.choice([1_767_225_600_000, "2026-01-01T00:00:00Z"]),
+            "value": 3.5,
+            "session_id": "s",
+            "context": {"platform": "ios", "timezone": "UTC"},
+            "properties": {"k": 1},
+        }
+        for key in rng.sample(fields, rng.randint(1, 3)):
+            if rng.random() < 0.2:
+                doc.pop(key, None)
+            else:
+                doc[key] = rng.choice(_ODD_VALUES)
+        try:
+            validate(doc)
+            ok = True
+        except fastjsonschema.JsonSchemaValueException:
+            ok = False
+            rejected_by_schema += 1
+        if _surely_valid(doc):
+            accepted += 1
+            assert ok, doc
+    assert accepted > 1000 and rejected_by_schema > 1000  # both sides exercised

@@ -22,6 +22,8 @@ from worker.events.timefmt import parse_timestamp
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 CONTEXT_KEYS = ("platform", "country", "language", "channel", "timezone")
+_MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the schema's bound
+_ABSENT = object()
 
 
 def load_schema(name: str) -> dict[str, Any]:
@@ -37,6 +39,44 @@ class UserEvent:
     value: float | None
     session_id: str | None
     context: dict[str, str] | None
+
+
+def _short_str(x: Any, lo: int, hi: int) -> bool:
+    return type(x) is str and lo <= len(x) <= hi
+
+
+def _surely_valid(doc: dict[str, Any]) -> bool:
+    """True only for a document the schema accepts: the common shapes, checked in a few microseconds.
+
+    The compiled validator costs about 40 µs an event, most of it raising and catching an exception for the
+    ``oneOf`` branch the timestamp does not take. Whatever this does not recognise goes to the validator, so it
+    may be stricter than the schema, never looser (a test checks both on generated and mutated events).
+    """
+    ts: Any = doc.get("timestamp")
+    tst = type(ts)
+    if not (
+        ((tst is int and 0 <= ts <= _MAX_TS_MS) or (tst is str and 10 <= len(ts) <= 64))
+        and _short_str(doc.get("user_id"), 1, 256)
+        and _short_str(doc.get("event_type"), 1, 128)
+    ):
+        return False
+    for key in ("event_id", "session_id"):
+        x = doc.get(key, _ABSENT)
+        if x is not _ABSENT and not _short_str(x, 1, 256):
+            return False
+    value = doc.get("value", _ABSENT)
+    if value is not _ABSENT and type(value) is not float and type(value) is not int:
+        return False
+    ctx = doc.get("context", _ABSENT)
+    if ctx is not _ABSENT:
+        if type(ctx) is not dict:
+            return False
+        for key in CONTEXT_KEYS:
+            x = ctx.get(key, _ABSENT)
+            if x is not _ABSENT and not _short_str(x, 0, 64):
+                return False
+    props = doc.get("properties", _ABSENT)
+    return props is _ABSENT or type(props) is dict
 
 
 class EventParser:
@@ -63,7 +103,8 @@ class EventParser:
         if not isinstance(doc, dict):
             raise InvalidEvent("not_object", f"JSON {type(doc).__name__}, expected an object")
         try:
-            self._validate(doc)
+            if not _surely_valid(doc):  # the compiled validator decides, and says why
+                self._validate(doc)
         except fastjsonschema.JsonSchemaValueException as exc:
             if exc.rule == "required":
                 reason = "missing_field"
