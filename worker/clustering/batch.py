@@ -80,10 +80,13 @@ def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
     ks = np.unique(labels)
     if len(ks) < 2:
         return -1.0
-    d = np.sqrt(sq_distances(x, x))
-    per_cluster = np.stack([d[:, labels == j].sum(1) for j in ks], axis=1)
-    sizes = np.array([(labels == j).sum() for j in ks], dtype=np.float64)
+    d = sq_distances(x, x)
+    np.sqrt(d, out=d)
     own = np.searchsorted(ks, labels)
+    onehot = np.zeros((len(x), len(ks)))
+    onehot[np.arange(len(x)), own] = 1.0
+    per_cluster = d @ onehot  # each row's distance sum to each cluster, in one BLAS call
+    sizes = onehot.sum(0)
     own_size = sizes[own]
     a = per_cluster[np.arange(len(x)), own] / np.maximum(own_size - 1, 1)
     mean_other = per_cluster / sizes[None, :]
