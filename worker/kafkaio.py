@@ -93,9 +93,9 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
                     raise BrokerError(f"topic {topic} not found")
                 time.sleep(0.2)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        end = true_end_offsets(consumer, tps)
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
         out: list[Record] = []
         while any(consumer.position(tp) < end[tp] for tp in tps):
             if time.monotonic() > deadline:

@@ -15,8 +15,10 @@ import pytest
 
 from worker import codec
 from worker.broker import free_port
+from worker.features import wire
 from worker.kafkaio import group_lag, read_all
 from worker.process import WorkerProcess, metric_total
+from worker.routing import partitioner
 from worker.settings import Settings
 from worker.synth import Population, generate
 
@@ -67,6 +69,22 @@ def _user(worker: WorkerProcess, uid: str) -> dict[str, Any]:
     return dict(worker.get(f"/users/{uid}"))
 
 
+def _trace(s: Settings, uid: str) -> str:
+    """Where one user's events went: input and re-routed records, and each state the changelog holds (for a
+    failure to be explained after the broker is gone)."""
+    lines = [f"trace of {uid} (owner partition {partitioner(s.partitions)(uid)}):"]
+    for topic in (s.input_topic, f"{s.app_id}-events-by-user"):
+        for r in read_all(s.bootstrap_servers, topic):
+            if r.value and uid.encode() in r.value:
+                src = r.headers.get("sw.src.partition"), r.headers.get("sw.src.offset")
+                lines.append(f"  {topic} p{r.partition}@{r.offset} key={r.key!r} src={src}")
+    for r in read_all(s.bootstrap_servers, f"{s.app_id}-users-changelog"):
+        if r.key == codec.dumps(uid) and r.value:
+            st = wire.decode(r.value)
+            lines.append(f"  changelog p{r.partition}@{r.offset}: n={st.n} fence={st.offsets} source={st.source}")
+    return "\n".join(lines)
+
+
 def _check_outcome(s: Settings, pop: Population, worker: WorkerProcess) -> None:
     counts = Counter(e["user_id"] for e in pop.events)
     money: dict[str, float] = defaultdict(float)
@@ -86,7 +104,9 @@ def _check_outcome(s: Settings, pop: Population, worker: WorkerProcess) -> None:
     assert not waiting, f"{len(waiting)} users without a persona, e.g. {waiting[:3]}"
     # nothing lost, nothing counted twice
     wrong = [(u, v["event_count"], counts[u]) for u, v in users.items() if v["event_count"] != counts[u]]
-    assert not wrong, f"{len(wrong)} users with wrong event counts (user, seen, sent): {wrong[:5]}"
+    assert not wrong, f"{len(wrong)} users with wrong event counts (user, seen, sent): {wrong[:5]}\n" + _trace(
+        s, wrong[0][0]
+    )
     wrong_money = [(u, v["value_total"], money[u]) for u, v in users.items() if abs(v["value_total"] - money[u]) > 1e-6]
     assert not wrong_money, f"{len(wrong_money)} users with wrong monetary totals: {wrong_money[:5]}"
 
