@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from worker.outbox import Outbox, Record
+
+
+class FakeProducer:
+    """Records sends in order; each send's delivery completes when the test releases it (or at once)."""
+
+    def __init__(self, auto: bool = True) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.delivered: list[tuple[str, bytes]] = []
+        self.waiting: list[tuple[asyncio.Future[None], tuple[str, bytes]]] = []
+        self.auto = auto
+        self.fail_on: bytes | None = None
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None, headers: Any) -> Any:
+        self.sent.append((topic, value))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if value == self.fail_on:
+            fut.set_exception(OSError("broker went away"))
+        elif self.auto:
+            fut.set_result(None)
+            self.delivered.append((topic, value))
+        else:
+            self.waiting.append((fut, (topic, value)))
+        return fut
+
+    def release(self) -> None:
+        for fut, rec in self.waiting:
+            fut.set_result(None)
+            self.delivered.append(rec)
+        self.waiting.clear()
+
+
+def rec(topic: str, value: str) -> Record:
+    return (topic, None, value.encode(), 0, None)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 5))
+
+
+def test_each_kind_is_delivered_before_the_next_is_sent() -> None:
+    async def scenario() -> list[tuple[str, bytes]]:
+        prod = FakeProducer(auto=False)
+        box = Outbox(prod.send)
+        task = asyncio.create_task(box.run())
+        await box.add([rec("out", "c1")], [("u1", rec("state", "s1"))], [(0, rec("pos", "p1"))])
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert prod.sent == [("out", b"c1")]  # the state waits for the change to be delivered
+        prod.release()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert prod.sent[-1] == ("state", b"s1") and ("pos", b"p1") not in prod.sent
+        prod.release()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        prod.release()
+        await box.drain()
+        task.cancel()
+        return prod.delivered
+
+    assert run(scenario()) == [("out", b"c1"), ("state", b"s1"), ("pos", b"p1")]
+
+
+def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key() -> None:
+    async def scenario() -> tuple[list[tuple[str, bytes]], int, list[str]]:
+        prod = FakeProducer(auto=False)
+        box = Outbox(prod.send)
+        task = asyncio.create_task(box.run())
+        calls: list[str] = []
+        await box.add([rec("out", "a")], [("u1", rec("state", "u1@a"))], after_all=lambda: calls.append("a"))
+        await asyncio.sleep(0)  # round 1 starts with batch a
+        for name in ("b", "c"):
+            await box.add(
+                [rec("out", name)],
+                [("u1", rec("state", f"u1@{name}")), ("u2", rec("state", f"u2@{name}"))],
+                [(0, rec("pos", name))],
+                after_outputs=lambda n=name: calls.append(f"out {n}"),
+                after_all=lambda n=name: calls.append(n),
+            )
+        prod.auto = True  # round 1 was in flight while b and c were queued; let everything through now
+        prod.release()
+        await box.drain()
+        task.cancel()
+        return prod.delivered, box.rounds, calls
+
+    delivered, rounds, calls = run(scenario())
+    assert rounds == 2
+    assert delivered == [
+        ("out", b"a"),
+        ("state", b"u1@a"),
+        ("out", b"b"),
+        ("out", b"c"),
+        ("state", b"u1@c"),  # u1's state of batch b is superseded within the round
+        ("state", b"u2@c"),
+        ("pos", b"c"),
+    ]
+    assert calls == ["a", "out b", "out c", "b", "c"]
+
+
+def test_a_failed_delivery_stops_the_loop_and_is_raised_to_producers_and_drainers() -> None:
+    async def scenario() -> None:
+        prod = FakeProducer()
+        prod.fail_on = b"bad"
+        box = Outbox(prod.send)
+        task = asyncio.create_task(box.run())
+        done: list[str] = []
+        await box.add([rec("out", "bad")], [("u", rec("state", "s"))], after_all=lambda: done.append("x"))
+        with pytest.raises(OSError):
+            await task
+        with pytest.raises(RuntimeError, match="delivery failed"):
+            await box.drain()
+        with pytest.raises(RuntimeError, match="delivery failed"):
+            await box.add([rec("out", "next")])
+        assert ("state", b"s") not in prod.sent and not done  # nothing after the failure went out
+
+    run(scenario())
+
+
+def test_back_pressure_holds_producers_while_too_much_is_queued() -> None:
+    async def scenario() -> None:
+        prod = FakeProducer(auto=False)
+        box = Outbox(prod.send, max_pending=3)
+        task = asyncio.create_task(box.run())
+        await box.add([rec("out", "1")])
+        await asyncio.sleep(0)  # taken as round 1, awaiting delivery
+        await box.add([rec("out", "2"), rec("out", "3"), rec("out", "4")])
+        blocked = asyncio.create_task(box.add([rec("out", "5")]))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not blocked.done()
+        prod.release()
+        await asyncio.wait_for(blocked, 1)
+        prod.auto = True
+        prod.release()
+        await box.drain()
+        task.cancel()
+        assert [v for _, v in prod.delivered] == [b"1", b"2", b"3", b"4", b"5"]
+
+    run(scenario())

@@ -1,0 +1,124 @@
+"""Group commit of a batch's writes, in the order crash safety needs, while the next batches are computed.
+
+A batch writes three kinds of records, each kind delivered before the next is sent (see ``publish`` in
+:mod:`worker.app`): its **outputs** (segment changes, re-routed events, dead letters), then the **states** of the
+users it touched (each holds the offset fence that drops re-deliveries, so it must not land before the changes it
+caused), then the **positions** of the partitions it consumed (which must not land before the states they cover).
+
+Waiting for three broker round trips per batch made them the worker's ceiling. The outbox lets the core go on:
+a batch's records are added as bytes snapshotted at the end of the batch, and one delivery loop sends whatever has
+accumulated as one round: all its outputs, then all its states (the newest per key), then all its positions. Every
+state in a round is as of some batch whose outputs are in that round or an earlier one, and every position is as of
+the round's last batch, so the order above holds for the round as a whole. A round's callbacks run after it is
+delivered (positions become committable; latency is observed).
+
+Pure asyncio around a ``send`` coroutine; no Faust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+# (topic, key, value, partition, headers)
+Record = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
+Send = Callable[[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None], Awaitable[Awaitable[Any]]]
+
+
+@dataclass(slots=True)
+class _Round:
+    outputs: list[Record] = field(default_factory=list)
+    states: dict[Any, Record] = field(default_factory=dict)
+    positions: dict[Any, Record] = field(default_factory=dict)
+    after_outputs: list[Callable[[], None]] = field(default_factory=list)
+    after_all: list[Callable[[], None]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.outputs) + len(self.states) + len(self.positions)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.outputs or self.states or self.positions or self.after_outputs or self.after_all)
+
+
+class Outbox:
+    def __init__(self, send: Send, max_pending: int = 50_000) -> None:
+        self._send = send
+        self._max_pending = max_pending
+        self._next = _Round()
+        self._busy = False
+        self._changed = asyncio.Condition()
+        self._error: BaseException | None = None
+        self.rounds = 0  # delivered rounds (for metrics and tests)
+
+    @property
+    def pending(self) -> int:
+        return len(self._next)
+
+    async def add(
+        self,
+        outputs: Iterable[Record] = (),
+        states: Iterable[tuple[Any, Record]] = (),
+        positions: Iterable[tuple[Any, Record]] = (),
+        after_outputs: Callable[[], None] | None = None,
+        after_all: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue one batch's records; waits only while too much is queued (back-pressure)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._error is not None or len(self._next) < self._max_pending)
+            self._raise()
+            r = self._next
+            r.outputs.extend(outputs)
+            r.states.update(states)
+            r.positions.update(positions)
+            if after_outputs is not None:
+                r.after_outputs.append(after_outputs)
+            if after_all is not None:
+                r.after_all.append(after_all)
+            self._changed.notify_all()
+
+    async def drain(self) -> None:
+        """Wait until everything added so far is delivered (raises the delivery loop's error, if it failed)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._error is not None or (not self._busy and self._next.empty))
+            self._raise()
+
+    async def run(self) -> None:
+        """The delivery loop; runs until cancelled, or raises the first send error (after waking the waiters)."""
+        try:
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(lambda: not self._next.empty)
+                    r, self._next = self._next, _Round()
+                    self._busy = True
+                    self._changed.notify_all()  # room for the producers of the next round
+                await self._deliver(r.outputs)
+                for callback in r.after_outputs:
+                    callback()
+                await self._deliver(r.states.values())
+                await self._deliver(r.positions.values())
+                for callback in r.after_all:
+                    callback()
+                self.rounds += 1
+                async with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            async with self._changed:
+                self._error = exc
+                self._busy = False
+                self._changed.notify_all()
+            raise
+
+    async def _deliver(self, records: Iterable[Record]) -> None:
+        futures = [await self._send(*rec) for rec in records]
+        if futures:
+            await asyncio.gather(*futures)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("segment-worker outbox: a delivery failed") from self._error
