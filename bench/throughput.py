@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--days", type=float, default=28.0)
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=Settings.batch_size)
+    ap.add_argument("--batch-window", type=float, default=Settings.batch_window)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         topic = "bench-events"
@@ -87,6 +89,8 @@ def main() -> None:
             data_dir=str(Path(tmp) / "data"),
             log_level="warn",
             warmup_samples=min(1500, a.users // 2),
+            batch_size=a.batch_size,
+            batch_window=a.batch_window,
         )
         w = WorkerProcess(s, dict(os.environ), Path(tmp) / "worker.log")
         try:
