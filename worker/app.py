@@ -328,12 +328,23 @@ def create_app(settings: Settings) -> faust.App:
             # short on brokers like Tansu), so re-read the tail and rebuild the indexes on the next batch regardless.
             owned.clear()
 
-    async def refresh_ownership() -> None:
+    async def catch_up() -> None:
+        """Before a batch or a timer's work: take in a changed assignment and a newer model. Users waiting for a
+        persona get one when the model is new to them: the first model, or partitions just gained (their users may
+        have waited under an owner that never had a model, e.g. one that left before the first was trained)."""
+        gained = await refresh_ownership()
+        first = refresh_model()
+        if segmenter.model is not None and (first or gained):
+            await publish(segmenter.sweep(owned if first else gained, time.monotonic()), ())
+
+    async def refresh_ownership() -> set[int]:
+        """Re-read what the changelog holds for partitions gained since the last call; returns them."""
         current = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.input_topic}
+        gained = current - owned
         if current != owned:
-            gained = current - owned
             owned.clear()
             owned.update(current)
+            await outbox.drain()  # what the changelog holds includes every write of ours
             await recover_tail(users, gained)
             await recover_tail(part_meta, gained)
             if not models_recovered[0]:  # every worker holds the whole (one-partition) model table
@@ -353,6 +364,7 @@ def create_app(settings: Settings) -> faust.App:
                     gate.open(p, position)
                     moved[(stream, p)] = time.monotonic()
             log.info("owning partitions %s: %d users in state", sorted(current), len(users))
+        return gained
 
     # One batch at a time through the core and out: the two ingest agents and the timer share user states, and a
     # batch that read a user before another batch's write of that user landed would overwrite it (a lost update).
@@ -368,9 +380,7 @@ def create_app(settings: Settings) -> faust.App:
         if app.rebalancing:  # the assignment is changing: not ours to apply yet (see on_revoked)
             metrics.RECORDS_HELD.labels(stream).inc(len(batch) + len(fetched))
             return
-        await refresh_ownership()
-        if refresh_model():
-            await publish(segmenter.sweep(owned, time.monotonic()), ())
+        await catch_up()
         started = time.perf_counter()
         gate, topic = gates[stream], streams[stream]
         try:
@@ -420,9 +430,7 @@ def create_app(settings: Settings) -> faust.App:
         if not settled():
             return
         async with core_lock:
-            await refresh_ownership()
-            if refresh_model():
-                await publish(segmenter.sweep(owned, time.monotonic()), ())
+            await catch_up()
         await probe()
         await commit_positions()
 

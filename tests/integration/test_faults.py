@@ -81,7 +81,15 @@ def _trace(s: Settings, uid: str) -> str:
     for r in read_all(s.bootstrap_servers, f"{s.app_id}-users-changelog"):
         if r.key == codec.dumps(uid) and r.value:
             st = wire.decode(r.value)
-            lines.append(f"  changelog p{r.partition}@{r.offset}: n={st.n} fence={st.offsets} source={st.source}")
+            lines.append(
+                f"  changelog p{r.partition}@{r.offset}: n={st.n} fence={st.offsets} source={st.source} "
+                f"segment={st.segment} seq={st.seq} model=v{st.model_version}"
+            )
+    for r in read_all(s.bootstrap_servers, s.output_topic):
+        if r.key == uid.encode() and r.value:
+            c = codec.loads(r.value)
+            move = f"#{c['sequence']} {c['from_segment']} -> {c['to_segment']}"
+            lines.append(f"  change p{r.partition}@{r.offset}: {move}")
     return "\n".join(lines)
 
 
@@ -101,7 +109,7 @@ def _check_outcome(s: Settings, pop: Population, worker: WorkerProcess) -> None:
         if (not behind and not waiting) or time.monotonic() > deadline:
             break
         time.sleep(1.0)
-    assert not waiting, f"{len(waiting)} users without a persona, e.g. {waiting[:3]}"
+    assert not waiting, f"{len(waiting)} users without a persona, e.g. {waiting[:3]}\n" + _trace(s, waiting[0])
     # nothing lost, nothing counted twice
     wrong = [(u, v["event_count"], counts[u]) for u, v in users.items() if v["event_count"] != counts[u]]
     assert not wrong, f"{len(wrong)} users with wrong event counts (user, seen, sent): {wrong[:5]}\n" + _trace(
