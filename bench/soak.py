@@ -26,12 +26,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from common import bench_settings
+
 from worker import codec
-from worker.broker import EmbeddedBroker, free_port
+from worker.broker import EmbeddedBroker
 from worker.events.timefmt import parse_timestamp
 from worker.kafkaio import create_topics, group_lag, produce
 from worker.process import WorkerProcess, metric_total
-from worker.settings import Settings
 from worker.synth import generate
 
 _DAY_MS = 86_400_000
@@ -77,17 +78,7 @@ def main() -> None:
     one_pass = len(generate(a.users, a.days, seed=5).events)
     passes = int(a.rate * duration / one_pass) + 2
     with tempfile.TemporaryDirectory(prefix="segment-worker-soak-") as tmp, EmbeddedBroker() as broker:
-        s = Settings(
-            broker=broker.url,
-            app_id="soak",
-            input_topic="soak-events",
-            output_topic="soak-changes",
-            dlq_topic="soak-dlq",
-            partitions=a.partitions,
-            web_port=free_port(),
-            data_dir=str(Path(tmp) / "data"),
-            log_level="warn",
-        )
+        s = bench_settings(broker, "soak", a.partitions, str(Path(tmp) / "data"))
         create_topics(broker.bootstrap, {s.input_topic: a.partitions})
         worker = WorkerProcess(s, dict(os.environ), Path(tmp) / "worker.log")
         worker.wait_ready(120)

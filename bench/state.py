@@ -19,8 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import bench_settings
+
 from worker import codec
-from worker.broker import EmbeddedBroker, free_port
+from worker.broker import EmbeddedBroker
 from worker.changes import InputRecord, Segmenter
 from worker.features import wire
 from worker.features.state import UserState
@@ -49,17 +51,7 @@ def recovery(values: list[bytes], users: int, partitions: int) -> None:
         tempfile.TemporaryDirectory(prefix="segment-worker-bench-") as tmp,
         EmbeddedBroker(log_file=Path(tmp) / "broker.log") as broker,
     ):
-        s = Settings(
-            broker=broker.url,
-            app_id="bench-state",
-            input_topic="bench-events",
-            output_topic="bench-changes",
-            dlq_topic="bench-dlq",
-            partitions=partitions,
-            web_port=free_port(),
-            data_dir=str(Path(tmp) / "data"),
-            session_timeout=6.0,
-        )
+        s = bench_settings(broker, "bench-state", partitions, str(Path(tmp) / "data"), session_timeout=6.0)
         changelog = f"{s.app_id}-users-changelog"
         create_topics(broker.bootstrap, {changelog: partitions, s.input_topic: partitions})
         part = partitioner(partitions)

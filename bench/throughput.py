@@ -22,6 +22,7 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from common import bench_settings
 
 from worker import codec
 from worker.broker import EmbeddedBroker, free_port
@@ -70,20 +71,17 @@ def run_workers(
     broker: EmbeddedBroker, tmp: str, a: argparse.Namespace, count: int, records: list[tuple[bytes, bytes]]
 ) -> tuple[float, dict[str, float]]:
     """``count`` worker processes on a fresh topic; returns (events/s, merged metrics of the workers)."""
-    topic = f"bench-events-{count}"
-    create_topics(broker.bootstrap, {topic: a.partitions})
-    base = Settings(
-        broker=broker.url,
-        app_id=f"bench-{count}",
-        input_topic=topic,
-        output_topic=f"bench-changes-{count}",
-        dlq_topic=f"bench-dlq-{count}",
-        partitions=a.partitions,
-        log_level="warn",
+    base = bench_settings(
+        broker,
+        f"bench-{count}",
+        a.partitions,
+        str(Path(tmp) / f"data-{count}"),
         warmup_samples=min(1500, a.users // 2),
         batch_size=a.batch_size,
         batch_window=a.batch_window,
     )
+    topic = base.input_topic
+    create_topics(broker.bootstrap, {topic: a.partitions})
     workers = [
         WorkerProcess(
             base.replace(web_port=free_port(), data_dir=str(Path(tmp) / f"data-{count}-{i}")),
