@@ -12,6 +12,7 @@ Data path::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -180,7 +181,8 @@ def create_app(settings: Settings) -> faust.App:
     # committed from there), not Faust's acknowledgement tracking
     source = _raw_topic(app, s.input_topic, n, acks=False)
     by_user = _raw_topic(app, f"{s.app_id}-events-by-user", n, internal=True, acks=False)
-    samples_topic = _raw_topic(app, f"{s.app_id}-training-samples", 1, internal=True)
+    # acknowledged by the trainer itself: committed once the model holding them is published
+    samples_topic = _raw_topic(app, f"{s.app_id}-training-samples", 1, internal=True, acks=False)
     output = _raw_topic(app, s.output_topic, n)
     dlq = _raw_topic(app, s.dlq_topic, n)
     by_user_name, samples_name = by_user.get_topic_name(), samples_topic.get_topic_name()
@@ -319,6 +321,8 @@ def create_app(settings: Settings) -> faust.App:
         # The batch in flight finishes and is delivered first: the next owner recovers the partitions from the
         # changelog, and a write of ours landing after its own would put an older user state back. Until the
         # assignment settles no batch is applied (the gates are closed; their records are read again).
+        if any(tp.topic == samples_name for tp in revoked):  # whoever trains next resumes from the published model
+            trainer[0] = None
         async with core_lock:
             await outbox.drain()
             await commit_positions()
@@ -564,28 +568,40 @@ def create_app(settings: Settings) -> faust.App:
             await handle(BY_USER, batch)
 
     trainer: list[Trainer | None] = [None]
+    samples_from = [0]  # next samples offset to fold in (what the published model holds ends before it)
 
     @app.agent(samples_topic, name="trainer")
     async def train(stream: Any) -> None:
-        async for values in stream.take(64, within=0.5):
+        async for events in stream.take_events(64, within=0.5):
             current = trainer[0]
             if current is None:
                 raw = models.get(MODEL_KEY)
-                current = trainer[0] = Trainer(s, ModelSnapshot.from_bytes(raw) if raw is not None else None)
-            samples = [
-                (uid, UserState.from_wire(fields), t) for value in values for uid, fields, t in codec.loads(value)
-            ]
+                snap = ModelSnapshot.from_bytes(raw) if raw is not None else None
+                current = trainer[0] = Trainer(s, snap)
+                samples_from[0] = snap.samples_offset if snap is not None else 0
+            # records the published model holds already are skipped: read again after a restart, or after the
+            # samples partition moved here, because their offsets were committed only with a model
+            fresh = [e.message for e in events if e.message.offset >= samples_from[0]]
+            if not fresh:
+                continue
+            samples = [(uid, UserState.from_wire(fields), t) for m in fresh for uid, fields, t in codec.loads(m.value)]
             # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
             snap = await asyncio.get_running_loop().run_in_executor(None, current.add, samples)
             metrics.TRAINING_SAMPLES.inc(len(samples))
+            samples_from[0] = max(m.offset for m in fresh) + 1
             if snap is not None:
-                await put(models, MODEL_KEY, snap.to_bytes())
+                snap = dataclasses.replace(snap, samples_offset=samples_from[0])
+                await (await put(models, MODEL_KEY, snap.to_bytes()))
                 log.info(
                     "trainer published model v%d (%d personas, %d samples)",
                     snap.version,
                     len(snap.persona_ids),
                     snap.samples_seen,
                 )
+                try:  # where the next reader of the samples starts (the model says what to skip in any case)
+                    await app.consumer._commit_offsets({TP(samples_name, 0): samples_from[0]})
+                except Exception as exc:  # a rebalance under way: the next trainer reads a little more
+                    log.info("commit of the samples offset not taken: %s", exc)
 
     # --- HTTP API --------------------------------------------------------------------------------------
     def json_response(view: View, obj: Any, status: int = 200) -> Response:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from worker import codec
 from worker.clustering import ModelSnapshot, Trainer
 from worker.clustering.batch import choose_k, kmeans, silhouette
 from worker.events.ingest import UserEvent
@@ -85,6 +88,12 @@ def test_trainer_waits_for_warmup_then_publishes_and_resumes() -> None:
     nxt = resumed.add(samples[150:200])
     assert nxt is not None and nxt.version == 3 and nxt.persona_ids == later.persona_ids
     assert nxt.samples_seen == later.samples_seen + 50
+    # the samples-topic offset a resumed trainer skips to travels with the snapshot; older snapshots read as 0
+    marked = dataclasses.replace(nxt, samples_offset=17)
+    assert ModelSnapshot.from_bytes(marked.to_bytes()).samples_offset == 17
+    legacy = codec.loads(nxt.to_bytes())
+    del legacy["samples_offset"]
+    assert ModelSnapshot.from_bytes(codec.dumps(legacy)).samples_offset == 0
 
 
 def test_trainer_warmup_needs_event_time_span() -> None:

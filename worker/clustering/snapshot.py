@@ -35,6 +35,9 @@ class ModelSnapshot:
     samples_seen: int
     next_persona: int  # next free persona number
     k_scores: dict[int, float] = field(default_factory=dict)
+    # next offset of the training-samples topic not folded into this model: a trainer that resumes from it skips
+    # the records before (they are in the model) and reads the rest again (a crash before publishing loses none)
+    samples_offset: int = 0
 
     def __post_init__(self) -> None:
         k, dim = self.centroids.shape
@@ -93,6 +96,7 @@ class ModelSnapshot:
                 "samples_seen": self.samples_seen,
                 "next_persona": self.next_persona,
                 "k_scores": {str(k): v for k, v in self.k_scores.items()},
+                "samples_offset": self.samples_offset,
             }
         )
 
@@ -112,6 +116,7 @@ class ModelSnapshot:
                 samples_seen=int(d["samples_seen"]),
                 next_persona=int(d["next_persona"]),
                 k_scores={int(k): float(v) for k, v in d.get("k_scores", {}).items()},
+                samples_offset=int(d.get("samples_offset", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"unreadable model snapshot: {exc}") from exc
