@@ -18,6 +18,7 @@ Pure asyncio around a ``send`` coroutine; no Faust.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,9 +45,12 @@ class _Round:
 
 
 class Outbox:
-    def __init__(self, send: Send, max_pending: int = 50_000) -> None:
+    def __init__(
+        self, send: Send, max_pending: int = 50_000, on_round: Callable[[float, int], None] | None = None
+    ) -> None:
         self._send = send
         self._max_pending = max_pending
+        self._on_round = on_round  # (seconds, records) of each delivered round
         self._next = _Round()
         self._busy = False
         self._changed = asyncio.Condition()
@@ -94,6 +98,7 @@ class Outbox:
                     r, self._next = self._next, _Round()
                     self._busy = True
                     self._changed.notify_all()  # room for the producers of the next round
+                started = time.monotonic()
                 await self._deliver(r.outputs)
                 for callback in r.after_outputs:
                     callback()
@@ -102,6 +107,8 @@ class Outbox:
                 for callback in r.after_all:
                     callback()
                 self.rounds += 1
+                if self._on_round is not None:
+                    self._on_round(time.monotonic() - started, len(r))
                 async with self._changed:
                     self._busy = False
                     self._changed.notify_all()

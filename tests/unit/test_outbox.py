@@ -70,9 +70,10 @@ def test_each_kind_is_delivered_before_the_next_is_sent() -> None:
 
 
 def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key() -> None:
-    async def scenario() -> tuple[list[tuple[str, bytes]], int, list[str]]:
+    async def scenario() -> tuple[list[tuple[str, bytes]], int, list[str], list[int]]:
         prod = FakeProducer(auto=False)
-        box = Outbox(prod.send)
+        sizes: list[int] = []
+        box = Outbox(prod.send, on_round=lambda seconds, records: sizes.append(records))
         task = asyncio.create_task(box.run())
         calls: list[str] = []
         await box.add([rec("out", "a")], [("u1", rec("state", "u1@a"))], after_all=lambda: calls.append("a"))
@@ -89,10 +90,11 @@ def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key(
         prod.release()
         await box.drain()
         task.cancel()
-        return prod.delivered, box.rounds, calls
+        return prod.delivered, box.rounds, calls, sizes
 
-    delivered, rounds, calls = run(scenario())
+    delivered, rounds, calls, sizes = run(scenario())
     assert rounds == 2
+    assert sizes == [2, 5]  # a: out + state; b and c: two outs, the newest states of u1 and u2, one position
     assert delivered == [
         ("out", b"a"),
         ("state", b"u1@a"),

@@ -45,6 +45,15 @@ RECORDS_HELD = Counter(
     "Records not applied because an earlier offset could not be read yet (read again from the position later).",
     ["stream"],
 )
+OUTBOX_PENDING = Gauge(
+    PREFIX + "outbox_pending",
+    "Records of applied batches queued for the next delivery round (outputs, states, positions).",
+)
+OUTBOX_ROUND_SECONDS = Histogram(
+    PREFIX + "outbox_round_seconds",
+    "Wall time of one delivery round: its outputs, states and positions sent and acknowledged by the broker.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 WATERMARK = Gauge(PREFIX + "watermark_seconds", "Event-time watermark per partition (Unix seconds).", ["partition"])
 
 
