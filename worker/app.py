@@ -20,6 +20,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ConsumerStoppedError
 from faust.exceptions import SameNode
 from faust.serializers import codecs
 from faust.types import TP
@@ -222,7 +223,8 @@ def create_app(settings: Settings) -> faust.App:
     async def put(table: Any, key: str, value: Any) -> Any:
         return await send(*stage(table, key, value))
 
-    outbox = Outbox(send)
+    outbox = Outbox(send, on_round=lambda seconds, _records: metrics.OUTBOX_ROUND_SECONDS.observe(seconds))
+    metrics.OUTBOX_PENDING.set_function(lambda: outbox.pending)
 
     meta_keys = partition_keys(n, "__partition-meta-")
     segmenter = Segmenter(s, users, partition_of)
@@ -307,8 +309,11 @@ def create_app(settings: Settings) -> faust.App:
             log.exception("delivery failed; stopping the worker")
             await app.crash(exc)
 
+    closing = [False]  # shutdown under way: the timer's broker reads stop with the readers
+
     @app.on_before_shutdown.connect
     async def close_readers(sender: Any, **kwargs: Any) -> None:
+        closing[0] = True
         try:  # what the last batches wrote (a restart would redo it; delivering it saves the redo)
             await asyncio.wait_for(outbox.drain(), timeout=10.0)
         except Exception as exc:
@@ -321,8 +326,10 @@ def create_app(settings: Settings) -> faust.App:
         # The batch in flight finishes and is delivered first: the next owner recovers the partitions from the
         # changelog, and a write of ours landing after its own would put an older user state back. Until the
         # assignment settles no batch is applied (the gates are closed; their records are read again).
-        if any(tp.topic == samples_name for tp in revoked):  # whoever trains next resumes from the published model
-            trainer[0] = None
+        if any(tp.topic == samples_name for tp in revoked):
+            # a fit in flight publishes first; whoever trains next resumes from the published model
+            async with trainer_lock:
+                trainer[0] = None
         async with core_lock:
             await outbox.drain()
             await commit_positions()
@@ -431,11 +438,16 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(1.0)
     async def housekeeping() -> None:
         # a model can arrive while no events flow (the trainer lags the stream): assign waiting users now
-        if not settled():
+        if closing[0] or not settled():
             return
         async with core_lock:
             await catch_up()
-        await probe()
+        try:
+            await probe()
+        except ConsumerStoppedError:
+            if closing[0]:  # the reader was closed under the probe
+                return
+            raise
         await commit_positions()
 
     async def commit_positions() -> None:
@@ -569,39 +581,51 @@ def create_app(settings: Settings) -> faust.App:
 
     trainer: list[Trainer | None] = [None]
     samples_from = [0]  # next samples offset to fold in (what the published model holds ends before it)
+    trainer_lock = asyncio.Lock()  # one step of the trainer (fit, publish, commit) at a time; revocation waits
 
     @app.agent(samples_topic, name="trainer")
     async def train(stream: Any) -> None:
         async for events in stream.take_events(64, within=0.5):
-            current = trainer[0]
-            if current is None:
-                raw = models.get(MODEL_KEY)
-                snap = ModelSnapshot.from_bytes(raw) if raw is not None else None
-                current = trainer[0] = Trainer(s, snap)
-                samples_from[0] = snap.samples_offset if snap is not None else 0
-            # records the published model holds already are skipped: read again after a restart, or after the
-            # samples partition moved here, because their offsets were committed only with a model
-            fresh = [e.message for e in events if e.message.offset >= samples_from[0]]
-            if not fresh:
-                continue
-            samples = [(uid, UserState.from_wire(fields), t) for m in fresh for uid, fields, t in codec.loads(m.value)]
-            # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
-            snap = await asyncio.get_running_loop().run_in_executor(None, current.add, samples)
-            metrics.TRAINING_SAMPLES.inc(len(samples))
-            samples_from[0] = max(m.offset for m in fresh) + 1
-            if snap is not None:
-                snap = dataclasses.replace(snap, samples_offset=samples_from[0])
-                await (await put(models, MODEL_KEY, snap.to_bytes()))
-                log.info(
-                    "trainer published model v%d (%d personas, %d samples)",
-                    snap.version,
-                    len(snap.persona_ids),
-                    snap.samples_seen,
-                )
-                try:  # where the next reader of the samples starts (the model says what to skip in any case)
-                    await app.consumer._commit_offsets({TP(samples_name, 0): samples_from[0]})
-                except Exception as exc:  # a rebalance under way: the next trainer reads a little more
-                    log.info("commit of the samples offset not taken: %s", exc)
+            async with trainer_lock:
+                await train_step([e.message for e in events])
+
+    async def train_step(messages: list[Any]) -> None:
+        current = trainer[0]
+        if current is None:
+            raw = models.get(MODEL_KEY)
+            snap = ModelSnapshot.from_bytes(raw) if raw is not None else None
+            current = trainer[0] = Trainer(s, snap)
+            samples_from[0] = snap.samples_offset if snap is not None else 0
+            log.info("trainer starts from model v%d, samples offset %d", snap.version if snap else 0, samples_from[0])
+        # Records the published model holds already are skipped: read again after a restart or after the samples
+        # partition moved, because their offsets are committed only with a model. So are records fetched before
+        # the last rebalance that a batch still holds: the trainer restarted since, and reads them again in order.
+        generation = app.consumer_generation_id
+        fresh = []
+        for m in messages:
+            if m.generation_id == generation and m.offset >= samples_from[0]:
+                fresh.append(m)
+                samples_from[0] = m.offset + 1
+        if not fresh:
+            return
+        samples = [(uid, UserState.from_wire(fields), t) for m in fresh for uid, fields, t in codec.loads(m.value)]
+        # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
+        snap = await asyncio.get_running_loop().run_in_executor(None, current.add, samples)
+        metrics.TRAINING_SAMPLES.inc(len(samples))
+        if snap is None:
+            return
+        snap = dataclasses.replace(snap, samples_offset=samples_from[0])
+        await (await put(models, MODEL_KEY, snap.to_bytes()))
+        log.info(
+            "trainer published model v%d (%d personas, %d samples)",
+            snap.version,
+            len(snap.persona_ids),
+            snap.samples_seen,
+        )
+        try:  # where the next reader of the samples starts (the model says what to skip in any case)
+            await app.consumer._commit_offsets({TP(samples_name, 0): samples_from[0]})
+        except Exception as exc:  # a rebalance under way: the next trainer reads a little more
+            log.info("commit of the samples offset not taken: %s", exc)
 
     # --- HTTP API --------------------------------------------------------------------------------------
     def json_response(view: View, obj: Any, status: int = 200) -> Response:
