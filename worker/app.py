@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import gc
 import logging
 import time
 from collections.abc import Iterable
@@ -43,7 +45,9 @@ from worker.settings import Settings
 log = logging.getLogger("worker")
 
 MODEL_KEY = "current"
-TAIL_RECORDS = 5000  # changelog records re-read per partition after recovery (see recover_tail)
+TAIL_RECORDS = 5000  # model changelog records re-read after Faust's recovery (see read_changelog)
+# what the per-partition tables tell Faust's recovery they hold already: it skips them (see _SelfRecoveredTable)
+_RECOVERED_BY_WORKER = 2**62
 H_SRC_PARTITION = "sw.src.partition"
 H_SRC_OFFSET = "sw.src.offset"
 INPUT, BY_USER = "input", "by_user"  # the two consumed streams (metric label, key of their positions in state)
@@ -75,6 +79,46 @@ class _KeyRoutedTable(faust.Table):  # type: ignore[misc]
 
     def partition_for_key(self, key: Any) -> int:
         return int(self.route(key))
+
+
+class _SelfRecoveredTable(_KeyRoutedTable):
+    """A per-partition table the worker recovers itself, on gaining a partition (``read_changelog``).
+
+    Faust's recovery passes each changelog record through a queue, a timeout task and debug logging: about 2,400
+    records/s here, seven minutes for a million users. Reporting every partition as persisted up to an offset
+    no changelog reaches makes it skip them (the partitions stay paused in its consumer); the worker reads them
+    with a plain consumer in large fetches instead.
+    """
+
+    def persisted_offset(self, tp: Any) -> int:
+        return _RECOVERED_BY_WORKER
+
+
+def _key_partition_map(table: Any) -> dict[Any, int]:
+    """Key → changelog partition of a table's keys: the memory store's own record (Faust drops the keys of revoked
+    partitions with it after a recovery; the worker keeps it for every key it sets or recovers)."""
+    where: dict[Any, int] = table.data._key_partition
+    return where
+
+
+def _changelog_decoders(app: faust.App, table: Any) -> tuple[Any, Any]:
+    """Key and value decoders for a table's changelog records: the direct ones for the codecs the worker uses
+    (half the cost of Faust's serializer registry, which counts at a million records), Faust's for any other."""
+    key_ser, value_ser = (
+        table.key_serializer or app.conf.key_serializer,
+        table.value_serializer or app.conf.value_serializer,
+    )
+    if key_ser == "json" and table.key_type is str:
+        loads_key: Any = codec.loads
+    else:
+        loads_key = functools.partial(app.serializers.loads_key, table.key_type, serializer=key_ser)
+    if value_ser == "sw-userstate":
+        loads_value: Any = wire.decode
+    elif value_ser == "raw" and table.value_type is bytes:
+        loads_value = bytes
+    else:
+        loads_value = functools.partial(app.serializers.loads_value, table.value_type, serializer=value_ser)
+    return loads_key, loads_value
 
 
 class _SinglePartitionGlobalTable(faust.GlobalTable):  # type: ignore[misc]
@@ -174,8 +218,11 @@ def create_app(settings: Settings) -> faust.App:
         # Faust compares the changelog offset its last recovery reached with the end offset the broker reports
         # now, and crashes when the first is higher. A broker that reports the start of the last record batch
         # (Tansu does) trips it when a rebalance hands a partition back. The check guards persisted stores
-        # against a deleted topic; recovery here always reads to the real end (``recover_tail``).
+        # against a deleted topic; the worker's own reads go to the real end (``read_changelog``).
         recovery_consistency_check=False,
+        # no standby copies: the per-partition tables are recovered by the worker from the changelog (standbys
+        # would be read at Faust's recovery pace and never used); the global model table is on every worker anyway
+        table_standby_replicas=0,
     )
     app.transport.Consumer = _direct_delivery(app.transport.Consumer)
     # the two consumed streams: their offsets are the worker's own (the offset gate's positions, kept in state and
@@ -190,8 +237,8 @@ def create_app(settings: Settings) -> faust.App:
     output_name, dlq_name = output.get_topic_name(), dlq.get_topic_name()
     partition_of = partitioner(n)
     # UserState objects in memory, their compact binary form (worker.features.wire) in the changelog
-    users = _table(app, _KeyRoutedTable, "users", n, value_serializer="sw-userstate", key_type=str)
-    part_meta = _table(app, _KeyRoutedTable, "partition-meta", n, key_type=str, value_type=bytes)
+    users = _table(app, _SelfRecoveredTable, "users", n, value_serializer="sw-userstate", key_type=str)
+    part_meta = _table(app, _SelfRecoveredTable, "partition-meta", n, key_type=str, value_type=bytes)
     users.route = part_meta.route = partition_of
     models = _table(app, _SinglePartitionGlobalTable, "models", 1, key_type=str, value_type=bytes)
 
@@ -204,9 +251,7 @@ def create_app(settings: Settings) -> faust.App:
         """
         partition = table.partition_for_key(key)
         table.data[key] = value
-        key_partition = getattr(table.data, "_key_partition", None)
-        if key_partition is not None:  # the memory store's record of which keys a revoked partition drops
-            key_partition[key] = partition
+        _key_partition_map(table)[key] = partition
         serializers = app.serializers
         return (
             table.changelog_topic.get_topic_name(),
@@ -227,7 +272,16 @@ def create_app(settings: Settings) -> faust.App:
     metrics.OUTBOX_PENDING.set_function(lambda: outbox.pending)
 
     meta_keys = partition_keys(n, "__partition-meta-")
-    segmenter = Segmenter(s, users, partition_of)
+    # The changelog partition of every key in a per-partition table, as the memory store records it for Faust
+    # (kept by ``stage`` and ``read_changelog`` here): looking it up is much cheaper than the murmur2 partitioner,
+    # which the cache does not cover beyond 65k users (a scan of a million took nine seconds).
+    users_partition = _key_partition_map(users)
+
+    def owner_of(uid: str) -> int:
+        p = users_partition.get(uid)
+        return partition_of(uid) if p is None else p
+
+    segmenter = Segmenter(s, users, owner_of)
     # per consumed stream: its topic and the gate holding each owned partition's position (kept in part_meta)
     streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name()}
     gates = {stream: OffsetGate() for stream in streams}
@@ -257,13 +311,14 @@ def create_app(settings: Settings) -> faust.App:
         log.info("model v%d in use: %s", snap.version, dict(zip(snap.persona_ids, snap.persona_names, strict=True)))
         return first
 
-    async def recover_tail(table: Any, partitions: set[int]) -> int:
-        """Re-apply the tail of a table's changelog partitions after Faust's recovery.
+    async def read_changelog(table: Any, partitions: set[int], tail: int | None = None) -> int:
+        """Apply a table's changelog partitions to memory in order (the last record per key wins): all of each
+        partition, or its last ``tail`` records. Returns the records applied.
 
-        Faust stops recovering at the broker's reported end offset. A broker whose ListOffsets reports the start
-        of the last record batch instead of the end (the embedded Tansu broker does) would make a restart lose
-        the newest writes. Reading from a little before that offset to the real end, in order, is idempotent:
-        the last record per key wins, exactly as in Faust's own recovery.
+        The per-partition tables are recovered here in full (:class:`_SelfRecoveredTable`). The model table is
+        recovered by Faust, which stops at the broker's reported end offset; a broker that reports the start of
+        the last record batch instead (the embedded Tansu broker does) would make a restart miss the newest
+        model, so its tail is read again here, to the real end.
         """
         if not partitions:
             return 0
@@ -273,29 +328,46 @@ def create_app(settings: Settings) -> faust.App:
             enable_auto_commit=False,
             group_id=None,
             isolation_level="read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted",
+            max_partition_fetch_bytes=16 * 2**20,
+            fetch_max_bytes=64 * 2**20,
         )
         await consumer.start()
         applied = 0
+        data, where = table.data, _key_partition_map(table)
+        # Millions of long-lived objects arrive here; the cyclic collector would rescan all of them on every full
+        # collection (pauses of seconds that stall the event loop). Off while reading; afterwards the recovered
+        # states go to the permanent generation (they hold no cycles; reference counting still frees them).
+        gc.disable()
+        loads_key, loads_value = _changelog_decoders(app, table)
         try:
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
-            for tp, end in (await consumer.end_offsets(tps)).items():
-                consumer.seek(tp, max(0, end - TAIL_RECORDS))
-            idle = 0
-            while idle < 2:
-                batches = await consumer.getmany(timeout_ms=300, max_records=5000)
+            ends = await consumer.end_offsets(tps)
+            starts = await consumer.beginning_offsets(tps)
+            for tp in tps:
+                consumer.seek(tp, starts[tp] if tail is None else max(starts[tp], ends[tp] - tail))
+            # to the real end: past the reported end (a whole batch comes with each fetch, so a broker reporting
+            # the start of the last batch is covered), then until a fetch comes back empty
+            pending, idle = {tp for tp in tps if ends[tp] > starts[tp]}, 0
+            while pending or idle < 1:
+                batches = await consumer.getmany(*tps, timeout_ms=200, max_records=20_000)
                 idle = 0 if batches else idle + 1
                 for records in batches.values():
                     for r in records:
-                        key = app.serializers.loads_key(table.key_type, r.key, serializer=table.key_serializer)
+                        key = loads_key(r.key)
                         if r.value is None:
-                            table.data.pop(key, None)
+                            data.pop(key, None)
+                            where.pop(key, None)
                         else:
-                            table.data[key] = app.serializers.loads_value(
-                                table.value_type, r.value, serializer=table.value_serializer
-                            )
-                        applied += 1
+                            data[key] = loads_value(r.value)
+                            where[key] = r.partition
+                    applied += len(records)
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
         finally:
+            gc.freeze()
+            gc.enable()
             await consumer.stop()
         return applied
 
@@ -335,8 +407,8 @@ def create_app(settings: Settings) -> faust.App:
             await commit_positions()
             for gate in gates.values():
                 gate.close(list(gate.next))
-            # A rebalance may hand back the same partitions; Faust re-recovers them from the changelog (stopping
-            # short on brokers like Tansu), so re-read the tail and rebuild the indexes on the next batch regardless.
+            # A rebalance may hand back the same partitions, possibly after another member wrote to them: every
+            # partition is read again from the changelog, and the indexes rebuilt, on the next batch.
             owned.clear()
 
     async def catch_up() -> None:
@@ -353,13 +425,26 @@ def create_app(settings: Settings) -> faust.App:
         current = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.input_topic}
         gained = current - owned
         if current != owned:
+            began = time.monotonic()
             owned.clear()
             owned.update(current)
             await outbox.drain()  # what the changelog holds includes every write of ours
-            await recover_tail(users, gained)
-            await recover_tail(part_meta, gained)
+            for table in (users, part_meta):  # keys of partitions no longer ours go; gained ones are read whole
+                where = _key_partition_map(table)
+                for key in [k for k, p in where.items() if p not in current]:
+                    table.data.pop(key, None)
+                    del where[key]
+                started = time.monotonic()
+                applied = await read_changelog(table, gained)
+                log.info(
+                    "%s: %d changelog records of partitions %s read in %.1fs",
+                    table.name,
+                    applied,
+                    sorted(gained),
+                    time.monotonic() - started,
+                )
             if not models_recovered[0]:  # every worker holds the whole (one-partition) model table
-                await recover_tail(models, {0})
+                await read_changelog(models, {0}, tail=TAIL_RECORDS)
                 models_recovered[0] = True
             metas = {p: codec.loads(raw) for p in current if (raw := part_meta.get(meta_keys[p])) is not None}
             segmenter.rebuild(set(current), {p: int(meta["max_ts"]) for p, meta in metas.items()})
@@ -374,7 +459,9 @@ def create_app(settings: Settings) -> faust.App:
                 for p, position in stored.items():
                     gate.open(p, position)
                     moved[(stream, p)] = time.monotonic()
-            log.info("owning partitions %s: %d users in state", sorted(current), len(users))
+            log.info(
+                "owning partitions %s: %d users in state (%.1fs)", sorted(current), len(users), time.monotonic() - began
+            )
         return gained
 
     # One batch at a time through the core and out: the two ingest agents and the timer share user states, and a

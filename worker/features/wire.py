@@ -174,5 +174,6 @@ def _decode(buf: bytes) -> UserState:
     s.value_total, s.sessions, s.weekend = floats[0], floats[1], floats[2]
     s.daypart = list(floats[3:7])
     s.spend = list(floats[7 : 7 + h])
-    s.rates = {name: list(floats[7 + h * (k + 1) : 7 + h * (k + 2)]) for k, name in enumerate(names)}
+    rest = iter(floats[7 + h :])  # h floats per event type, in order: grouped by zip over one iterator, in C
+    s.rates = dict(zip(names, map(list, zip(*[rest] * h, strict=True)), strict=True))
     return s
