@@ -288,6 +288,7 @@ def create_app(settings: Settings) -> faust.App:
     isolation = "read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted"
     filler = RangeReader(s.bootstrap_servers, isolation)  # holes in a batch, under the core lock
     prober = RangeReader(s.bootstrap_servers, isolation)  # partitions standing still, from the timer
+    sampler = RangeReader(s.bootstrap_servers, isolation)  # the training samples, for the trainer
     moved: dict[tuple[str, int], float] = {}  # when each partition's position last moved or was probed
     probe_wait: dict[tuple[str, int], float] = {}
     probed: dict[tuple[str, int], int] = {}  # the position at which a probe last found records
@@ -392,6 +393,7 @@ def create_app(settings: Settings) -> faust.App:
             log.warning("outbox not drained at shutdown: %s", exc)
         await filler.stop()
         await prober.stop()
+        await sampler.stop()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -426,8 +428,7 @@ def create_app(settings: Settings) -> faust.App:
         gained = current - owned
         if current != owned:
             began = time.monotonic()
-            owned.clear()
-            owned.update(current)
+            owned.intersection_update(current)  # a partition counts as owned once its state is read (see user_view)
             await outbox.drain()  # what the changelog holds includes every write of ours
             for table in (users, part_meta):  # keys of partitions no longer ours go; gained ones are read whole
                 where = _key_partition_map(table)
@@ -459,6 +460,7 @@ def create_app(settings: Settings) -> faust.App:
                 for p, position in stored.items():
                     gate.open(p, position)
                     moved[(stream, p)] = time.monotonic()
+            owned.update(current)
             log.info(
                 "owning partitions %s: %d users in state (%.1fs)", sorted(current), len(users), time.monotonic() - began
             )
@@ -666,41 +668,60 @@ def create_app(settings: Settings) -> faust.App:
             ]
             await handle(BY_USER, batch)
 
+    # --- the trainer ---------------------------------------------------------------------------------
+    # One member of the group trains: the one assigned the single samples partition. Faust's assignment says who;
+    # the trainer reads the samples itself from the offset the published model ends at. (Fed by Faust's stream,
+    # it saw records fetched before a rebalance after it, and once got nothing at all after one: no first model.)
     trainer: list[Trainer | None] = [None]
     samples_from = [0]  # next samples offset to fold in (what the published model holds ends before it)
-    trainer_lock = asyncio.Lock()  # one step of the trainer (fit, publish, commit) at a time; revocation waits
+    trainer_lock = asyncio.Lock()  # one step of the trainer (read, fit, publish) at a time; revocation waits
+    samples_tp = TP(samples_name, 0)
 
-    @app.agent(samples_topic, name="trainer")
-    async def train(stream: Any) -> None:
-        async for events in stream.take_events(64, within=0.5):
-            async with trainer_lock:
-                await train_step([e.message for e in events])
+    @app.agent(samples_topic, name="samples-assignment")
+    async def samples_assignment(stream: Any) -> None:
+        """Subscribes the group to the samples topic so that one member is assigned it; the records go unused
+        here (the trainer reads them with its own consumer)."""
+        async for _ in stream.take_events(1000, within=1.0):
+            pass
 
-    async def train_step(messages: list[Any]) -> None:
+    @app.task
+    async def training() -> None:
+        try:
+            while not closing[0]:
+                fed = False
+                if settled() and samples_tp in app.assignor.assigned_actives():
+                    async with trainer_lock:
+                        fed = await train_step()
+                if not fed:
+                    await asyncio.sleep(0.5)
+        except ConsumerStoppedError:
+            if not closing[0]:
+                raise
+        except Exception as exc:
+            log.exception("trainer failed; stopping the worker")
+            await app.crash(exc)
+
+    async def train_step() -> bool:
+        """Read the next samples and learn from them; publish a model when one is due. False when none came."""
         current = trainer[0]
         if current is None:
+            await read_changelog(models, {0}, tail=TAIL_RECORDS)  # the newest model, whoever published it
             raw = models.get(MODEL_KEY)
             snap = ModelSnapshot.from_bytes(raw) if raw is not None else None
             current = trainer[0] = Trainer(s, snap)
             samples_from[0] = snap.samples_offset if snap is not None else 0
             log.info("trainer starts from model v%d, samples offset %d", snap.version if snap else 0, samples_from[0])
-        # Records the published model holds already are skipped: read again after a restart or after the samples
-        # partition moved, because their offsets are committed only with a model. So are records fetched before
-        # the last rebalance that a batch still holds: the trainer restarted since, and reads them again in order.
-        generation = app.consumer_generation_id
-        fresh = []
-        for m in messages:
-            if m.generation_id == generation and m.offset >= samples_from[0]:
-                fresh.append(m)
-                samples_from[0] = m.offset + 1
+        records, reached = await sampler.read(samples_name, 0, samples_from[0], None, timeout=1.0, max_records=64)
+        fresh = [r for r in records if r.offset >= samples_from[0] and r.value is not None]
+        samples_from[0] = max(samples_from[0], reached)
         if not fresh:
-            return
-        samples = [(uid, UserState.from_wire(fields), t) for m in fresh for uid, fields, t in codec.loads(m.value)]
+            return False
+        samples = [(uid, UserState.from_wire(fields), t) for r in fresh for uid, fields, t in codec.loads(r.value)]
         # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
         snap = await asyncio.get_running_loop().run_in_executor(None, current.add, samples)
         metrics.TRAINING_SAMPLES.inc(len(samples))
         if snap is None:
-            return
+            return True
         snap = dataclasses.replace(snap, samples_offset=samples_from[0])
         await (await put(models, MODEL_KEY, snap.to_bytes()))
         log.info(
@@ -709,10 +730,11 @@ def create_app(settings: Settings) -> faust.App:
             len(snap.persona_ids),
             snap.samples_seen,
         )
-        try:  # where the next reader of the samples starts (the model says what to skip in any case)
-            await app.consumer._commit_offsets({TP(samples_name, 0): samples_from[0]})
-        except Exception as exc:  # a rebalance under way: the next trainer reads a little more
+        try:  # the group's offset (lag monitoring; where the unused Faust stream starts after a rebalance)
+            await app.consumer._commit_offsets({samples_tp: samples_from[0]})
+        except Exception as exc:  # a rebalance under way: taken with the next model
             log.info("commit of the samples offset not taken: %s", exc)
+        return True
 
     # --- HTTP API --------------------------------------------------------------------------------------
     def json_response(view: View, obj: Any, status: int = 200) -> Response:
@@ -769,6 +791,13 @@ def create_app(settings: Settings) -> faust.App:
             # between a member leaving and the rebalance, the old owner may still be named
             return web.bytes(
                 codec.dumps({"error": f"the worker holding this user is not reachable: {exc}", "user_id": user_id}),
+                content_type="application/json",
+                status=503,
+                headers={"Retry-After": "1"},
+            )
+        if partition_of(user_id) not in owned:  # ours, but its state is not read yet (start-up, rebalance)
+            return web.bytes(
+                codec.dumps({"error": "the state of this user's partition is being recovered", "user_id": user_id}),
                 content_type="application/json",
                 status=503,
                 headers={"Retry-After": "1"},
