@@ -48,6 +48,7 @@ MODEL_KEY = "current"
 TAIL_RECORDS = 5000  # model changelog records re-read after Faust's recovery (see read_changelog)
 # what the per-partition tables tell Faust's recovery they hold already: it skips them (see _SelfRecoveredTable)
 _RECOVERED_BY_WORKER = 2**62
+FREEZE_AFTER = 100_000  # changelog records read at once beyond which the collector leaves them alone (read_changelog)
 H_SRC_PARTITION = "sw.src.partition"
 H_SRC_OFFSET = "sw.src.offset"
 INPUT, BY_USER = "input", "by_user"  # the two consumed streams (metric label, key of their positions in state)
@@ -335,9 +336,10 @@ def create_app(settings: Settings) -> faust.App:
         await consumer.start()
         applied = 0
         data, where = table.data, _key_partition_map(table)
-        # Millions of long-lived objects arrive here; the cyclic collector would rescan all of them on every full
-        # collection (pauses of seconds that stall the event loop). Off while reading; afterwards the recovered
-        # states go to the permanent generation (they hold no cycles; reference counting still frees them).
+        # Millions of long-lived objects can arrive here; the cyclic collector would rescan all of them on every
+        # full collection (pauses of seconds that stall the event loop). Off while reading; after a large read,
+        # one collection, then everything alive goes to the permanent generation (the states hold no cycles;
+        # reference counting still frees them).
         gc.disable()
         loads_key, loads_value = _changelog_decoders(app, table)
         try:
@@ -367,7 +369,9 @@ def create_app(settings: Settings) -> faust.App:
                     if await consumer.position(tp) >= ends[tp]:
                         pending.discard(tp)
         finally:
-            gc.freeze()
+            if applied >= FREEZE_AFTER:
+                gc.collect()
+                gc.freeze()
             gc.enable()
             await consumer.stop()
         return applied
