@@ -741,8 +741,12 @@ def create_app(settings: Settings) -> faust.App:
         return True
 
     # --- HTTP API --------------------------------------------------------------------------------------
-    def json_response(view: View, obj: Any, status: int = 200) -> Response:
-        return view.bytes(codec.dumps(obj), content_type="application/json", status=status)
+    def json_response(view: View, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        return view.bytes(codec.dumps(obj), content_type="application/json", status=status, headers=headers)
+
+    def retry_later(view: View, error: str, user_id: str) -> Response:
+        """503 with Retry-After: the user's state is momentarily out of reach (a rebalance, a recovery)."""
+        return json_response(view, {"error": error, "user_id": user_id}, status=503, headers={"Retry-After": "1"})
 
     @app.page("/metrics")
     class MetricsView(View):
@@ -793,19 +797,9 @@ def create_app(settings: Settings) -> faust.App:
             pass
         except (ServiceUnavailable, OSError, TimeoutError) as exc:  # aiohttp connection errors are OSErrors
             # between a member leaving and the rebalance, the old owner may still be named
-            return web.bytes(
-                codec.dumps({"error": f"the worker holding this user is not reachable: {exc}", "user_id": user_id}),
-                content_type="application/json",
-                status=503,
-                headers={"Retry-After": "1"},
-            )
+            return retry_later(web, f"the worker holding this user is not reachable: {exc}", user_id)
         if partition_of(user_id) not in owned:  # ours, but its state is not read yet (start-up, rebalance)
-            return web.bytes(
-                codec.dumps({"error": "the state of this user's partition is being recovered", "user_id": user_id}),
-                content_type="application/json",
-                status=503,
-                headers={"Retry-After": "1"},
-            )
+            return retry_later(web, "the state of this user's partition is being recovered", user_id)
         state = users.get(user_id)
         if state is None:
             return json_response(web, {"error": "unknown user", "user_id": user_id}, status=404)
