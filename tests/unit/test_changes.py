@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
 import jsonschema
 import numpy as np
+import pytest
 
 from worker import codec
 from worker.changes import BatchResult, InputRecord, Segmenter
@@ -15,6 +16,7 @@ from worker.changes.segmenter import change_id
 from worker.changes.silence import BUCKET_MS, SilenceIndex
 from worker.clustering import ModelSnapshot
 from worker.features import FeatureSpace, UserState
+from worker.features.wire import EncodedStates
 from worker.settings import Settings
 
 DAY = 86_400_000
@@ -113,10 +115,11 @@ def record_factory() -> Callable[..., InputRecord]:
     return rec
 
 
-def test_segmenter_end_to_end_on_a_known_model() -> None:
+@pytest.mark.parametrize("encoded", [False, True], ids=["objects", "encoded"])
+def test_segmenter_end_to_end_on_a_known_model(encoded: bool) -> None:
     s = Settings(min_events=3, confirmations=2, min_margin=0.0, dormant_after_days=5, silence_checks_days=(2.0,))
     model = two_persona_model(s)
-    store: dict[str, UserState] = {}
+    store: MutableMapping[str, UserState] = EncodedStates({}) if encoded else {}
     seg = Segmenter(s, store, lambda _u: 0)
     seg.set_model(model)
     rec = record_factory()
@@ -138,6 +141,28 @@ def test_segmenter_end_to_end_on_a_known_model() -> None:
     assert docs[2]["trigger"] == "silence" and docs[2]["reasons"][0]["feature"] == "days_since_last_event"
     assert store["u"].n == 40 and store["u"].segment == "dormant"
     assert seg.counts["dormant"] == 1
+    # indexes rebuilt from the store (after a rebalance) agree with the ones kept along the way
+    counts = dict(seg.counts)
+    seg.rebuild({0}, {0: T0 + 10 * DAY})
+    assert {k: v for k, v in seg.counts.items() if v} == {k: v for k, v in counts.items() if v}
+    assert seg.silence.buckets == {0: {(T0 + 12 * DAY) // BUCKET_MS: {"w"}}}  # u went dormant: no timer left
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["objects", "encoded"])
+def test_the_first_model_sweeps_waiting_users_in(encoded: bool) -> None:
+    s = Settings(min_events=3, confirmations=2, min_margin=0.0)
+    store: MutableMapping[str, UserState] = EncodedStates({}) if encoded else {}
+    seg = Segmenter(s, store, lambda _u: 0)
+    rec = record_factory()
+    for i in range(5):
+        step(seg, [rec("v", "view", T0 + i * 3_600_000), rec("b", "purchase", T0 + i * 3_600_000, 50.0)])
+    step(seg, [rec("new", "view", T0)])  # below min_events: keeps waiting
+    seg.set_model(two_persona_model(s))
+    res = seg.sweep({0}, 0.0)
+    store.update(res.dirty)
+    moved = {codec.loads(c)["user_id"]: codec.loads(c)["to_segment"] for _, c, _ in res.changes}
+    assert moved == {"v": "p1", "b": "p2"}
+    assert store["v"].segment == "p1" and store["new"].segment is None
 
 
 def test_duplicates_dead_letters_and_foreign_users() -> None:

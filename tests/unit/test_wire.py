@@ -6,7 +6,7 @@ import pytest
 
 from worker import codec
 from worker.features import UserState, apply_event
-from worker.features.wire import StateDecodeError, decode, encode
+from worker.features.wire import EncodedStates, StateDecodeError, decode, encode, peek
 
 from .test_features import DAY, HL, T0, apply, event, fresh
 
@@ -80,3 +80,28 @@ def test_decoded_lists_are_mutable_and_independent() -> None:
     apply(s, event(T0 + 2000, "view", 5.0))
     assert _same(back, s)
     assert back.daypart is not back.spend and back.rates["view"] is not back.rates["like"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_peek_reads_count_segment_and_due_as_decode_does(seed: int) -> None:
+    s = _busy_state(seed)
+    assert peek(encode(s)) == (s.n, s.segment, s.due)
+    assert peek(codec.dumps(s.to_wire())) == (s.n, s.segment, s.due)  # the older JSON form too
+    with pytest.raises(StateDecodeError):
+        peek(encode(s)[:4])
+
+
+def test_encoded_states_hold_bytes_and_hand_out_independent_objects() -> None:
+    data: dict[str, bytes] = {}
+    states = EncodedStates(data)
+    s = _busy_state(11)
+    states["u"] = s
+    assert data["u"] == encode(s) and len(states) == 1 and list(states) == ["u"]
+    got = states.get("u")
+    assert got is not None and _same(got, s)
+    got.n += 1  # a caller's object: the stored state changes only when written back
+    assert states["u"].n == s.n
+    assert states.get("nobody") is None
+    assert list(states.summaries()) == [("u", s.n, s.segment, s.due)]
+    del states["u"]
+    assert not data

@@ -32,6 +32,7 @@ from worker.events.ingest import EventParser
 from worker.events.timefmt import format_rfc3339
 from worker.features.state import UserState, apply_event
 from worker.features.watermark import Watermarks
+from worker.features.wire import EncodedStates
 from worker.personas.registry import DORMANT
 from worker.settings import Settings
 
@@ -117,14 +118,21 @@ class Segmenter:
         for p, ts in watermarks.items():
             if p in owned:
                 self.watermarks.observe(p, ts)
-        for uid, state in self.store.items():
+        for uid, _, segment, due in self._summaries():
             p = self.partition_of(uid)
             if p not in owned:
                 continue
-            if state.segment is not None:
-                self.counts[state.segment] += 1
-            if state.due:
-                self.silence.schedule(p, uid, state.due)
+            if segment is not None:
+                self.counts[segment] += 1
+            if due:
+                self.silence.schedule(p, uid, due)
+
+    def _summaries(self) -> Iterable[tuple[str, int, str | None, int]]:
+        """(user id, event count, segment, due) of every stored user: from the encoded form when the store keeps
+        states encoded (a scan of a million users decodes only these fields)."""
+        if isinstance(self.store, EncodedStates):
+            return self.store.summaries()
+        return ((uid, st.n, st.segment, st.due) for uid, st in self.store.items())
 
     # --- the batch -----------------------------------------------------------------------------------
     def process(self, records: Iterable[InputRecord], now_ms: int, now_mono: float) -> BatchResult:
@@ -189,8 +197,9 @@ class Segmenter:
             return res
         evals: list[_Eval] = []
         rows: list[list[float]] = []
-        for uid, state in self.store.items():
-            if state.segment is None and state.n >= self.s.min_events and self.partition_of(uid) in owned:
+        for uid, n, segment, _ in self._summaries():
+            if segment is None and n >= self.s.min_events and self.partition_of(uid) in owned:
+                state = self.store[uid]
                 evals.append(
                     _Eval(uid, state, state.last_ts, state.n, "event", (state.source[0], state.source[1]), now_mono)
                 )

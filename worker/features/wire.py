@@ -13,13 +13,17 @@ part decodes in C, and the floats are spread back by a cached ``itemgetter`` per
 
 A record that starts with ``[`` is the older all-JSON form, which still decodes, so an existing changelog is read
 after an upgrade.
+
+The worker keeps its users' states in memory in this form too (:class:`EncodedStates`): about a tenth of the
+memory of the decoded objects, and a recovery only copies bytes. A state is decoded when a batch touches its user;
+index rebuilds read only the three fields they need (:func:`peek`).
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from functools import lru_cache
 from operator import itemgetter
 
@@ -120,10 +124,62 @@ def decode(buf: bytes) -> UserState:
         raise StateDecodeError(f"truncated or corrupt user state: {exc}") from exc
 
 
-def _decode(buf: bytes) -> UserState:
+def _skeleton_span(buf: bytes) -> tuple[int, int]:
     n, pos = buf[1], 2
     if n == _LONG:
         n, pos = int.from_bytes(buf[2:6], "little"), 6
+    return pos, pos + n
+
+
+def peek(buf: bytes) -> tuple[int, str | None, int]:
+    """(event count, segment, due) of an encoded state, without decoding the rest (a fifth of :func:`decode`'s
+    cost): what rebuilding the persona counts and silence timers needs of every user."""
+    if buf[:1] != bytes((FORMAT,)):
+        state = decode(buf)
+        return state.n, state.segment, state.due
+    start, end = _skeleton_span(buf)
+    try:
+        skeleton = codec.loads(buf[start:end])
+        first, d_last, d_due, segment = skeleton[1], skeleton[2], skeleton[5], skeleton[10]
+        return skeleton[0], segment, 0 if d_due is None else first + d_last + d_due
+    except (IndexError, ValueError, TypeError) as exc:
+        raise StateDecodeError(f"truncated or corrupt user state: {exc}") from exc
+
+
+class EncodedStates(MutableMapping[str, UserState]):
+    """User id → :class:`UserState` over a mapping that holds each state encoded; decoded on every access, so a
+    caller owns the object it gets (writing it back is :meth:`__setitem__`, or the caller's own store of bytes)."""
+
+    def __init__(self, data: MutableMapping[str, bytes]) -> None:
+        self.data = data
+
+    def __getitem__(self, user_id: str) -> UserState:
+        return decode(self.data[user_id])
+
+    def get(self, user_id: str, default: UserState | None = None) -> UserState | None:  # type: ignore[override]
+        raw = self.data.get(user_id)
+        return default if raw is None else decode(raw)
+
+    def __setitem__(self, user_id: str, state: UserState) -> None:
+        self.data[user_id] = encode(state)
+
+    def __delitem__(self, user_id: str) -> None:
+        del self.data[user_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def summaries(self) -> Iterator[tuple[str, int, str | None, int]]:
+        """(user id, event count, segment, due) of every state, decoding only those fields."""
+        for user_id, raw in self.data.items():
+            yield (user_id, *peek(raw))
+
+
+def _decode(buf: bytes) -> UserState:
+    pos, end = _skeleton_span(buf)
     (
         s_n,
         first,
@@ -144,8 +200,8 @@ def _decode(buf: bytes) -> UserState:
         d_src,
         h,
         names,
-    ) = codec.loads(buf[pos : pos + n])
-    pos += n
+    ) = codec.loads(buf[pos:end])
+    pos = end
     count = _FIXED_FLOATS + h * (1 + len(names))
     mask_len = (count + 7) >> 3
     mask = int.from_bytes(buf[pos : pos + mask_len], "little")
