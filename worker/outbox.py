@@ -10,7 +10,8 @@ a batch's records are added as bytes snapshotted at the end of the batch, and on
 accumulated as one round: all its outputs, then all its states (the newest per key), then all its positions. Every
 state in a round is as of some batch whose outputs are in that round or an earlier one, and every position is as of
 the round's last batch, so the order above holds for the round as a whole. A round's callbacks run after it is
-delivered (positions become committable; latency is observed).
+delivered (positions become committable; latency is observed), and ``on_stored`` gets the round's states and
+positions with what the broker answered for each (the local state store keeps what the changelog holds).
 
 Pure asyncio around a ``send`` coroutine; no Faust.
 """
@@ -46,11 +47,16 @@ class _Round:
 
 class Outbox:
     def __init__(
-        self, send: Send, max_pending: int = 50_000, on_round: Callable[[float, int], None] | None = None
+        self,
+        send: Send,
+        max_pending: int = 50_000,
+        on_round: Callable[[float, int], None] | None = None,
+        on_stored: Callable[[list[tuple[Record, Any]]], None] | None = None,
     ) -> None:
         self._send = send
         self._max_pending = max_pending
         self._on_round = on_round  # (seconds, records) of each delivered round
+        self._on_stored = on_stored  # (record, the send's result) of each delivered state and position
         self._next = _Round()
         self._busy = False
         self._changed = asyncio.Condition()
@@ -102,8 +108,10 @@ class Outbox:
                 await self._deliver(r.outputs)
                 for callback in r.after_outputs:
                     callback()
-                await self._deliver(r.states.values())
-                await self._deliver(r.positions.values())
+                stored = await self._deliver(r.states.values())
+                stored += await self._deliver(r.positions.values())
+                if self._on_stored is not None and stored:
+                    self._on_stored(stored)
                 for callback in r.after_all:
                     callback()
                 self.rounds += 1
@@ -121,10 +129,13 @@ class Outbox:
                 self._changed.notify_all()
             raise
 
-    async def _deliver(self, records: Iterable[Record]) -> None:
-        futures = [await self._send(*rec) for rec in records]
-        if futures:
-            await asyncio.gather(*futures)
+    async def _deliver(self, records: Iterable[Record]) -> list[tuple[Record, Any]]:
+        """Send records and wait until every one is delivered; returns each with the broker's answer."""
+        sent = list(records)
+        futures = [await self._send(*rec) for rec in sent]
+        if not futures:
+            return []
+        return list(zip(sent, await asyncio.gather(*futures), strict=True))
 
     def _raise(self) -> None:
         if self._error is not None:

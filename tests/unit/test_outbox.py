@@ -9,22 +9,23 @@ from worker.outbox import Outbox, Record
 
 
 class FakeProducer:
-    """Records sends in order; each send's delivery completes when the test releases it (or at once)."""
+    """Records sends in order; each send's delivery completes when the test releases it (or at once), with the
+    record's position among the delivered ones (as a broker answers with its offset)."""
 
     def __init__(self, auto: bool = True) -> None:
         self.sent: list[tuple[str, bytes]] = []
         self.delivered: list[tuple[str, bytes]] = []
-        self.waiting: list[tuple[asyncio.Future[None], tuple[str, bytes]]] = []
+        self.waiting: list[tuple[asyncio.Future[int], tuple[str, bytes]]] = []
         self.auto = auto
         self.fail_on: bytes | None = None
 
     async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None, headers: Any) -> Any:
         self.sent.append((topic, value))
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if value == self.fail_on:
             fut.set_exception(OSError("broker went away"))
         elif self.auto:
-            fut.set_result(None)
+            fut.set_result(len(self.delivered))
             self.delivered.append((topic, value))
         else:
             self.waiting.append((fut, (topic, value)))
@@ -32,7 +33,7 @@ class FakeProducer:
 
     def release(self) -> None:
         for fut, rec in self.waiting:
-            fut.set_result(None)
+            fut.set_result(len(self.delivered))
             self.delivered.append(rec)
         self.waiting.clear()
 
@@ -70,10 +71,15 @@ def test_each_kind_is_delivered_before_the_next_is_sent() -> None:
 
 
 def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key() -> None:
-    async def scenario() -> tuple[list[tuple[str, bytes]], int, list[str], list[int]]:
+    async def scenario() -> tuple[list[tuple[str, bytes]], int, list[str], list[int], list[list[tuple[bytes, int]]]]:
         prod = FakeProducer(auto=False)
         sizes: list[int] = []
-        box = Outbox(prod.send, on_round=lambda seconds, records: sizes.append(records))
+        stored: list[list[tuple[bytes, int]]] = []
+        box = Outbox(
+            prod.send,
+            on_round=lambda seconds, records: sizes.append(records),
+            on_stored=lambda pairs: stored.append([(r[2], answer) for r, answer in pairs]),
+        )
         task = asyncio.create_task(box.run())
         calls: list[str] = []
         await box.add([rec("out", "a")], [("u1", rec("state", "u1@a"))], after_all=lambda: calls.append("a"))
@@ -90,9 +96,9 @@ def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key(
         prod.release()
         await box.drain()
         task.cancel()
-        return prod.delivered, box.rounds, calls, sizes
+        return prod.delivered, box.rounds, calls, sizes, stored
 
-    delivered, rounds, calls, sizes = run(scenario())
+    delivered, rounds, calls, sizes, stored = run(scenario())
     assert rounds == 2
     assert sizes == [2, 5]  # a: out + state; b and c: two outs, the newest states of u1 and u2, one position
     assert delivered == [
@@ -105,6 +111,8 @@ def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key(
         ("pos", b"c"),
     ]
     assert calls == ["a", "out b", "out c", "b", "c"]
+    # states and positions of each round with the broker's answer for each (what the local store keeps)
+    assert stored == [[(b"u1@a", 1)], [(b"u1@c", 4), (b"u2@c", 5), (b"c", 6)]]
 
 
 def test_a_failed_delivery_stops_the_loop_and_is_raised_to_producers_and_drainers() -> None:
