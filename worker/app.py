@@ -18,13 +18,13 @@ import gc
 import logging
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError
 from faust.exceptions import SameNode
-from faust.serializers import codecs
 from faust.types import TP
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
@@ -36,6 +36,7 @@ from worker.clustering import ModelSnapshot, Trainer
 from worker.events.timefmt import format_rfc3339
 from worker.features import wire
 from worker.features.state import UserState, features_at
+from worker.localstore import LocalStore, Marker, digest
 from worker.outbox import Outbox, Record
 from worker.personas import DORMANT
 from worker.refetch import RangeReader
@@ -55,17 +56,6 @@ INPUT, BY_USER = "input", "by_user"  # the two consumed streams (metric label, k
 PROBE_AFTER = 5.0  # seconds a partition's position may stand still before the broker is asked for what follows
 PROBE_MAX = 30.0  # longest wait between probes of a partition that has nothing new
 SAMPLES_PER_RECORD = 500  # training samples per record on the samples topic (about 300 kB)
-
-
-class _UserStateCodec(codecs.Codec):
-    def _dumps(self, obj: Any) -> bytes:
-        return wire.encode(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return wire.decode(s)
-
-
-codecs.register("sw-userstate", _UserStateCodec())
 
 
 class _KeyRoutedTable(faust.Table):  # type: ignore[misc]
@@ -95,6 +85,14 @@ class _SelfRecoveredTable(_KeyRoutedTable):
         return _RECOVERED_BY_WORKER
 
 
+def _values(table: Any) -> dict[Any, bytes]:
+    """Key → value of a table in memory: the memory store's dict. Every table here holds its values as the bytes
+    its changelog has (user states in their wire form, decoded on access: :class:`worker.features.wire.EncodedStates`),
+    so recovering a record copies bytes."""
+    data: dict[Any, bytes] = table.data.data
+    return data
+
+
 def _key_partition_map(table: Any) -> dict[Any, int]:
     """Key → changelog partition of a table's keys: the memory store's own record (Faust drops the keys of revoked
     partitions with it after a recovery; the worker keeps it for every key it sets or recovers)."""
@@ -102,24 +100,13 @@ def _key_partition_map(table: Any) -> dict[Any, int]:
     return where
 
 
-def _changelog_decoders(app: faust.App, table: Any) -> tuple[Any, Any]:
-    """Key and value decoders for a table's changelog records: the direct ones for the codecs the worker uses
-    (half the cost of Faust's serializer registry, which counts at a million records), Faust's for any other."""
-    key_ser, value_ser = (
-        table.key_serializer or app.conf.key_serializer,
-        table.value_serializer or app.conf.value_serializer,
-    )
+def _changelog_key_decoder(app: faust.App, table: Any) -> Any:
+    """The key decoder of a table's changelog records: the direct one for JSON string keys (half the cost of Faust's
+    serializer registry, which counts at a million records), Faust's for any other."""
+    key_ser = table.key_serializer or app.conf.key_serializer
     if key_ser == "json" and table.key_type is str:
-        loads_key: Any = codec.loads
-    else:
-        loads_key = functools.partial(app.serializers.loads_key, table.key_type, serializer=key_ser)
-    if value_ser == "sw-userstate":
-        loads_value: Any = wire.decode
-    elif value_ser == "raw" and table.value_type is bytes:
-        loads_value = bytes
-    else:
-        loads_value = functools.partial(app.serializers.loads_value, table.value_type, serializer=value_ser)
-    return loads_key, loads_value
+        return codec.loads
+    return functools.partial(app.serializers.loads_key, table.key_type, serializer=key_ser)
 
 
 class _SinglePartitionGlobalTable(faust.GlobalTable):  # type: ignore[misc]
@@ -155,14 +142,19 @@ def _table(
     cls: type[faust.Table],
     name: str,
     partitions: int,
-    value_serializer: str | None = None,
     **kwargs: Any,
 ) -> Any:
     extra = {"standby_buffer_size": 1, "is_global": True} if cls is _SinglePartitionGlobalTable else {}
-    table = cls(app, name=name, default=None, beacon=app.tables.beacon, partitions=partitions, **extra, **kwargs)
-    if value_serializer:
-        # before the table is registered: registering creates its changelog topic with this codec
-        table.value_serializer = value_serializer
+    table = cls(
+        app,
+        name=name,
+        default=None,
+        beacon=app.tables.beacon,
+        partitions=partitions,
+        value_type=bytes,
+        **extra,
+        **kwargs,
+    )
     return app.tables.add(table)
 
 
@@ -237,13 +229,17 @@ def create_app(settings: Settings) -> faust.App:
     by_user_name, samples_name = by_user.get_topic_name(), samples_topic.get_topic_name()
     output_name, dlq_name = output.get_topic_name(), dlq.get_topic_name()
     partition_of = partitioner(n)
-    # UserState objects in memory, their compact binary form (worker.features.wire) in the changelog
-    users = _table(app, _SelfRecoveredTable, "users", n, value_serializer="sw-userstate", key_type=str)
-    part_meta = _table(app, _SelfRecoveredTable, "partition-meta", n, key_type=str, value_type=bytes)
+    # user states in their compact binary form (worker.features.wire), in memory as in the changelog
+    users = _table(app, _SelfRecoveredTable, "users", n, key_type=str)
+    part_meta = _table(app, _SelfRecoveredTable, "partition-meta", n, key_type=str)
     users.route = part_meta.route = partition_of
-    models = _table(app, _SinglePartitionGlobalTable, "models", 1, key_type=str, value_type=bytes)
+    models = _table(app, _SinglePartitionGlobalTable, "models", 1, key_type=str)
+    user_states = wire.EncodedStates(_values(users))  # decoded on access
+    # the local copy of the per-partition tables (worker.localstore), if configured
+    local = LocalStore(Path(s.data_dir) / f"{s.app_id}-state.rocksdb") if s.state_store == "rocksdb" else None
+    kept_locally = {t.changelog_topic.get_topic_name(): t.name for t in (users, part_meta)}
 
-    def stage(table: Any, key: str, value: Any) -> Record:
+    def stage(table: Any, key: str, value: bytes) -> Record:
         """Set a table key in memory and return its changelog record, for the outbox or :func:`put` to send.
 
         Not ``table[key] = value``: that queues the record in Faust's producer buffer, whose flush before an
@@ -251,25 +247,31 @@ def create_app(settings: Settings) -> faust.App:
         event after a restart). Our sends are awaited until delivered.
         """
         partition = table.partition_for_key(key)
-        table.data[key] = value
+        _values(table)[key] = value
         _key_partition_map(table)[key] = partition
-        serializers = app.serializers
-        return (
-            table.changelog_topic.get_topic_name(),
-            serializers.dumps_key(table.key_type, key, serializer=table.key_serializer),
-            serializers.dumps_value(table.value_type, value, serializer=table.value_serializer),
-            partition,
-            None,
-        )
+        key_bytes = app.serializers.dumps_key(table.key_type, key, serializer=table.key_serializer)
+        return (table.changelog_topic.get_topic_name(), key_bytes, value, partition, None)
 
     async def send(topic: str, key: bytes | None, value: bytes, partition: int | None, headers: Any) -> Any:
         """Hand one record to the producer; returns the delivery future."""
         return await app.producer.send(topic, key, value, partition, None, headers)
 
-    async def put(table: Any, key: str, value: Any) -> Any:
+    async def put(table: Any, key: str, value: bytes) -> Any:
         return await send(*stage(table, key, value))
 
-    outbox = Outbox(send, on_round=lambda seconds, _records: metrics.OUTBOX_ROUND_SECONDS.observe(seconds))
+    def stored(delivered: list[tuple[Record, Any]]) -> None:
+        """States and positions the changelog now holds: into the local copy, with where the changelog has them."""
+        if local is not None:
+            local.write(
+                (kept_locally[topic], meta.partition, meta.offset, key or b"", value)
+                for (topic, key, value, _, _), meta in delivered
+            )
+
+    outbox = Outbox(
+        send,
+        on_round=lambda seconds, _records: metrics.OUTBOX_ROUND_SECONDS.observe(seconds),
+        on_stored=stored,
+    )
     metrics.OUTBOX_PENDING.set_function(lambda: outbox.pending)
 
     meta_keys = partition_keys(n, "__partition-meta-")
@@ -282,7 +284,7 @@ def create_app(settings: Settings) -> faust.App:
         p = users_partition.get(uid)
         return partition_of(uid) if p is None else p
 
-    segmenter = Segmenter(s, users, owner_of)
+    segmenter = Segmenter(s, user_states, owner_of)
     # per consumed stream: its topic and the gate holding each owned partition's position (kept in part_meta)
     streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name()}
     gates = {stream: OffsetGate() for stream in streams}
@@ -313,9 +315,11 @@ def create_app(settings: Settings) -> faust.App:
         log.info("model v%d in use: %s", snap.version, dict(zip(snap.persona_ids, snap.persona_names, strict=True)))
         return first
 
-    async def read_changelog(table: Any, partitions: set[int], tail: int | None = None) -> int:
-        """Apply a table's changelog partitions to memory in order (the last record per key wins): all of each
-        partition, or its last ``tail`` records. Returns the records applied.
+    async def read_changelog(table: Any, partitions: set[int], tail: int | None = None) -> tuple[int, int]:
+        """Bring a table's partitions in memory up to the end of its changelog (the last record per key wins): from
+        the local copy and the changelog after it, when the worker keeps one (:mod:`worker.localstore`), else all
+        of each changelog partition; or its last ``tail`` records. Returns (records from the local copy, records
+        from the changelog).
 
         The per-partition tables are recovered here in full (:class:`_SelfRecoveredTable`). The model table is
         recovered by Faust, which stops at the broker's reported end offset; a broker that reports the start of
@@ -323,7 +327,7 @@ def create_app(settings: Settings) -> faust.App:
         model, so its tail is read again here, to the real end.
         """
         if not partitions:
-            return 0
+            return 0, 0
         topic = table.changelog_topic.get_topic_name()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers,
@@ -334,47 +338,103 @@ def create_app(settings: Settings) -> faust.App:
             fetch_max_bytes=64 * 2**20,
         )
         await consumer.start()
+        data, where = _values(table), _key_partition_map(table)
+        loads_key = _changelog_key_decoder(app, table)
+        keep = local if local is not None and isinstance(table, _SelfRecoveredTable) else None
+        from_local: dict[int, int] = {}
         applied = 0
-        data, where = table.data, _key_partition_map(table)
         # Millions of long-lived objects can arrive here; the cyclic collector would rescan all of them on every
         # full collection (pauses of seconds that stall the event loop). Off while reading; after a large read,
-        # one collection, then everything alive goes to the permanent generation (the states hold no cycles;
-        # reference counting still frees them).
+        # one collection, then everything alive goes to the permanent generation (reference counting still frees
+        # them).
         gc.disable()
-        loads_key, loads_value = _changelog_decoders(app, table)
         try:
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
             starts = await consumer.beginning_offsets(tps)
+            pending = {tp for tp in tps if ends[tp] > starts[tp]}
+            verify: dict[TopicPartition, Marker] = {}  # partitions read from a local copy: the record it ends at
+
+            def read_all(tp: TopicPartition) -> None:
+                consumer.seek(tp, starts[tp])
+                pending.add(tp)
+
+            def discard_local(tp: TopicPartition, why: str) -> None:
+                assert keep is not None
+                log.warning(
+                    "%s partition %d: local copy discarded (%s); reading the changelog in full",
+                    table.name,
+                    tp.partition,
+                    why,
+                )
+                for key in [k for k, p in where.items() if p == tp.partition]:
+                    data.pop(key, None)
+                    del where[key]
+                keep.forget(table.name, tp.partition)
+                from_local.pop(tp.partition, None)
+                verify.pop(tp, None)
+                read_all(tp)
+
             for tp in tps:
-                consumer.seek(tp, starts[tp] if tail is None else max(starts[tp], ends[tp] - tail))
+                marker = keep.marker(table.name, tp.partition) if keep is not None else None
+                if marker is not None and starts[tp] < marker.next_offset:
+                    count = 0
+                    for k, v in keep.items(table.name, tp.partition):  # type: ignore[union-attr]
+                        key = loads_key(k)
+                        data[key] = v
+                        where[key] = tp.partition
+                        count += 1
+                    from_local[tp.partition] = count
+                    # from the record the copy ends at: it must be there, the same (the copy is this log's prefix)
+                    verify[tp] = marker
+                    consumer.seek(tp, marker.next_offset - 1)
+                    pending.add(tp)
+                elif marker is not None:
+                    discard_local(tp, f"the changelog starts at {starts[tp]}, after the copy's end")
+                else:
+                    consumer.seek(tp, starts[tp] if tail is None else max(starts[tp], ends[tp] - tail))
             # to the real end: past the reported end (a whole batch comes with each fetch, so a broker reporting
             # the start of the last batch is covered), then until a fetch comes back empty
-            pending, idle = {tp for tp in tps if ends[tp] > starts[tp]}, 0
-            while pending or idle < 1:
+            idle = 0
+            while True:
                 batches = await consumer.getmany(*tps, timeout_ms=200, max_records=20_000)
                 idle = 0 if batches else idle + 1
-                for records in batches.values():
+                for tp, records in batches.items():
+                    marker = verify.pop(tp, None)
+                    if marker is not None and (
+                        records[0].offset != marker.next_offset - 1
+                        or digest(records[0].key, records[0].value) != marker.digest
+                    ):
+                        discard_local(tp, f"offset {marker.next_offset - 1} of the changelog is another record")
+                        continue
                     for r in records:
                         key = loads_key(r.key)
                         if r.value is None:
                             data.pop(key, None)
                             where.pop(key, None)
                         else:
-                            data[key] = loads_value(r.value)
+                            data[key] = r.value
                             where[key] = r.partition
                     applied += len(records)
+                    if keep is not None:
+                        keep.write((table.name, r.partition, r.offset, r.key, r.value) for r in records)
                 for tp in list(pending):
                     if await consumer.position(tp) >= ends[tp]:
                         pending.discard(tp)
+                if not pending and idle >= 1:
+                    if not verify:
+                        break
+                    for tp in list(verify):  # nothing at the copy's last offset: the changelog is shorter
+                        discard_local(tp, f"the changelog ends before offset {verify[tp].next_offset - 1}")
+                    idle = 0
         finally:
-            if applied >= FREEZE_AFTER:
+            if applied + sum(from_local.values()) >= FREEZE_AFTER:
                 gc.collect()
                 gc.freeze()
             gc.enable()
             await consumer.stop()
-        return applied
+        return sum(from_local.values()), applied
 
     models_recovered = [False]
 
@@ -398,6 +458,8 @@ def create_app(settings: Settings) -> faust.App:
         await filler.stop()
         await prober.stop()
         await sampler.stop()
+        if local is not None:
+            local.close()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -440,13 +502,14 @@ def create_app(settings: Settings) -> faust.App:
                     table.data.pop(key, None)
                     del where[key]
                 started = time.monotonic()
-                applied = await read_changelog(table, gained)
+                from_local, applied = await read_changelog(table, gained)
                 log.info(
-                    "%s: %d changelog records of partitions %s read in %.1fs",
+                    "%s: %d changelog records of partitions %s read in %.1fs%s",
                     table.name,
                     applied,
                     sorted(gained),
                     time.monotonic() - started,
+                    f" after {from_local} from the local copy" if local is not None else "",
                 )
             if not models_recovered[0]:  # every worker holds the whole (one-partition) model table
                 await read_changelog(models, {0}, tail=TAIL_RECORDS)
@@ -621,7 +684,7 @@ def create_app(settings: Settings) -> faust.App:
         for i in range(0, len(res.samples), SAMPLES_PER_RECORD):  # a large batch stays under the record size limit
             chunk = b"[" + b",".join(res.samples[i : i + SAMPLES_PER_RECORD]) + b"]"
             outputs.append((samples_name, None, chunk, 0, None))
-        states = [(uid, stage(users, uid, state)) for uid, state in res.dirty.items()]
+        states = [(uid, stage(users, uid, wire.encode(state))) for uid, state in res.dirty.items()]
         positions = []
         durable_after: dict[tuple[str, int], int] = {}
         for p in res.partitions.union(advanced):
@@ -800,7 +863,7 @@ def create_app(settings: Settings) -> faust.App:
             return retry_later(web, f"the worker holding this user is not reachable: {exc}", user_id)
         if partition_of(user_id) not in owned:  # ours, but its state is not read yet (start-up, rebalance)
             return retry_later(web, "the state of this user's partition is being recovered", user_id)
-        state = users.get(user_id)
+        state = user_states.get(user_id)
         if state is None:
             return json_response(web, {"error": "unknown user", "user_id": user_id}, status=404)
         as_of = max(state.last_ts, segmenter.watermarks.get(partition_of(user_id)))

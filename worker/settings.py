@@ -27,6 +27,13 @@ class Settings:
     web_host: str = field(default="0.0.0.0", metadata={"help": "bind address of the HTTP API"})
     web_port: int = field(default=6066, metadata={"help": "port of the HTTP API (/metrics, /users, /personas)"})
     data_dir: str = field(default="./data", metadata={"help": "local state directory"})
+    state_store: Literal["memory", "rocksdb"] = field(
+        default="memory",
+        metadata={
+            "help": "rocksdb keeps a local copy of the state under data_dir: a restart reads only the changelog "
+            "written since (needs the rocksdb extra)"
+        },
+    )
     input_topic: str = field(default="user-events", metadata={"help": "topic of user events"})
     output_topic: str = field(default="segment-changes", metadata={"help": "topic of segment-change events"})
     dlq_topic: str = field(default="user-events-dlq", metadata={"help": "dead-letter topic for bad input"})
