@@ -1,12 +1,13 @@
 """State at scale: bytes of state per user, and how long a worker takes to recover many users' state.
 
-python bench/state.py [--users 2000] [--recover 1000000]
+python bench/state.py [--users 2000] [--recover 1000000] [--store memory|rocksdb]
 
 1. Runs a synthetic population through the core and measures each user's changelog record (key + value, exactly
    as the worker writes it): mean, p50, p99 bytes per user.
 2. Writes ``--recover`` users' state records (copies of the measured ones under new user ids) into a worker's
    ``users`` changelog on the embedded broker, starts a worker process on it, and times start → ready (group
-   joined, changelog recovered, every user in state).
+   joined, changelog recovered, every user in state). With ``--store rocksdb`` the worker also writes its local
+   copy while reading, and is then started again: the restart reads the copy and the changelog after it.
 """
 
 from __future__ import annotations
@@ -46,13 +47,19 @@ def measured_states(users: int, days: float) -> dict[str, bytes]:
     return {uid: wire.encode(state) for uid, state in store.items()}
 
 
-def recovery(values: list[bytes], users: int, partitions: int) -> None:
+def recovery(values: list[bytes], users: int, partitions: int, store: str) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="segment-worker-bench-") as tmp,
         EmbeddedBroker(log_file=Path(tmp) / "broker.log") as broker,
     ):
         s = bench_settings(
-            broker, "bench-state", partitions, str(Path(tmp) / "data"), session_timeout=6.0, log_level="info"
+            broker,
+            "bench-state",
+            partitions,
+            str(Path(tmp) / "data"),
+            session_timeout=6.0,
+            log_level="info",
+            state_store=store,
         )
         changelog = f"{s.app_id}-users-changelog"
         create_topics(broker.bootstrap, {changelog: partitions, s.input_topic: partitions})
@@ -69,24 +76,31 @@ def recovery(values: list[bytes], users: int, partitions: int) -> None:
         prod.flush(300)
         prod.close()
         print(f"wrote {users:,} state records ({total / 1e6:,.0f} MB) in {time.monotonic() - started:.1f}s", flush=True)
-        t0 = time.monotonic()
-        worker = WorkerProcess(s, dict(os.environ), Path(tmp) / "worker.log")
-        try:
-            worker.wait_ready(600)
-            # every user in state and the worker done with recovery (it logs the partitions it then owns)
-            while worker.get("/healthz")["users"] < users or "owning partitions" not in worker.log_path.read_text():
-                if time.monotonic() - t0 > 900:
-                    sys.exit("worker did not hold every user after 900 s")
-                time.sleep(0.2)
-            took = time.monotonic() - t0
-            rss = worker.metrics().get("process_resident_memory_bytes", 0.0)
-        finally:
-            worker.stop()
-        for line in (Path(tmp) / "worker.log").read_text().splitlines():  # the worker's own account of the reads
-            if "changelog records of partitions" in line or "owning partitions" in line:
-                print("  worker:", line.split("[INFO] ")[-1].strip())
-        print(f"recovery of {users:,} users: {took:.1f}s from process start to recovered (goal <= 30 s)")
-        print(f"worker resident memory after recovery: {rss / 2**20:,.0f} MiB ({rss / users:,.0f} B/user in memory)")
+        timed_start(s, users, Path(tmp) / "worker-1.log", "from the changelog")
+        if store == "rocksdb":  # the same worker again: its local copy, and the changelog after it
+            timed_start(s, users, Path(tmp) / "worker-2.log", "restart, from the local copy")
+
+
+def timed_start(s: Settings, users: int, log: Path, what: str) -> None:
+    """Start a worker, time start → every user in state, print the worker's own account and its memory."""
+    t0 = time.monotonic()
+    worker = WorkerProcess(s, dict(os.environ), log)
+    try:
+        worker.wait_ready(600)
+        # every user in state and the worker done with recovery (it logs the partitions it then owns)
+        while worker.get("/healthz")["users"] < users or "owning partitions" not in log.read_text():
+            if time.monotonic() - t0 > 900:
+                sys.exit("worker did not hold every user after 900 s")
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+        rss = worker.metrics().get("process_resident_memory_bytes", 0.0)
+    finally:
+        worker.stop()
+    for line in log.read_text().splitlines():  # the worker's own account of the reads
+        if "changelog records of partitions" in line or "owning partitions" in line:
+            print("  worker:", line.split("[INFO] ")[-1].strip())
+    print(f"recovery of {users:,} users ({s.state_store} store, {what}): {took:.1f}s from process start (goal <= 30 s)")
+    print(f"worker resident memory after recovery: {rss / 2**20:,.0f} MiB ({rss / users:,.0f} B/user in memory)")
 
 
 def main() -> None:
@@ -95,6 +109,9 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=28.0)
     ap.add_argument("--recover", type=int, default=1_000_000, help="users' state to recover (0 to skip)")
     ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument(
+        "--store", choices=["memory", "rocksdb"], default="memory", help="rocksdb: also time a restart from the copy"
+    )
     args = ap.parse_args()
     states = measured_states(args.users, args.days)
     sizes = sorted(len(codec.dumps(uid)) + len(v) for uid, v in states.items())
@@ -104,7 +121,7 @@ def main() -> None:
         "(key + changelog value; goal <= 300 B)"
     )
     if args.recover:
-        recovery(list(states.values()), args.recover, args.partitions)
+        recovery(list(states.values()), args.recover, args.partitions, args.store)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def run_workers(
         warmup_samples=min(1500, a.users // 2),
         batch_size=a.batch_size,
         batch_window=a.batch_window,
+        state_store=a.store,
     )
     topic = base.input_topic
     create_topics(broker.bootstrap, {topic: a.partitions})
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker process counts to run")
     ap.add_argument("--batch-size", type=int, default=Settings.batch_size)
     ap.add_argument("--batch-window", type=float, default=Settings.batch_window)
+    ap.add_argument("--store", choices=["memory", "rocksdb"], default=Settings.state_store, help="state_store")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         pop = generate(a.users, a.days, seed=3)
@@ -143,7 +145,7 @@ def main() -> None:
             batches = m.get("segment_worker_batch_seconds_count", 0)
             busy = m.get("segment_worker_batch_seconds_sum", 0)
             print(
-                f"segment-worker, {count} process(es), {a.partitions} partitions: {rate:,.0f} events/s "
+                f"segment-worker, {count} process(es), {a.partitions} partitions, {a.store} store: {rate:,.0f} events/s "
                 f"(ratio to the raw loop {rate / raw:.3f}; goal >= 0.15)\n"
                 f"  batches: {batches:,.0f} (mean {n / max(1, batches):,.0f} events), {busy:.1f}s inside the core; "
                 f"event->change latency p50 <= {p50}s, p99 <= {p99}s (histogram bucket bounds)",

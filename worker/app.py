@@ -49,6 +49,9 @@ MODEL_KEY = "current"
 TAIL_RECORDS = 5000  # model changelog records re-read after Faust's recovery (see read_changelog)
 # what the per-partition tables tell Faust's recovery they hold already: it skips them (see _SelfRecoveredTable)
 _RECOVERED_BY_WORKER = 2**62
+# empty fetches (of 0.2 s) after which the record a local copy ends at counts as missing from the changelog (the
+# broker may report an end offset before it, so only a fetch can tell; a false "missing" costs a full read)
+VERIFY_IDLE = 5
 FREEZE_AFTER = 100_000  # changelog records read at once beyond which the collector leaves them alone (read_changelog)
 H_SRC_PARTITION = "sw.src.partition"
 H_SRC_OFFSET = "sw.src.offset"
@@ -422,10 +425,10 @@ def create_app(settings: Settings) -> faust.App:
                 for tp in list(pending):
                     if await consumer.position(tp) >= ends[tp]:
                         pending.discard(tp)
-                if not pending and idle >= 1:
-                    if not verify:
-                        break
-                    for tp in list(verify):  # nothing at the copy's last offset: the changelog is shorter
+                if not pending and idle >= 1 and not verify:
+                    break
+                if not pending and idle >= VERIFY_IDLE:  # nothing at a copy's last offset: the changelog is shorter
+                    for tp in list(verify):
                         discard_local(tp, f"the changelog ends before offset {verify[tp].next_offset - 1}")
                     idle = 0
         finally:

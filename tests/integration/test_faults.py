@@ -200,11 +200,14 @@ def test_second_worker_joins_and_leaves(
 ) -> None:
     s = worker_settings.replace(state_store=store)
     total = len(population.events)
-    send(s, population.events, wrong_key_every=10)
+    half = total // 2
+    send(s, population.events[:half], wrong_key_every=10)
     first = start_worker(s)
     _run_until(first, 0.2 * total)
     second = start_worker(s.replace(web_port=free_port(), data_dir=s.data_dir + "-2"))
-    # both members own partitions now; they share one model history (only one of them trains)
+    # both members own partitions now; they share one model history (only one of them trains). The rest of the
+    # input comes now: sent at once, the first worker could apply nearly all of it before the second had joined.
+    send(s, population.events[half:], wrong_key_every=10)
     _run_until(second, 0.1 * total)
     assert first.get("/healthz")["partitions"] and second.get("/healthz")["partitions"]
     if leave == "sigterm":
