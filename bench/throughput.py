@@ -145,7 +145,8 @@ def main() -> None:
             batches = m.get("segment_worker_batch_seconds_count", 0)
             busy = m.get("segment_worker_batch_seconds_sum", 0)
             print(
-                f"segment-worker, {count} process(es), {a.partitions} partitions, {a.store} store: {rate:,.0f} events/s "
+                f"segment-worker, {count} process(es), {a.partitions} partitions, {a.store} store: "
+                f"{rate:,.0f} events/s "
                 f"(ratio to the raw loop {rate / raw:.3f}; goal >= 0.15)\n"
                 f"  batches: {batches:,.0f} (mean {n / max(1, batches):,.0f} events), {busy:.1f}s inside the core; "
                 f"event->change latency p50 <= {p50}s, p99 <= {p99}s (histogram bucket bounds)",

@@ -12,6 +12,7 @@ Data path::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -110,6 +111,11 @@ def _changelog_key_decoder(app: faust.App, table: Any) -> Any:
     if key_ser == "json" and table.key_type is str:
         return codec.loads
     return functools.partial(app.serializers.loads_key, table.key_type, serializer=key_ser)
+
+
+def _remove_labels(metric: Any, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set
+        metric.remove(*labels)
 
 
 class _SinglePartitionGlobalTable(faust.GlobalTable):  # type: ignore[misc]
@@ -309,14 +315,18 @@ def create_app(settings: Settings) -> faust.App:
         if raw is None or raw is model_bytes[0]:
             return False
         model_bytes[0] = raw
-        first = segmenter.model is None
+        before = segmenter.model
         snap = ModelSnapshot.from_bytes(raw)
         if not segmenter.set_model(snap):
             return False
         metrics.MODEL_VERSION.set(snap.version)
         metrics.MODEL_PERSONAS.set(len(snap.persona_ids))
+        metrics.MODEL_UPDATED.set_to_current_time()
+        drift = snap.drift_from(before) if before is not None else None
+        if drift is not None:
+            metrics.MODEL_DRIFT.set(drift)
         log.info("model v%d in use: %s", snap.version, dict(zip(snap.persona_ids, snap.persona_names, strict=True)))
-        return first
+        return before is None
 
     async def read_changelog(table: Any, partitions: set[int], tail: int | None = None) -> tuple[int, int]:
         """Bring a table's partitions in memory up to the end of its changelog (the last record per key wins): from
@@ -493,7 +503,7 @@ def create_app(settings: Settings) -> faust.App:
 
     async def refresh_ownership() -> set[int]:
         """Re-read what the changelog holds for partitions gained since the last call; returns them."""
-        current = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.input_topic}
+        current = assigned()
         gained = current - owned
         if current != owned:
             began = time.monotonic()
@@ -594,11 +604,21 @@ def create_app(settings: Settings) -> faust.App:
         from a half-recovered table would put an old state back (seen as lost events after a restart)."""
         return bool(app.tables.recovery.completed.is_set() and not app.rebalancing and not app.in_recovery)
 
+    def assigned() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.input_topic}
+
+    def is_ready() -> bool:
+        """Joined the group, not rebalancing, and every assigned partition's state read (a member with no partition
+        assigned, when there are more members than partitions, is ready: it answers the API by routing)."""
+        return not closing[0] and settled() and owned == assigned()
+
     @app.timer(1.0)
     async def housekeeping() -> None:
-        # a model can arrive while no events flow (the trainer lags the stream): assign waiting users now
+        metrics.READY.set(1 if is_ready() else 0)
         if closing[0] or not settled():
             return
+        # a model can arrive while no events flow (the trainer lags the stream): assign waiting users now
+        started = time.perf_counter()
         async with core_lock:
             await catch_up()
         try:
@@ -608,6 +628,38 @@ def create_app(settings: Settings) -> faust.App:
                 return
             raise
         await commit_positions()
+        report_positions()
+        metrics.HOUSEKEEPING_SECONDS.observe(time.perf_counter() - started)
+
+    reported: set[tuple[str, int]] = set()  # (topic, partition) label values of the per-partition gauges
+
+    def report_positions() -> None:
+        """Per owned partition: consumer lag, watermark and its delay behind wall time; the gauges of partitions
+        no longer owned are removed (another worker reports them)."""
+        now = time.time()
+        current: set[tuple[str, int]] = set()
+        for stream, gate in gates.items():
+            topic = streams[stream]
+            for p, position in gate.next.items():
+                current.add((topic, p))
+                end = app.consumer.highwater(TP(topic, p))
+                if end is not None:  # known once the consumer fetched from the partition
+                    metrics.CONSUMER_LAG.labels(topic, str(p)).set(max(0, end - position))
+        for p in owned:
+            current.add(("", p))
+            watermark = segmenter.watermarks.get(p) / 1000
+            metrics.WATERMARK.labels(str(p)).set(watermark)
+            if watermark > 0:
+                metrics.WATERMARK_DELAY.labels(str(p)).set(max(0.0, now - watermark))
+        for topic, p in reported - current:
+            if topic:
+                _remove_labels(metrics.CONSUMER_LAG, topic, str(p))
+            else:
+                _remove_labels(metrics.WATERMARK, str(p))
+                _remove_labels(metrics.WATERMARK_DELAY, str(p))
+        reported.clear()
+        reported.update(current)
+        metrics.PARTITIONS_OWNED.set(len(owned))
 
     async def commit_positions() -> None:
         """Commit to the consumer group the positions the changelog holds. The group's offsets only say where a
@@ -696,7 +748,6 @@ def create_app(settings: Settings) -> faust.App:
                 if p in gate.next:
                     meta[stream] = durable_after[(stream, p)] = gate.next[p]
             positions.append((p, stage(part_meta, meta_keys[p], codec.dumps(meta))))
-            metrics.WATERMARK.labels(str(p)).set(segmenter.watermarks.get(p) / 1000)
         consumed = [consumed_at for _, _, consumed_at in res.changes]
         transitions = res.transitions
 
@@ -833,6 +884,13 @@ def create_app(settings: Settings) -> faust.App:
                     "users": len(users),
                 },
             )
+
+    @app.page("/readyz")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            ready = is_ready()
+            body = {"ready": ready, "partitions": sorted(owned), "assigned": sorted(assigned())}
+            return json_response(self, body, status=200 if ready else 503)
 
     @app.page("/personas")
     class Personas(View):

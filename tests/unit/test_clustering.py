@@ -56,6 +56,26 @@ def test_snapshot_assign_margin_and_round_trip() -> None:
     assert back.version == 3 and back.k_scores == {2: 0.5}
 
 
+def test_drift_is_the_mean_centroid_move_of_the_personas_both_snapshots_have() -> None:
+    old = snapshot(np.array([[0.0, 0.0], [4.0, 0.0]]))
+    moved = dataclasses.replace(old, version=4, centroids=old.centroids + np.eye(1, old.space.dim) * 3.0)
+    assert moved.drift_from(old) == pytest.approx(3.0)
+    assert old.drift_from(old) == 0.0
+    # compared in the newer snapshot's scaled units: the same raw centroids under a doubled scale are half as far
+    rescaled = dataclasses.replace(
+        moved, scale=moved.scale * 2, centroids=(old.centroids + np.eye(1, old.space.dim) * 3.0) / 2
+    )
+    assert rescaled.drift_from(old) == pytest.approx(1.5)
+    renamed = dataclasses.replace(moved, persona_ids=("p1", "p9"), persona_names=("one", "nine"))
+    assert renamed.drift_from(old) == pytest.approx(3.0)  # p1 only
+    other = dataclasses.replace(moved, persona_ids=("p7", "p9"))
+    assert other.drift_from(old) is None
+    space = FeatureSpace(("a", "b"), (DAY, 7 * DAY))
+    d = space.dim
+    wider = ModelSnapshot(5, space, np.zeros(d), np.ones(d), np.zeros((2, d)), ("p1", "p2"), ("one", "two"), 10, 3)
+    assert wider.drift_from(old) is None  # another vocabulary: nothing to compare
+
+
 def population(n: int, t_end: int, seed: int = 0) -> list[tuple[str, UserState, int]]:
     """Two behaviours: 'reader' users view, 'buyer' users purchase; ten days of events per user, users sampled
     at times spread over ten days."""

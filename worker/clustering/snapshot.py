@@ -68,6 +68,20 @@ class ModelSnapshot:
         out: np.ndarray = row * self.scale + self.mean
         return out
 
+    def drift_from(self, older: ModelSnapshot) -> float | None:
+        """How far the personas moved since ``older``: the mean distance, in this snapshot's scaled units, between
+        each persona's centroid here and there (personas in both). None when there is nothing to compare (no
+        persona in common, or another feature space: the vocabulary changed)."""
+        if older.space.names != self.space.names:
+            return None
+        index = {pid: i for i, pid in enumerate(older.persona_ids)}
+        pairs = [(i, index[pid]) for i, pid in enumerate(self.persona_ids) if pid in index]
+        if not pairs:
+            return None
+        new = self.centroids[[i for i, _ in pairs]]
+        old = (older.unscale(older.centroids[[j for _, j in pairs]]) - self.mean) / self.scale
+        return float(np.linalg.norm(new - old, axis=1).mean())
+
     def name_of(self, persona_id: str | None) -> str | None:
         if persona_id is None:
             return None

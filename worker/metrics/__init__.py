@@ -55,6 +55,26 @@ OUTBOX_ROUND_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 WATERMARK = Gauge(PREFIX + "watermark_seconds", "Event-time watermark per partition (Unix seconds).", ["partition"])
+WATERMARK_DELAY = Gauge(
+    PREFIX + "watermark_delay_seconds", "Wall time minus the partition's event-time watermark.", ["partition"]
+)
+CONSUMER_LAG = Gauge(
+    PREFIX + "consumer_lag",
+    "Records of a consumed partition not applied yet: its end offset as last fetched minus the worker's position.",
+    ["topic", "partition"],
+)
+MODEL_DRIFT = Gauge(
+    PREFIX + "model_centroid_drift",
+    "Mean distance (scaled feature units) the personas' centroids moved with the last model update.",
+)
+MODEL_UPDATED = Gauge(PREFIX + "model_updated_timestamp_seconds", "When this worker adopted its current model.")
+HOUSEKEEPING_SECONDS = Histogram(
+    PREFIX + "housekeeping_seconds",
+    "One run of the one-second timer: model and assignment catch-up, probes of idle partitions, offset commits.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+PARTITIONS_OWNED = Gauge(PREFIX + "partitions_owned", "Input partitions this worker owns with their state recovered.")
+READY = Gauge(PREFIX + "ready", "1 when the worker owns partitions with recovered state and no rebalance is under way.")
 
 
 def exposition() -> tuple[bytes, str]:
