@@ -204,6 +204,7 @@ def create_app(settings: Settings) -> faust.App:
         datadir=s.data_dir,
         web_port=s.web_port,
         web_bind=s.web_host,
+        **({"canonical_url": s.web_url} if s.web_url else {}),
         topic_partitions=n,
         topic_replication_factor=s.replication_factor,
         processing_guarantee=s.processing_guarantee,

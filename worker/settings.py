@@ -26,6 +26,13 @@ class Settings:
     app_id: str = field(default="segment-worker", metadata={"help": "consumer group id and internal topic prefix"})
     web_host: str = field(default="0.0.0.0", metadata={"help": "bind address of the HTTP API"})
     web_port: int = field(default=6066, metadata={"help": "port of the HTTP API (/metrics, /users, /personas)"})
+    web_url: str = field(
+        default="",
+        metadata={
+            "help": "URL at which the other workers reach this one's HTTP API (/users/{id} is answered by the "
+            "user's owner); default http://<hostname>:<web_port>"
+        },
+    )
     data_dir: str = field(default="./data", metadata={"help": "local state directory"})
     state_store: Literal["memory", "rocksdb"] = field(
         default="memory",
