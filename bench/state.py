@@ -25,6 +25,7 @@ from common import bench_settings
 from worker import codec
 from worker.broker import EmbeddedBroker
 from worker.changes import InputRecord, Segmenter
+from worker.clustering import Trainer
 from worker.features import wire
 from worker.features.state import UserState
 from worker.kafkaio import create_topics, producer
@@ -35,15 +36,26 @@ from worker.synth import generate
 
 
 def measured_states(users: int, days: float) -> dict[str, bytes]:
-    """user id → the changelog value the worker writes for that user after the population's events."""
-    s = Settings()
+    """user id → the changelog value the worker writes for that user after the population's events: features,
+    persona and recent change history, as the core leaves them with the trainer's models applied."""
+    s = Settings(warmup_samples=min(Settings.warmup_samples, users // 2))
     pop = generate(users, days, seed=1)
     store: dict[str, UserState] = {}
     seg = Segmenter(s, store, lambda _u: 0)
+    trainer = Trainer(s)
     raw = [codec.dumps(e) for e in pop.events]
     for i in range(0, len(raw), 1000):
         recs = [InputRecord(v, None, 0, i + j, 0, i + j, 0.0) for j, v in enumerate(raw[i : i + 1000])]
-        store.update(seg.process(recs, 2**62, 0.0).dirty)
+        res = seg.process(recs, 2**62, 0.0)
+        store.update(res.dirty)
+        snap = trainer.add((u, UserState.from_wire(w), t) for u, w, t in (codec.loads(b) for b in res.samples))
+        if snap is not None:
+            first = seg.model is None
+            seg.set_model(snap)
+            if first:
+                store.update(seg.sweep({0}, 0.0).dirty)
+    with_persona = sum(1 for st in store.values() if st.segment)
+    print(f"{with_persona:,} of {len(store):,} users with a persona; model v{seg.model.version if seg.model else 0}")
     return {uid: wire.encode(state) for uid, state in store.items()}
 
 

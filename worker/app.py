@@ -942,6 +942,19 @@ def create_app(settings: Settings) -> faust.App:
                 "first_event_at": format_rfc3339(state.first_ts),
                 "last_event_at": format_rfc3339(state.last_ts),
                 "changes": state.seq,
+                "recent_changes": [
+                    {
+                        "sequence": seq,
+                        "from_segment": before,
+                        "to_segment": after,
+                        "from_segment_name": segmenter.segment_name(before),
+                        "to_segment_name": segmenter.segment_name(after),
+                        "changed_at": format_rfc3339(t),
+                        "trigger": trigger,
+                        "reasons": [{"feature": f, "direction": d} for f, d in why],
+                    }
+                    for seq, before, after, t, trigger, why in reversed(state.history)
+                ],
                 "model_version": state.model_version if state.model_version >= 0 else None,
                 "features_as_of": format_rfc3339(as_of),
                 "features": features_at(state, as_of, s.half_lives_ms),

@@ -97,6 +97,10 @@ class Settings:
     dormant_after_days: float = field(
         default=14.0, metadata={"help": "silence that moves a user to 'dormant' (0 disables)"}
     )
+    user_history: int = field(
+        default=3,
+        metadata={"help": "segment changes (with their top reasons) kept per user for /users/{id}; 0 keeps none"},
+    )
     silence_checks_days: tuple[float, ...] = field(
         default=(),
         metadata={
@@ -119,6 +123,8 @@ class Settings:
             problems.append("sample_rate must be in (0, 1]")
         if self.warmup_samples < 10 * self.k_max:
             problems.append("warmup_samples must be at least 10 * k_max")
+        if self.user_history < 0:
+            problems.append("user_history must be >= 0")
         if self.confirmations < 1 or self.min_events < 1:
             problems.append("confirmations and min_events must be >= 1")
         if problems:

@@ -126,6 +126,20 @@ def test_events_in_changes_out_dead_letters_api_and_restart(worker_settings: Set
         u = worker.get(f"/users/{uid}")
         assert u["event_count"] == n, uid
         assert u["segment"] == (chains[uid][-1]["to_segment"] if uid in chains else None)
+        # the recent history: the chain's newest changes, newest first, with their strongest reasons
+        recent = [
+            {
+                "sequence": c["sequence"],
+                "from_segment": c["from_segment"],
+                "to_segment": c["to_segment"],
+                "changed_at": c["changed_at"],
+                "trigger": c["trigger"],
+                "reasons": [{"feature": r["feature"], "direction": r["direction"]} for r in c["reasons"][:2]],
+            }
+            for c in reversed(chains.get(uid, [])[-s.user_history :])
+        ]
+        fields = ("sequence", "from_segment", "to_segment", "changed_at", "trigger", "reasons")
+        assert [{k: r[k] for k in fields} for r in u["recent_changes"]] == recent, uid
         before[uid] = u["segment"]
     assert sum(1 for v in before.values() if v) >= 0.9 * len(counts)
     assert worker.status("/users/nobody-at-all") == 404

@@ -15,6 +15,7 @@ from worker.changes.hysteresis import decide
 from worker.changes.segmenter import change_id
 from worker.changes.silence import BUCKET_MS, SilenceIndex
 from worker.clustering import ModelSnapshot
+from worker.events.timefmt import format_rfc3339
 from worker.features import FeatureSpace, UserState
 from worker.features.wire import EncodedStates
 from worker.settings import Settings
@@ -141,6 +142,16 @@ def test_segmenter_end_to_end_on_a_known_model(encoded: bool) -> None:
     assert docs[2]["trigger"] == "silence" and docs[2]["reasons"][0]["feature"] == "days_since_last_event"
     assert store["u"].n == 40 and store["u"].segment == "dormant"
     assert seg.counts["dormant"] == 1
+    # the recent history the API shows: the same moves, with when, why and how they were triggered
+    history = store["u"].history
+    assert [(h[0], h[1], h[2], h[4]) for h in history] == [
+        (1, None, "p1", "event"),
+        (2, "p1", "p2", "event"),
+        (3, "p2", "dormant", "silence"),
+    ]
+    assert [format_rfc3339(h[3]) for h in history] == [d["changed_at"] for d in docs]
+    assert history[1][5] == [[r["feature"], r["direction"]] for r in docs[1]["reasons"][:2]]
+    assert history[2][5] == [["days_since_last_event", "up"]]
     # indexes rebuilt from the store (after a rebalance) agree with the ones kept along the way
     counts = dict(seg.counts)
     seg.rebuild({0}, {0: T0 + 10 * DAY})
@@ -256,3 +267,25 @@ def test_gate_leaves_partitions_it_does_not_hold() -> None:
     assert gate.holes([_rec(1, 9)]) == []
     got = gate.admit([_rec(0, 0), _rec(1, 0)])
     assert _offsets(got.records) == [(0, 0)] and got.foreign == 1
+
+
+def test_history_keeps_the_newest_changes_only() -> None:
+    s = Settings(min_events=3, confirmations=1, min_margin=0.0, dormant_after_days=5, user_history=2)
+    store: dict[str, UserState] = {}
+    seg = Segmenter(s, store, lambda _u: 0)
+    seg.set_model(two_persona_model(s))
+    rec = record_factory()
+    hour = 3_600_000
+    for i in range(6):
+        step(seg, [rec("u", "view", T0 + i * hour)])
+    for i in range(6, 30):
+        step(seg, [rec("u", "purchase", T0 + i * hour, 80.0)])
+    step(seg, [rec("w", "view", T0 + 10 * DAY)])  # u goes dormant: a third change
+    assert store["u"].seq == 3
+    assert [h[0] for h in store["u"].history] == [2, 3]
+    off = Settings(min_events=3, confirmations=1, min_margin=0.0, user_history=0)
+    seg = Segmenter(off, store := {}, lambda _u: 0)
+    seg.set_model(two_persona_model(off))
+    for i in range(6):
+        step(seg, [rec("x", "view", T0 + i * hour)])
+    assert store["x"].seq == 1 and store["x"].history == []

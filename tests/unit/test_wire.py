@@ -32,6 +32,10 @@ def _busy_state(seed: int) -> UserState:
     s.pending, s.pending_n = rng.choice([(None, 0), ("p1", 1)])
     s.seq, s.model_version, s.silence_step = rng.randint(0, 9), rng.randint(-1, 40), rng.randint(0, 3)
     s.due = rng.choice([0, t + 14 * DAY])
+    s.history = [
+        [k + 1, rng.choice([None, "p0"]), "p3", t - rng.randint(-DAY, 9 * DAY), "event", [["view", "up"]]]
+        for k in range(rng.randint(0, 3))
+    ]
     return s
 
 
@@ -105,3 +109,18 @@ def test_encoded_states_hold_bytes_and_hand_out_independent_objects() -> None:
     assert list(states.summaries()) == [("u", s.n, s.segment, s.due)]
     del states["u"]
     assert not data
+
+
+def test_records_written_before_the_history_was_kept_still_decode() -> None:
+    s = _busy_state(21)
+    s.history = [[1, None, "p3", s.last_ts, "event", []]]
+    data = encode(s)
+    n = data[1]
+    assert n < 0xFF
+    skeleton = codec.loads(data[2 : 2 + n])[:-1]  # the layout before the history field
+    old_skeleton = codec.dumps(skeleton)
+    old = bytes((data[0], len(old_skeleton))) + old_skeleton + data[2 + n :]
+    back = decode(old)
+    assert back.history == [] and back.n == s.n and back.rates == s.rates
+    legacy = s.to_wire()[:-1]  # the all-JSON form before the history field
+    assert UserState.from_wire(legacy).history == []

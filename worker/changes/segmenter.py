@@ -37,6 +37,7 @@ from worker.personas.registry import DORMANT
 from worker.settings import Settings
 
 _DAY_MS = 86_400_000
+HISTORY_REASONS = 2  # reasons kept per change in a user's recent history
 
 
 @dataclass(slots=True)
@@ -269,6 +270,7 @@ class Segmenter:
                 from_index = ids.index(before) if before in ids else None
                 reasons = model_reasons(model, a.scaled[i], from_index, index[i])
             res.changes.append((e.user_id, self._emit(model, e, before, after, margin[i], reasons), e.consumed_at))
+            self._remember(state, before, after, e, reasons)
             res.transitions.append((before or "none", after))
 
     def _emit(
@@ -306,6 +308,17 @@ class Segmenter:
                 "source": {"topic": self.s.input_topic, "partition": e.source[0], "offset": e.source[1]},
             }
         )
+
+    def _remember(
+        self, state: UserState, before: str | None, after: str, e: _Eval, reasons: list[dict[str, Any]]
+    ) -> None:
+        """Keep the change in the user's recent history (its two strongest reasons), newest last."""
+        keep = self.s.user_history
+        if not keep:
+            return
+        why = [[r["feature"], r["direction"]] for r in reasons[:HISTORY_REASONS]]
+        state.history.append([state.seq, before, after, e.t, e.trigger, why])
+        del state.history[:-keep]
 
     def segment_name(self, persona_id: str | None) -> str | None:
         if persona_id == DORMANT:

@@ -30,6 +30,7 @@ class UserState:
         "daypart",
         "due",
         "first_ts",
+        "history",
         "last_session",
         "last_ts",
         "model_version",
@@ -74,6 +75,8 @@ class UserState:
         self.model_version = -1
         self.silence_step = 0  # next silence check to run
         self.due = 0  # event time of the next silence re-evaluation (0 = none)
+        # the newest segment changes, oldest first: [sequence, from, to, changed_at, trigger, [[feature, direction]..]]
+        self.history: list[list[Any]] = []
 
     # --- serialisation -------------------------------------------------------------------------------
     def to_wire(self) -> list[Any]:
@@ -82,6 +85,8 @@ class UserState:
     @classmethod
     def from_wire(cls, wire: list[Any]) -> UserState:
         state = cls.__new__(cls)
+        if len(wire) == len(_WIRE) - 1:  # written before the change history was kept
+            wire = [*wire, []]
         for name, value in zip(_WIRE, wire, strict=True):
             setattr(state, name, value)
         return state
@@ -103,7 +108,8 @@ class UserState:
         return sum(r[-1] for r in self.rates.values())
 
 
-_WIRE = tuple(s for s in UserState.__slots__)
+# the JSON form's field order: the older fields, then those added since (a record without them still reads)
+_WIRE = (*(s for s in UserState.__slots__ if s != "history"), "history")
 
 
 @lru_cache(maxsize=1024)

@@ -9,7 +9,9 @@ Layout (format 1): the format byte; the length of what follows (one byte, or 0xF
 of everything but the floats (the last event time relative to the first, the other times relative to the last,
 ``null`` for an unset one); then the floats value_total, sessions, weekend, daypart[4], spend[H] and each event
 type's counts[H], as a bitmask of the non-zero ones followed by those as little-endian IEEE doubles. The JSON
-part decodes in C, and the floats are spread back by a cached ``itemgetter`` per zero pattern.
+part decodes in C, and the floats are spread back by a cached ``itemgetter`` per zero pattern. Fields added later
+go at the end of the JSON array (the recent change history, its times relative to the last event), so a record
+written before them still decodes.
 
 A record that starts with ``[`` is the older all-JSON form, which still decodes, so an existing changelog is read
 after an upgrade.
@@ -89,6 +91,7 @@ def encode(state: UserState) -> bytes:
             src_offset - offsets.get(str(src_partition), 0),
             h,
             list(rates),
+            [[seq, before, after, t - last, *rest] for seq, before, after, t, *rest in state.history],
         ]
     )
     floats = [state.value_total, state.sessions, state.weekend, *state.daypart, *spend]
@@ -200,6 +203,7 @@ def _decode(buf: bytes) -> UserState:
         d_src,
         h,
         names,
+        *added,  # fields of later versions of the layout; absent in older records
     ) = codec.loads(buf[pos:end])
     pos = end
     count = _FIXED_FLOATS + h * (1 + len(names))
@@ -232,4 +236,5 @@ def _decode(buf: bytes) -> UserState:
     s.spend = list(floats[7 : 7 + h])
     rest = iter(floats[7 + h :])  # h floats per event type, in order: grouped by zip over one iterator, in C
     s.rates = dict(zip(names, map(list, zip(*[rest] * h, strict=True)), strict=True))
+    s.history = [[seq, before, after, dt + last, *more] for seq, before, after, dt, *more in added[0]] if added else []
     return s
