@@ -289,3 +289,20 @@ def test_history_keeps_the_newest_changes_only() -> None:
     for i in range(6):
         step(seg, [rec("x", "view", T0 + i * hour)])
     assert store["x"].seq == 1 and store["x"].history == []
+
+
+@pytest.mark.parametrize(("zone", "expected"), [("Europe/Berlin", "Europe/Berlin"), ("Not/AZone", None), (None, None)])
+def test_changes_carry_the_users_time_zone_when_known(zone: str | None, expected: str | None) -> None:
+    s = Settings(min_events=3, confirmations=1, min_margin=0.0)
+    seg = Segmenter(s, {}, lambda _u: 0)
+    seg.set_model(two_persona_model(s))
+    records = []
+    for i in range(3):
+        body: dict[str, object] = {"user_id": "u", "event_type": "view", "timestamp": T0 + i * 3_600_000}
+        if zone:
+            body["context"] = {"timezone": zone}
+        records.append(InputRecord(codec.dumps(body), None, 0, i, 0, i, 0.0))
+    ((_, raw, _),) = step(seg, records).changes
+    doc = codec.loads(raw)
+    jsonschema.validate(doc, CHANGE_SCHEMA)
+    assert doc["timezone"] == expected

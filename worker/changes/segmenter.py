@@ -29,7 +29,7 @@ from worker.changes.silence import SilenceIndex
 from worker.clustering.snapshot import ModelSnapshot
 from worker.errors import InvalidEvent
 from worker.events.ingest import EventParser
-from worker.events.timefmt import format_rfc3339
+from worker.events.timefmt import format_rfc3339, time_zone
 from worker.features.state import UserState, apply_event
 from worker.features.watermark import Watermarks
 from worker.features.wire import EncodedStates
@@ -304,6 +304,7 @@ class Segmenter:
                 "trigger": e.trigger,
                 "confidence": round(1.0 if e.dormant else min(1.0, max(0.0, margin)), 4),
                 "sequence": state.seq,
+                "timezone": zone if time_zone(zone := state.context.get("timezone")) else None,
                 "reasons": reasons,
                 "source": {"topic": self.s.input_topic, "partition": e.source[0], "offset": e.source[1]},
             }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 from worker.errors import InvalidEvent
 
@@ -32,3 +34,14 @@ def parse_timestamp(value: str | int) -> int:
 def format_rfc3339(ms: int) -> str:
     """UTC RFC 3339 with millisecond precision, e.g. ``2026-01-02T03:04:05.006Z``."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@lru_cache(maxsize=1024)
+def time_zone(name: str | None) -> ZoneInfo | None:
+    """The IANA time zone of that name; None for none, an unknown or a malformed name (callers use UTC)."""
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        return None

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from worker.events.ingest import UserEvent
+from worker.events.timefmt import time_zone
 
 OTHER = "~other"  # bucket for event types beyond a user's tracked ones
 _LN2 = math.log(2.0)
@@ -112,17 +111,9 @@ class UserState:
 _WIRE = (*(s for s in UserState.__slots__ if s != "history"), "history")
 
 
-@lru_cache(maxsize=1024)
-def _zone(name: str) -> ZoneInfo | None:
-    try:
-        return ZoneInfo(name)
-    except (ValueError, KeyError, OSError):  # unknown or malformed zone: fall back to UTC
-        return None
-
-
 def local_hour_weekday(ts: int, timezone: str | None) -> tuple[int, int]:
     """Hour (0-23) and weekday (Monday 0) of ``ts`` in ``timezone`` (UTC when unknown)."""
-    zone = _zone(timezone) if timezone else None
+    zone = time_zone(timezone)
     if zone is None:
         return (ts // _HOUR_MS) % 24, (ts // _DAY_MS + 3) % 7  # 1970-01-01 was a Thursday
     local = datetime.fromtimestamp(ts / 1000, tz=zone)

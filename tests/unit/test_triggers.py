@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from worker.changes.segmenter import change_id
+from worker.events.timefmt import format_rfc3339
+from worker.triggers import RulesError, TriggerState, load_rules, parse_rules, plan
+from worker.triggers.plan import defer
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "notification.v1.json").read_text())
+
+EXAMPLE = """
+defaults:
+  quiet_hours: {start: "22:00", end: "08:00"}
+  max_per_user_per_day: 2
+campaigns:
+  - name: win-back
+    when: {from: "*", to: "dormant"}
+    channel: push
+    cooldown: 7d
+    holdout: 0.1
+    goal: {event_type: purchase, within: 7d}
+"""
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def change(
+    user: str, seq: int, at: int, to: str = "dormant", before: str | None = "p1", tz: str | None = None
+) -> dict[str, Any]:
+    return {
+        "schema": "segment-change.v1",
+        "event_id": change_id(user, seq, before, to),
+        "user_id": user,
+        "from_segment": before,
+        "to_segment": to,
+        "from_segment_name": {"p1": "readers", "p2": "buyers"}.get(before or ""),
+        "to_segment_name": {"p1": "readers", "p2": "buyers"}.get(to, to),
+        "changed_at": format_rfc3339(at),
+        "model_version": 3,
+        "sequence": seq,
+        "timezone": tz,
+        "reasons": [{"feature": "days_since_last_event", "value": 15.0, "direction": "up"}],
+    }
+
+
+def rules(text: str) -> Any:
+    return parse_rules(yaml.safe_load(text))
+
+
+def test_the_documented_example_parses() -> None:
+    (c,) = rules(EXAMPLE).campaigns
+    assert (c.name, c.from_segment, c.to_segment, c.channel) == ("win-back", "*", "dormant", "push")
+    assert c.cooldown_ms == 7 * 86_400_000 and c.holdout == 0.1 and c.max_per_day == 2
+    assert c.goal is not None and (c.goal.event_type, c.goal.within_ms) == ("purchase", 7 * 86_400_000)
+    assert c.quiet_hours is not None and str(c.quiet_hours.start) == "22:00:00"
+
+
+def test_every_problem_of_a_rules_file_is_reported_at_once(tmp_path: Path) -> None:
+    bad = """
+defaults: {quiet_hours: {start: "25:00", end: "08:00"}, max_per_user_per_day: -1, colour: red}
+campaigns:
+  - {name: a, when: {from: "*", to: dormant}, cooldown: soon, holdout: 1.5}
+  - {name: a, when: {to: dormant}, goal: {event_type: purchase}}
+"""
+    with pytest.raises(RulesError) as err:
+        rules(bad)
+    text = str(err.value)
+    for expected in (
+        "defaults.quiet_hours.start: '25:00'",
+        "defaults.max_per_user_per_day",
+        "unknown key 'colour'",
+        "cooldown: 'soon' is not a duration",
+        "holdout: expected a share",
+        "'a' is used twice",
+        "when: expected",
+        "goal: expected",
+    ):
+        assert expected in text, expected
+    with pytest.raises(RulesError, match="not valid YAML"):
+        (tmp_path / "r.yaml").write_text("campaigns: [\n")
+        load_rules(tmp_path / "r.yaml")
+    with pytest.raises(RulesError, match="No such file"):
+        load_rules(tmp_path / "missing.yaml")
+
+
+def test_matching_by_id_name_any_and_first_assignment() -> None:
+    r = rules("""
+campaigns:
+  - {name: welcome, when: {from: null, to: "*"}}
+  - {name: to-buyers, when: {from: readers, to: p2}}
+  - {name: any-move, when: {from: "*", to: "*"}}
+""")
+    t = ms("2026-06-01T12:00:00+00:00")
+    assert [n.campaign for n in plan(change("u", 1, t, to="p1", before=None), TriggerState(), r).notifications] == [
+        "welcome",
+        "any-move",
+    ]
+    assert [n.campaign for n in plan(change("u", 2, t, to="p2", before="p1"), TriggerState(), r).notifications] == [
+        "to-buyers",
+        "any-move",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("local", "zone", "expected_send", "deferred"),
+    [
+        ("2026-06-01T12:00:00+02:00", "Europe/Berlin", "2026-06-01T12:00:00+02:00", False),
+        ("2026-06-01T23:30:00+02:00", "Europe/Berlin", "2026-06-02T08:00:00+02:00", True),
+        ("2026-06-01T07:00:00+02:00", "Europe/Berlin", "2026-06-01T08:00:00+02:00", True),
+        ("2026-06-01T23:30:00+09:00", "Asia/Tokyo", "2026-06-02T08:00:00+09:00", True),
+        ("2026-06-01T23:30:00+00:00", None, "2026-06-02T08:00:00+00:00", True),  # unknown zone: UTC
+        ("2026-06-01T23:30:00+00:00", "Not/AZone", "2026-06-02T08:00:00+00:00", True),
+        # DST ends in Berlin on 2026-10-25 (03:00 CEST -> 02:00 CET): 08:00 local is then UTC+1
+        ("2026-10-24T23:00:00+02:00", "Europe/Berlin", "2026-10-25T08:00:00+01:00", True),
+        # DST starts on 2026-03-29 (02:00 CET -> 03:00 CEST): 08:00 local is then UTC+2
+        ("2026-03-28T22:30:00+01:00", "Europe/Berlin", "2026-03-29T08:00:00+02:00", True),
+        # America/New_York, DST starts 2026-03-08
+        ("2026-03-07T23:00:00-05:00", "America/New_York", "2026-03-08T08:00:00-04:00", True),
+    ],
+)
+def test_quiet_hours_defer_to_their_end_in_local_time(
+    local: str, zone: str | None, expected_send: str, deferred: bool
+) -> None:
+    r = rules(EXAMPLE)
+    (n,) = plan(change("u", 1, ms(local), tz=zone), TriggerState(), r).notifications
+    assert (n.send_at, n.deferred) == (ms(expected_send), deferred)
+    jsonschema.validate(n.to_record(), SCHEMA)
+    assert n.to_record()["timezone"] == (zone if zone in ("Europe/Berlin", "Asia/Tokyo", "America/New_York") else "UTC")
+
+
+def test_a_quiet_hours_end_that_dst_skips_maps_to_the_instant_after_the_change() -> None:
+    r = rules('campaigns: [{name: c, when: {from: "*", to: "*"}, quiet_hours: {start: "01:00", end: "02:30"}}]')
+    quiet = r.campaigns[0].quiet_hours
+    t = ms("2026-03-29T01:30:00+01:00")  # Berlin: 02:30 does not exist that night
+    send, deferred = defer(t, "Europe/Berlin", quiet)
+    assert deferred and send == ms("2026-03-29T03:30:00+02:00") and send > t
+
+
+def test_daily_cap_counts_the_users_local_day_over_all_campaigns() -> None:
+    r = rules("""
+defaults: {max_per_user_per_day: 2}
+campaigns:
+  - {name: a, when: {from: "*", to: "*"}}
+  - {name: b, when: {from: "*", to: "*"}}
+""")
+    # 23:00 and 01:00 UTC are two UTC days but one Tokyo day (08:00 and 10:00)
+    state = TriggerState()
+    first = plan(change("u", 1, ms("2026-06-01T23:00:00+00:00"), tz="Asia/Tokyo"), state, r)
+    second = plan(change("u", 2, ms("2026-06-02T01:00:00+00:00"), tz="Asia/Tokyo"), state, r)
+    assert [n.campaign for n in first.notifications] == ["a", "b"]
+    assert second.notifications == [] and second.skipped == [("a", "daily_cap"), ("b", "daily_cap")]
+    utc = TriggerState()
+    plan(change("v", 1, ms("2026-06-01T23:00:00+00:00")), utc, r)
+    assert len(plan(change("v", 2, ms("2026-06-02T01:00:00+00:00")), utc, r).notifications) == 2
+    # the next Tokyo day is a fresh day; old days are forgotten
+    third = plan(change("u", 3, ms("2026-06-02T16:00:00+00:00"), tz="Asia/Tokyo"), state, r)
+    assert len(third.notifications) == 2
+    plan(change("u", 4, ms("2026-06-09T16:00:00+00:00"), tz="Asia/Tokyo"), state, r)
+    assert sorted(state.day_counts) == ["2026-06-10"]
+
+
+def test_cooldown_per_user_and_campaign_and_state_round_trip() -> None:
+    r = rules('campaigns: [{name: c, when: {from: "*", to: "*"}, cooldown: 7d}]')
+    state = TriggerState()
+    t0 = ms("2026-06-01T12:00:00+00:00")
+    assert len(plan(change("u", 1, t0), state, r).notifications) == 1
+    assert plan(change("u", 2, t0 + 6 * 86_400_000), state, r).skipped == [("c", "cooldown")]
+    state = TriggerState.from_wire(json.loads(json.dumps(state.to_wire())))  # as the changelog keeps it
+    assert len(plan(change("u", 3, t0 + 7 * 86_400_000), state, r).notifications) == 1
+    assert len(plan(change("w", 1, t0 + 86_400_000), TriggerState(), r).notifications) == 1  # another user
+
+
+def test_redelivered_changes_never_notify_twice() -> None:
+    r = rules(EXAMPLE)
+    state = TriggerState()
+    c = change("u", 1, ms("2026-06-01T12:00:00+00:00"))
+    (n,) = plan(c, state, r).notifications
+    again = plan(c, state, r)
+    assert again.duplicate and again.notifications == []
+    assert plan(change("u", 1, ms("2026-06-01T12:00:00+00:00")), TriggerState(), r).notifications[0] == n  # same id
+
+
+def test_holdout_is_deterministic_and_close_to_its_share() -> None:
+    r = rules(EXAMPLE)
+    t = ms("2026-06-01T12:00:00+00:00")
+    first = Counter(plan(change(f"user-{i}", 1, t), TriggerState(), r).notifications[0].holdout for i in range(10_000))
+    again = Counter(plan(change(f"user-{i}", 1, t), TriggerState(), r).notifications[0].holdout for i in range(10_000))
+    assert first == again
+    assert 0.09 <= first[True] / 10_000 <= 0.11
+    assert all(
+        not plan(change(f"user-{i}", 1, t), TriggerState(), rules('campaigns: [{name: c, when: {from: "*", to: "*"}}]'))
+        .notifications[0]
+        .holdout
+        for i in range(200)
+    )

@@ -1,0 +1,216 @@
+"""The trigger rules file (YAML): which segment changes notify whom, through which channel, how often.
+
+::
+
+    defaults:
+      quiet_hours: {start: "22:00", end: "08:00"}   # in the user's local time
+      max_per_user_per_day: 2                        # in the user's local day
+    campaigns:
+      - name: win-back
+        when: {from: "*", to: "dormant"}              # persona id or name; "*" any; null = first assignment
+        channel: push
+        cooldown: 7d                                   # per user and campaign
+        holdout: 0.1                                   # share kept as control group, deterministic per user+campaign
+        goal: {event_type: purchase, within: 7d}
+
+A campaign may override ``quiet_hours`` and ``max_per_user_per_day``; ``quiet_hours: null`` disables them. Every
+problem of the file is reported at once, with where it is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from worker.errors import ConfigError
+
+ANY = "*"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class RulesError(ConfigError):
+    """The trigger rules file is missing, not YAML, or not a valid set of rules."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    start: time
+    end: time
+
+    def contains(self, t: time) -> bool:
+        if self.start <= self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end  # across midnight
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    event_type: str
+    within_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    name: str
+    from_segment: str | None  # persona id or name, ANY, or None (first assignment)
+    to_segment: str
+    channel: str
+    cooldown_ms: int
+    holdout: float
+    goal: Goal | None
+    quiet_hours: QuietHours | None
+    max_per_day: int | None  # None: no cap
+
+    def matches(self, before: tuple[str | None, str | None], after: tuple[str, str | None]) -> bool:
+        """Whether a change (from (id, name), to (id, name)) is one this campaign reacts to."""
+        if self.to_segment != ANY and self.to_segment not in after:
+            return False
+        if self.from_segment is None:
+            return before[0] is None
+        return self.from_segment == ANY or (before[0] is not None and self.from_segment in before)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    campaigns: tuple[Campaign, ...]
+
+
+def parse_duration(text: Any, where: str, problems: list[str]) -> int:
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2w"`` → milliseconds."""
+    m = _DURATION.match(str(text)) if isinstance(text, (str, int, float)) else None
+    if m is None:
+        problems.append(f"{where}: {text!r} is not a duration like 7d, 12h, 30m")
+        return 0
+    return int(float(m[1]) * _UNIT_MS[m[2]])
+
+
+def _clock(text: Any, where: str, problems: list[str]) -> time:
+    m = _CLOCK.match(str(text)) if isinstance(text, str) else None
+    if m is None:
+        problems.append(f"{where}: {text!r} is not a time of day like 22:00")
+        return time(0, 0)
+    return time(int(m[1]), int(m[2]))
+
+
+def _quiet(raw: Any, where: str, problems: list[str]) -> QuietHours | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"start", "end"}:
+        problems.append(f"{where}: expected {{start: 'HH:MM', end: 'HH:MM'}} or null")
+        return None
+    return QuietHours(_clock(raw["start"], f"{where}.start", problems), _clock(raw["end"], f"{where}.end", problems))
+
+
+def _cap(raw: Any, where: str, problems: list[str]) -> int | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
+        problems.append(f"{where}: expected a whole number >= 0 or null")
+        return None
+    return raw
+
+
+def _unknown(raw: dict[str, Any], known: set[str], where: str, problems: list[str]) -> None:
+    for key in sorted(set(raw) - known):
+        problems.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+
+
+def parse_rules(doc: Any) -> Rules:
+    problems: list[str] = []
+    if not isinstance(doc, dict):
+        raise RulesError("trigger rules: expected a mapping with 'campaigns' (and optional 'defaults')")
+    _unknown(doc, {"defaults", "campaigns"}, "rules", problems)
+    defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        problems.append("defaults: expected a mapping")
+        defaults = {}
+    _unknown(defaults, {"quiet_hours", "max_per_user_per_day"}, "defaults", problems)
+    quiet = _quiet(defaults.get("quiet_hours"), "defaults.quiet_hours", problems)
+    cap = _cap(defaults.get("max_per_user_per_day"), "defaults.max_per_user_per_day", problems)
+    raw_campaigns = doc.get("campaigns")
+    if not isinstance(raw_campaigns, list) or not raw_campaigns:
+        problems.append("campaigns: expected a non-empty list")
+        raw_campaigns = []
+    campaigns = []
+    names: set[str] = set()
+    for i, raw in enumerate(raw_campaigns):
+        where = f"campaigns[{i}]"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: expected a mapping")
+            continue
+        known = {"name", "when", "channel", "cooldown", "holdout", "goal", "quiet_hours", "max_per_user_per_day"}
+        _unknown(raw, known, where, problems)
+        name = raw.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            problems.append(f"{where}.name: expected letters, digits, '_', '.', '-' (at most 64)")
+            name = f"#{i}"
+        elif name in names:
+            problems.append(f"{where}.name: {name!r} is used twice")
+        names.add(name)
+        where = f"campaign {name}"
+        when = raw.get("when")
+        if not isinstance(when, dict) or "to" not in when or "from" not in when:
+            problems.append(f"{where}.when: expected {{from: <persona, '*' or null>, to: <persona or '*'>}}")
+            when = {"from": ANY, "to": ANY}
+        _unknown(when, {"from", "to"}, f"{where}.when", problems)
+        before, after = when.get("from"), when.get("to")
+        if before is not None and not isinstance(before, str):
+            problems.append(f"{where}.when.from: expected a persona id or name, '*' or null")
+        if not isinstance(after, str):
+            problems.append(f"{where}.when.to: expected a persona id or name, or '*'")
+            after = ANY
+        channel = raw.get("channel", "push")
+        if not isinstance(channel, str) or not channel:
+            problems.append(f"{where}.channel: expected a name such as push, email, sms, webhook")
+        holdout = raw.get("holdout", 0.0)
+        if not isinstance(holdout, (int, float)) or isinstance(holdout, bool) or not 0.0 <= holdout < 1.0:
+            problems.append(f"{where}.holdout: expected a share in [0, 1)")
+            holdout = 0.0
+        goal = None
+        if raw.get("goal") is not None:
+            g = raw["goal"]
+            if not isinstance(g, dict) or not isinstance(g.get("event_type"), str) or "within" not in g:
+                problems.append(f"{where}.goal: expected {{event_type: <type>, within: <duration>}}")
+            else:
+                _unknown(g, {"event_type", "within"}, f"{where}.goal", problems)
+                goal = Goal(g["event_type"], parse_duration(g["within"], f"{where}.goal.within", problems))
+        campaigns.append(
+            Campaign(
+                name=name,
+                from_segment=before,
+                to_segment=after,
+                channel=str(channel),
+                cooldown_ms=parse_duration(raw["cooldown"], f"{where}.cooldown", problems) if "cooldown" in raw else 0,
+                holdout=float(holdout),
+                goal=goal,
+                quiet_hours=_quiet(raw["quiet_hours"], f"{where}.quiet_hours", problems)
+                if "quiet_hours" in raw
+                else quiet,
+                max_per_day=_cap(raw["max_per_user_per_day"], f"{where}.max_per_user_per_day", problems)
+                if "max_per_user_per_day" in raw
+                else cap,
+            )
+        )
+    if problems:
+        raise RulesError("trigger rules:\n  " + "\n  ".join(problems))
+    return Rules(tuple(campaigns))
+
+
+def load_rules(path: str | Path) -> Rules:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"trigger rules file {path}: {exc.strerror or exc}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RulesError(f"trigger rules file {path} is not valid YAML: {exc}") from exc
+    return parse_rules(doc)
