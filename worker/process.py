@@ -7,6 +7,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,16 @@ def metric_total(m: dict[str, float], name: str) -> float:
 class WorkerProcess:
     """A ``segment-worker run`` child process and its HTTP API."""
 
-    def __init__(self, settings: Settings, environ: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, environ: dict[str, str], log_path: Path, command: Sequence[str] = ("run",)
+    ) -> None:
+        """``segment-worker <command>`` (default ``run``) in a child process with these settings."""
         self.base = f"http://127.0.0.1:{settings.web_port}"
         self.log_path = log_path
         env = {**environ, **settings.to_env()}
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "worker", *command], env=env, stdout=log, stderr=subprocess.STDOUT
             )
 
     def get(self, path: str, retry_for: float = 15.0) -> Any:

@@ -58,6 +58,21 @@ class RangeReader:
             if stop is None or position >= stop or len(out) >= max_records or time.monotonic() > deadline:
                 return out, position
 
+    async def read_to_end(self, topic: str, partition: int, start: int = 0) -> list[Any]:
+        """Every record of a partition from ``start`` to its end: past the end offset the broker reports (which
+        may be the start of the last batch), then until a fetch comes back empty."""
+        consumer = await self._started()
+        tp = TopicPartition(topic, partition)
+        end = (await consumer.end_offsets([tp]))[tp]
+        out: list[Any] = []
+        position = start
+        while True:
+            records, reached = await self.read(topic, partition, position, None, timeout=1.0)
+            out.extend(r for r in records if r.offset >= position)
+            if not records and reached >= end:
+                return out
+            position = reached
+
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()

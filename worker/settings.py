@@ -44,6 +44,11 @@ class Settings:
     input_topic: str = field(default="user-events", metadata={"help": "topic of user events"})
     output_topic: str = field(default="segment-changes", metadata={"help": "topic of segment-change events"})
     dlq_topic: str = field(default="user-events-dlq", metadata={"help": "dead-letter topic for bad input"})
+    notifications_topic: str = field(
+        default="notifications", metadata={"help": "triggers: topic of notification records"}
+    )
+    trigger_rules: str = field(default="", metadata={"help": "triggers: the rules file (YAML)"})
+    triggers_web_port: int = field(default=6068, metadata={"help": "triggers: port of its /metrics"})
     partitions: int = field(default=8, metadata={"help": "partitions of the input, internal and state topics"})
     replication_factor: int = field(default=1, metadata={"help": "replication of topics the worker creates"})
     processing_guarantee: Literal["at_least_once", "exactly_once"] = field(

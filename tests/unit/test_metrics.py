@@ -6,16 +6,18 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 import worker.metrics  # noqa: F401  (registers the worker's metrics)
+from worker.metrics import triggers
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 
 
 def _exported() -> set[str]:
-    """Names as scraped: counters with ``_total``, the rest as declared."""
+    """Names as scraped, of the worker and of the trigger service: counters with ``_total``, the rest as declared."""
     names = set()
-    for family in REGISTRY.collect():
-        if family.name.startswith("segment_worker_"):
-            names.add(family.name + "_total" if family.type == "counter" else family.name)
+    for registry in (REGISTRY, triggers.REGISTRY):
+        for family in registry.collect():
+            if family.name.startswith("segment_worker_"):
+                names.add(family.name + "_total" if family.type == "counter" else family.name)
     return names
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from worker.errors import SegmentWorkerError
+from worker.errors import ConfigError, SegmentWorkerError
 from worker.settings import ENV_PREFIX, Settings
 from worker.synth.scenarios import SCENARIOS
 
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--truth", default=None, help="write the ground truth (JSON) to this file")
     gen.add_argument("--broker", default=None, help="kafka://host:port (else SEGMENT_WORKER_BROKER)")
 
+    trig = sub.add_parser("triggers", help="segment changes -> notifications, by a rules file (YAML)")
+    trig.add_argument("--rules", default=None, help="rules file (else SEGMENT_WORKER_TRIGGER_RULES)")
+    _add_settings_flags(trig, skip=("trigger_rules",))
     rep = sub.add_parser("replay", help="JSONL or CSV file of events -> topic, as fast as possible or at a rate")
     rep.add_argument("file", help="events file (.jsonl/.json lines or .csv)")
     rep.add_argument("--topic", default=None, help="target topic (default: the input topic setting)")
@@ -127,6 +130,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             from worker.cli.tools import generate_cmd
 
             generate_cmd(args, Settings.load(environ, {"broker": args.broker}))
+        elif args.command == "triggers":
+            from worker.triggers import load_rules
+            from worker.triggers.service import serve
+
+            settings = _settings(args, environ)
+            if args.rules:
+                settings = settings.replace(trigger_rules=args.rules)
+            if not settings.trigger_rules:
+                raise ConfigError("triggers needs a rules file: --rules FILE or SEGMENT_WORKER_TRIGGER_RULES")
+            serve(settings, load_rules(settings.trigger_rules))
         elif args.command == "replay":
             from worker.cli.tools import replay_cmd
 

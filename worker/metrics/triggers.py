@@ -1,0 +1,22 @@
+"""Prometheus metrics of ``segment-worker triggers`` (its own registry: the trigger process exports these and the
+process collectors, not the worker's)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PREFIX = "segment_worker_triggers_"
+
+CHANGES = Counter(PREFIX + "changes", "Segment changes read.", ["outcome"], registry=REGISTRY)
+NOTIFICATIONS = Counter(
+    PREFIX + "notifications", "Notifications written, by campaign and group.", ["campaign", "group"], registry=REGISTRY
+)
+SKIPPED = Counter(
+    PREFIX + "skipped",
+    "Matching changes not notified, by campaign and reason.",
+    ["campaign", "reason"],
+    registry=REGISTRY,
+)
+USERS = Gauge(PREFIX + "users", "Users with trigger state on this member's partitions.", registry=REGISTRY)

@@ -1,0 +1,192 @@
+"""``segment-worker triggers``: segment changes in, notifications out (Kafka; aiokafka, no Faust).
+
+One consumer group (``<app_id>-triggers``) on the change topic. Each member keeps the trigger state
+(:class:`worker.triggers.plan.TriggerState`) of the users on its partitions, backed by a compacted topic
+``<app_id>-triggers-state`` with the same partitioning: a user's state lives in the partition number of the user's
+changes, and a member gaining a partition reads it whole first.
+
+At-least-once, in this order per batch: the notifications are written and acknowledged, then the users' states,
+then the group offsets are committed. A crash before the states land makes the changes be read again and the same
+notifications (same ``notification_id``) written again: senders dedupe by that id. A change delivered again after
+its state landed is recognised by its per-user ``sequence`` and notifies nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from worker import codec
+from worker.kafkaio import create_topics
+from worker.metrics import triggers as metrics
+from worker.refetch import RangeReader
+from worker.settings import Settings
+from worker.triggers.plan import Notification, TriggerState, plan
+from worker.triggers.rules import Rules
+
+log = logging.getLogger("worker.triggers")
+BATCH = 1000
+
+
+def state_topic(s: Settings) -> str:
+    return f"{s.app_id}-triggers-state"
+
+
+class TriggerService:
+    def __init__(self, settings: Settings, rules: Rules) -> None:
+        self.s = settings
+        self.rules = rules
+        self.states: dict[str, TriggerState] = {}
+        self.partition_of: dict[str, int] = {}  # user -> partition of the change topic (and of the state topic)
+        self.lock = asyncio.Lock()  # one batch at a time; a rebalance waits for the batch in flight
+        self.reader = RangeReader(settings.bootstrap_servers)
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        s = self.s
+        # the state topic has the change topic's partitioning; the notifications topic the worker's partition count
+        create_topics(
+            s.bootstrap_servers,
+            {state_topic(s): s.partitions, s.notifications_topic: s.partitions},
+            s.replication_factor,
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=5)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=f"{s.app_id}-triggers",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(s.session_timeout * 1000),
+            heartbeat_interval_ms=max(500, int(s.session_timeout * 100)),
+            max_poll_interval_ms=max(30_000, int(s.session_timeout * 3000)),
+        )
+        await producer.start()
+        consumer.subscribe([s.output_topic], listener=_Listener(self))
+        await consumer.start()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=BATCH)
+                if batches:
+                    async with self.lock:
+                        await self._handle(consumer, producer, batches)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            await self.reader.stop()
+
+    async def _handle(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, batches: dict[Any, Any]) -> None:
+        s = self.s
+        notifications: list[Notification] = []
+        dirty: dict[str, int] = {}
+        for tp, records in batches.items():
+            for r in records:
+                try:
+                    change = codec.loads(r.value)
+                    uid = change["user_id"]
+                    state = self.states.get(uid)
+                    if state is None:
+                        state = self.states[uid] = TriggerState()
+                        self.partition_of[uid] = tp.partition
+                    result = plan(change, state, self.rules)
+                except Exception as exc:  # not a segment change this version reads: counted and skipped
+                    metrics.CHANGES.labels("invalid").inc()
+                    log.warning("%s/%d/%d: not a segment change: %s", tp.topic, tp.partition, r.offset, exc)
+                    continue
+                metrics.CHANGES.labels("duplicate" if result.duplicate else "applied").inc()
+                if result.duplicate:
+                    continue
+                dirty[uid] = tp.partition
+                notifications.extend(result.notifications)
+                for campaign, reason in result.skipped:
+                    metrics.SKIPPED.labels(campaign, reason).inc()
+        await _send_all(
+            producer,
+            ((s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None) for n in notifications),
+        )
+        for n in notifications:  # counted once written
+            metrics.NOTIFICATIONS.labels(n.campaign, "holdout" if n.holdout else "treated").inc()
+        await _send_all(
+            producer,
+            (
+                (state_topic(s), uid.encode(), codec.dumps(self.states[uid].to_wire()), partition)
+                for uid, partition in dirty.items()
+            ),
+        )
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+        try:
+            await consumer.commit(offsets)
+        except Exception as exc:  # a rebalance under way: the next owner reads these changes again
+            log.info("commit not taken: %s", exc)
+        metrics.USERS.set(len(self.states))
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read the state of the users of the partitions assigned. Under the batch lock: aiokafka may already hand
+        out records of these partitions while this runs, and a batch applied before its users' states are read
+        would start them afresh (the restart test caught notifications past a daily cap)."""
+        gained = sorted(tp.partition for tp in partitions)
+        async with self.lock:
+            for p in gained:
+                for r in await self.reader.read_to_end(state_topic(self.s), p):
+                    uid = (r.key or b"").decode()
+                    if r.value is None:
+                        self.states.pop(uid, None)
+                        self.partition_of.pop(uid, None)
+                    else:
+                        self.states[uid] = TriggerState.from_wire(codec.loads(r.value))
+                        self.partition_of[uid] = p
+        log.info("owning change partitions %s: %d users with trigger state", gained, len(self.states))
+        metrics.USERS.set(len(self.states))
+        self.ready.set()
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        lost = {tp.partition for tp in partitions}
+        async with self.lock:  # the batch in flight is written and committed first
+            for uid in [u for u, p in self.partition_of.items() if p in lost]:
+                self.states.pop(uid, None)
+                del self.partition_of[uid]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: TriggerService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.service.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.service.assigned(assigned)
+
+
+async def _send_all(producer: AIOKafkaProducer, records: Iterable[tuple[str, bytes, bytes, int | None]]) -> None:
+    """Send and wait until every record is acknowledged."""
+    futures = [await producer.send(topic, value, key=key, partition=p) for topic, key, value, p in records]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+def serve(settings: Settings, rules: Rules) -> None:
+    """Run the service until SIGTERM or SIGINT; metrics on ``triggers_web_port``."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+    )
+    start_http_server(settings.triggers_web_port, addr=settings.web_host, registry=metrics.REGISTRY)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
+        try:
+            await TriggerService(settings, rules).run()
+        except asyncio.CancelledError:
+            log.info("stopped")
+
+    asyncio.run(main())
