@@ -14,12 +14,20 @@ from kafka.errors import TopicAlreadyExistsError
 from worker.errors import BrokerError
 
 
-def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1) -> None:
-    """Create topics that do not exist yet (partitions per topic)."""
+def create_topics(
+    bootstrap: str, topics: dict[str, int], replication: int = 1, compacted: Iterable[str] = ()
+) -> None:
+    """Create topics that do not exist yet (partitions per topic); those named in ``compacted`` keep the newest
+    record per key (``cleanup.policy=compact``)."""
+    compact = set(compacted)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segment-worker-admin")
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(name, p, replication) for name, p in topics.items() if name not in existing]
+        new = [
+            NewTopic(name, p, replication, topic_configs={"cleanup.policy": "compact"} if name in compact else None)
+            for name, p in topics.items()
+            if name not in existing
+        ]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # raced with another creator
                 admin.create_topics(new)

@@ -53,6 +53,7 @@ class TriggerService:
             s.bootstrap_servers,
             {state_topic(s): s.partitions, s.notifications_topic: s.partitions},
             s.replication_factor,
+            compacted=[state_topic(s)],
         )
         producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=5)
         consumer = AIOKafkaConsumer(
