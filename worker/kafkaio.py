@@ -14,9 +14,7 @@ from kafka.errors import TopicAlreadyExistsError
 from worker.errors import BrokerError
 
 
-def create_topics(
-    bootstrap: str, topics: dict[str, int], replication: int = 1, compacted: Iterable[str] = ()
-) -> None:
+def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, compacted: Iterable[str] = ()) -> None:
     """Create topics that do not exist yet (partitions per topic); those named in ``compacted`` keep the newest
     record per key (``cleanup.policy=compact``)."""
     compact = set(compacted)

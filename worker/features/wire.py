@@ -9,9 +9,9 @@ Layout (format 1): the format byte; the length of what follows (one byte, or 0xF
 of everything but the floats (the last event time relative to the first, the other times relative to the last,
 ``null`` for an unset one); then the floats value_total, sessions, weekend, daypart[4], spend[H] and each event
 type's counts[H], as a bitmask of the non-zero ones followed by those as little-endian IEEE doubles. The JSON
-part decodes in C, and the floats are spread back by a cached ``itemgetter`` per zero pattern. Fields added later
-go at the end of the JSON array (the recent change history, its times relative to the last event), so a record
-written before them still decodes.
+part decodes in C, and the floats are spread back by a cached ``itemgetter`` per zero pattern. After the floats,
+when the user has any, a JSON array of the recent segment changes (times relative to the last event): outside the
+skeleton, so :func:`peek` does not parse it, and a record written before it existed still decodes.
 
 A record that starts with ``[`` is the older all-JSON form, which still decodes, so an existing changelog is read
 after an upgrade.
@@ -91,7 +91,6 @@ def encode(state: UserState) -> bytes:
             src_offset - offsets.get(str(src_partition), 0),
             h,
             list(rates),
-            [[seq, before, after, t - last, *rest] for seq, before, after, t, *rest in state.history],
         ]
     )
     floats = [state.value_total, state.sessions, state.weekend, *state.daypart, *spend]
@@ -109,8 +108,19 @@ def encode(state: UserState) -> bytes:
         bit <<= 1
     n = len(skeleton)
     prefix = bytes((FORMAT, n)) if n < _LONG else bytes((FORMAT, _LONG)) + n.to_bytes(4, "little")
+    history = (
+        codec.dumps([[seq, before, after, t - last, *rest] for seq, before, after, t, *rest in state.history])
+        if state.history
+        else b""
+    )
     return b"".join(
-        (prefix, skeleton, mask.to_bytes((len(floats) + 7) >> 3, "little"), _doubles(len(nonzero)).pack(*nonzero))
+        (
+            prefix,
+            skeleton,
+            mask.to_bytes((len(floats) + 7) >> 3, "little"),
+            _doubles(len(nonzero)).pack(*nonzero),
+            history,
+        )
     )
 
 
@@ -203,7 +213,6 @@ def _decode(buf: bytes) -> UserState:
         d_src,
         h,
         names,
-        *added,  # fields of later versions of the layout; absent in older records
     ) = codec.loads(buf[pos:end])
     pos = end
     count = _FIXED_FLOATS + h * (1 + len(names))
@@ -211,8 +220,7 @@ def _decode(buf: bytes) -> UserState:
     mask = int.from_bytes(buf[pos : pos + mask_len], "little")
     pos += mask_len
     packed = _doubles(mask.bit_count()).unpack_from(buf, pos)
-    if pos + 8 * len(packed) != len(buf):
-        raise StateDecodeError(f"user state of {len(buf)} bytes, its layout says {pos + 8 * len(packed)}")
+    pos += 8 * len(packed)
     floats = _spread(mask, count)((*packed, 0.0))
     s = UserState.__new__(UserState)
     s.n = s_n
@@ -236,5 +244,8 @@ def _decode(buf: bytes) -> UserState:
     s.spend = list(floats[7 : 7 + h])
     rest = iter(floats[7 + h :])  # h floats per event type, in order: grouped by zip over one iterator, in C
     s.rates = dict(zip(names, map(list, zip(*[rest] * h, strict=True)), strict=True))
-    s.history = [[seq, before, after, dt + last, *more] for seq, before, after, dt, *more in added[0]] if added else []
+    tail = codec.loads(buf[pos:]) if pos < len(buf) else []
+    if not isinstance(tail, list):
+        raise StateDecodeError(f"user state of {len(buf)} bytes: {len(buf) - pos} bytes after its floats")
+    s.history = [[seq, before, after, dt + last, *more] for seq, before, after, dt, *more in tail]
     return s
