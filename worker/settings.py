@@ -49,6 +49,12 @@ class Settings:
     )
     trigger_rules: str = field(default="", metadata={"help": "triggers: the rules file (YAML)"})
     triggers_web_port: int = field(default=6068, metadata={"help": "triggers: port of its /metrics"})
+    webhook_url: str = field(
+        default="", metadata={"help": "triggers: also POST each treated notification here (JSON); empty: none"}
+    )
+    webhook_max_attempts: int = field(default=5, metadata={"help": "triggers: attempts per webhook delivery"})
+    webhook_backoff: float = field(default=0.5, metadata={"help": "triggers: first retry delay, seconds (doubles)"})
+    webhook_timeout: float = field(default=5.0, metadata={"help": "triggers: timeout of one webhook request, s"})
     partitions: int = field(default=8, metadata={"help": "partitions of the input, internal and state topics"})
     replication_factor: int = field(default=1, metadata={"help": "replication of topics the worker creates"})
     processing_guarantee: Literal["at_least_once", "exactly_once"] = field(

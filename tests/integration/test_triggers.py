@@ -4,10 +4,13 @@ and caps and cooldowns hold across a SIGKILL and restart."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import random
+import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +177,67 @@ def test_notifications_match_the_plan_and_survive_redelivery_and_a_restart(
     assert {n["holdout"] for n in want.values()} == {True, False}
     skipped = {reason for _, reason in expected_skips(changes)}
     assert skipped == {"daily_cap", "cooldown"}
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver that fails on purpose: every first attempt answers 503, users ending in 7 always 500."""
+
+    attempts: Counter[str] = Counter()
+    taken: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        body = codec.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        key = self.headers["Idempotency-Key"]
+        with self.lock:
+            self.attempts[key] += 1
+            first = self.attempts[key] == 1
+            if not first and not body["user_id"].endswith("7"):
+                self.taken[key] = body
+        self.send_response(503 if first else 500 if body["user_id"].endswith("7") else 204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_webhook_sink_retries_and_dead_letters_what_it_cannot_deliver(
+    worker_settings: Settings, tmp_path: Path
+) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    Receiver.attempts.clear()
+    Receiver.taken.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    s = worker_settings.replace(
+        notifications_topic=f"{worker_settings.app_id}-notifications",
+        triggers_web_port=free_port(),
+        webhook_url=f"http://127.0.0.1:{server.server_address[1]}/hook",
+        webhook_max_attempts=3,
+        webhook_backoff=0.05,
+    )
+    changes = changes_of(60, seed=8)
+    want = expected(changes)
+    treated = {i: n for i, n in want.items() if not n["holdout"]}
+    failing = {i for i, n in treated.items() if n["user_id"].endswith("7")}
+    assert failing and len(failing) < len(treated)
+    create_topics(s.bootstrap_servers, {s.notifications_topic: s.partitions})
+    send_changes(s, changes)
+    service = WorkerProcess(s, {}, tmp_path / "triggers.log", command=("triggers", "--rules", str(rules_file)))
+    try:
+        notifications(s, len(want))
+        deadline = time.monotonic() + 60
+        while len(Receiver.taken) < len(treated) - len(failing) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        dead = read_all(s.bootstrap_servers, f"{s.notifications_topic}-dlq")
+    finally:
+        service.stop()
+        server.shutdown()
+        server.server_close()
+    assert set(Receiver.taken) == set(treated) - failing  # every treated notification taken, holdouts never posted
+    assert Receiver.taken == {i: treated[i] for i in Receiver.taken}  # the notification records themselves
+    assert all(Receiver.attempts[i] == 2 for i in Receiver.taken)  # one 503, one retry taken
+    assert {codec.loads(r.value)["notification_id"] for r in dead} == failing
+    for r in dead:
+        assert r.headers["webhook.attempts"] == b"3" and r.headers["webhook.error"] == b"HTTP 500"

@@ -20,3 +20,9 @@ SKIPPED = Counter(
     registry=REGISTRY,
 )
 USERS = Gauge(PREFIX + "users", "Users with trigger state on this member's partitions.", registry=REGISTRY)
+WEBHOOK_ATTEMPTS = Counter(
+    PREFIX + "webhook_attempts", "Webhook requests, by outcome: ok, retry, failed.", ["outcome"], registry=REGISTRY
+)
+DEAD_LETTERED = Counter(
+    PREFIX + "dead_lettered", "Notifications the webhook did not take after every attempt.", registry=REGISTRY
+)

@@ -27,6 +27,7 @@ from worker.refetch import RangeReader
 from worker.settings import Settings
 from worker.triggers.plan import Notification, TriggerState, plan
 from worker.triggers.rules import Rules
+from worker.triggers.webhook import WebhookSink
 
 log = logging.getLogger("worker.triggers")
 BATCH = 1000
@@ -34,6 +35,11 @@ BATCH = 1000
 
 def state_topic(s: Settings) -> str:
     return f"{s.app_id}-triggers-state"
+
+
+def dlq_topic(s: Settings) -> str:
+    """Notifications the webhook sink could not deliver."""
+    return f"{s.notifications_topic}-dlq"
 
 
 class TriggerService:
@@ -45,13 +51,24 @@ class TriggerService:
         self.lock = asyncio.Lock()  # one batch at a time; a rebalance waits for the batch in flight
         self.reader = RangeReader(settings.bootstrap_servers)
         self.ready = asyncio.Event()
+        self.sink = (
+            WebhookSink(
+                settings.webhook_url,
+                settings.webhook_max_attempts,
+                settings.webhook_backoff,
+                settings.webhook_timeout,
+                on_attempt=lambda outcome: metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc(),
+            )
+            if settings.webhook_url
+            else None
+        )
 
     async def run(self) -> None:
         s = self.s
         # the state topic has the change topic's partitioning; the notifications topic the worker's partition count
         create_topics(
             s.bootstrap_servers,
-            {state_topic(s): s.partitions, s.notifications_topic: s.partitions},
+            {state_topic(s): s.partitions, s.notifications_topic: s.partitions, dlq_topic(s): s.partitions},
             s.replication_factor,
             compacted=[state_topic(s)],
         )
@@ -78,6 +95,8 @@ class TriggerService:
             await consumer.stop()
             await producer.stop()
             await self.reader.stop()
+            if self.sink is not None:
+                await self.sink.close()
 
     async def _handle(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, batches: dict[Any, Any]) -> None:
         s = self.s
@@ -106,14 +125,38 @@ class TriggerService:
                     metrics.SKIPPED.labels(campaign, reason).inc()
         await _send_all(
             producer,
-            ((s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None) for n in notifications),
+            (
+                (s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None, None)
+                for n in notifications
+            ),
         )
         for n in notifications:  # counted once written
             metrics.NOTIFICATIONS.labels(n.campaign, "holdout" if n.holdout else "treated").inc()
+        if self.sink is not None:  # delivered (or dead-lettered) before the states that say they were planned
+            outcomes = await self.sink.deliver([n.to_record() for n in notifications if not n.holdout])
+            failed = [o for o in outcomes if not o.delivered]
+            await _send_all(
+                producer,
+                (
+                    (
+                        dlq_topic(s),
+                        o.record["user_id"].encode(),
+                        codec.dumps(o.record),
+                        None,
+                        [("webhook.error", o.error.encode()), ("webhook.attempts", str(o.attempts).encode())],
+                    )
+                    for o in failed
+                ),
+            )
+            metrics.DEAD_LETTERED.inc(len(failed))
+            for o in failed:
+                log.warning(
+                    "webhook: %s not delivered after %d attempts: %s", o.record["notification_id"], o.attempts, o.error
+                )
         await _send_all(
             producer,
             (
-                (state_topic(s), uid.encode(), codec.dumps(self.states[uid].to_wire()), partition)
+                (state_topic(s), uid.encode(), codec.dumps(self.states[uid].to_wire()), partition, None)
                 for uid, partition in dirty.items()
             ),
         )
@@ -162,9 +205,15 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.service.assigned(assigned)
 
 
-async def _send_all(producer: AIOKafkaProducer, records: Iterable[tuple[str, bytes, bytes, int | None]]) -> None:
+async def _send_all(
+    producer: AIOKafkaProducer,
+    records: Iterable[tuple[str, bytes, bytes, int | None, list[tuple[str, bytes]] | None]],
+) -> None:
     """Send and wait until every record is acknowledged."""
-    futures = [await producer.send(topic, value, key=key, partition=p) for topic, key, value, p in records]
+    futures = [
+        await producer.send(topic, value, key=key, partition=p, headers=headers)
+        for topic, key, value, p, headers in records
+    ]
     if futures:
         await asyncio.gather(*futures)
 
