@@ -204,3 +204,10 @@ def test_holdout_is_deterministic_and_close_to_its_share() -> None:
         .holdout
         for i in range(200)
     )
+
+
+def test_the_readme_rules_example_is_the_documented_one_and_parses() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## React to segment changes", 1)[1]
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    assert rules(block) == rules(EXAMPLE)
