@@ -142,6 +142,8 @@ def test_notifications_match_the_plan_and_survive_redelivery_and_a_restart(
     want_first = expected(first)
     create_topics(s.bootstrap_servers, {s.notifications_topic: s.partitions})  # to read it before the service runs
     send_changes(s, first + first[:40])  # the first 40 delivered twice
+    bad = [b"{not json", b'{"user_id": "u-bad"}', b"[1, 2]"]
+    produce(s.bootstrap_servers, s.output_topic, [(b"u-bad", raw) for raw in bad])  # dead-lettered, no crash
     log = tmp_path / "triggers.log"
     cmd = ("triggers", "--rules", str(rules_file))
     service = WorkerProcess(s, {}, log, command=cmd)
@@ -155,8 +157,11 @@ def test_notifications_match_the_plan_and_survive_redelivery_and_a_restart(
         service = WorkerProcess(s, {}, log, command=cmd)
         want = expected(changes)
         got = notifications(s, len(want) - len(want_first))  # at least the new ones, from the restarted service
+        dead = read_all(s.bootstrap_servers, f"{s.notifications_topic}-dlq")
     finally:
         service.stop()
+    assert {r.value or b"" for r in dead} == set(bad)  # at least once (twice if the kill came before their commit)
+    assert {r.headers["dlq.reason"] for r in dead} == {b"invalid_change"}
     by_id: dict[str, bytes] = {}
     for n in got:
         jsonschema.validate(n, SCHEMA)

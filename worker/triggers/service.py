@@ -38,7 +38,8 @@ def state_topic(s: Settings) -> str:
 
 
 def dlq_topic(s: Settings) -> str:
-    """Notifications the webhook sink could not deliver."""
+    """Notifications the webhook sink could not deliver (``webhook.*`` headers) and change records that are not
+    segment changes (``dlq.*`` headers, the record as it was)."""
     return f"{s.notifications_topic}-dlq"
 
 
@@ -102,6 +103,7 @@ class TriggerService:
         s = self.s
         notifications: list[Notification] = []
         dirty: dict[str, int] = {}
+        dead: list[tuple[str, bytes, bytes, int | None, list[tuple[str, bytes]] | None]] = []
         for tp, records in batches.items():
             for r in records:
                 try:
@@ -112,9 +114,18 @@ class TriggerService:
                         state = self.states[uid] = TriggerState()
                         self.partition_of[uid] = tp.partition
                     result = plan(change, state, self.rules)
-                except Exception as exc:  # not a segment change this version reads: counted and skipped
+                except Exception as exc:  # not a segment change this version reads: dead-lettered, never a crash
                     metrics.CHANGES.labels("invalid").inc()
-                    log.warning("%s/%d/%d: not a segment change: %s", tp.topic, tp.partition, r.offset, exc)
+                    detail = f"{type(exc).__name__}: {exc}"[:200]
+                    log.warning("%s/%d/%d: not a segment change: %s", tp.topic, tp.partition, r.offset, detail)
+                    headers = [
+                        ("dlq.reason", b"invalid_change"),
+                        ("dlq.detail", detail.encode()),
+                        ("dlq.source.topic", tp.topic.encode()),
+                        ("dlq.source.partition", str(tp.partition).encode()),
+                        ("dlq.source.offset", str(r.offset).encode()),
+                    ]
+                    dead.append((dlq_topic(s), r.key, r.value or b"", None, headers))
                     continue
                 metrics.CHANGES.labels("duplicate" if result.duplicate else "applied").inc()
                 if result.duplicate:
@@ -125,10 +136,8 @@ class TriggerService:
                     metrics.SKIPPED.labels(campaign, reason).inc()
         await _send_all(
             producer,
-            (
-                (s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None, None)
-                for n in notifications
-            ),
+            [(s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None, None) for n in notifications]
+            + dead,
         )
         for n in notifications:  # counted once written
             metrics.NOTIFICATIONS.labels(n.campaign, "holdout" if n.holdout else "treated").inc()
