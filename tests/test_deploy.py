@@ -35,6 +35,8 @@ def _listens(service: str) -> set[int]:
         return {int(p) for p in re.findall(r":(\d+)", env["KAFKA_LISTENERS"])}
     if service in _workers():
         return {int(env.get(ENV_PREFIX + "WEB_PORT", Settings.web_port))}
+    if service == "triggers":
+        return {int(env.get(ENV_PREFIX + "TRIGGERS_WEB_PORT", Settings.triggers_web_port))}
     return {"prometheus": {9090}, "grafana": {3000}}.get(service, set())
 
 
@@ -80,11 +82,14 @@ def test_workers_have_valid_settings_their_own_url_and_volume_and_the_topics_the
     assert f"--topic {_settings(_env(workers[0])).input_topic}" in generator
 
 
-def test_prometheus_scrapes_the_workers_and_loads_the_mounted_rules() -> None:
+def test_prometheus_scrapes_the_workers_and_the_trigger_service_and_loads_the_mounted_rules() -> None:
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert sorted(t.split(":")[0] for t in targets) == sorted(_workers())
-    for t in targets:
+    targets = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]
+    }
+    assert sorted(t.split(":")[0] for t in targets["segment-worker"]) == sorted(_workers())
+    assert [t.split(":")[0] for t in targets["segment-worker-triggers"]] == ["triggers"]
+    for t in (t for ts in targets.values() for t in ts):
         _check_address(t, "prometheus target")
     mounts = dict(v.split(":")[:2][::-1] for v in SERVICES["prometheus"]["volumes"])  # container path -> host
     for rule_file in config["rule_files"]:
@@ -146,3 +151,13 @@ def test_the_image_runs_as_a_user_and_exposes_the_api_port() -> None:
     final = dockerfile.rsplit("\nFROM ", 1)[1]
     assert re.search(r"^USER (?!root|0\b)\S+", final, re.M)
     assert f"EXPOSE {Settings.web_port}" in final
+
+
+def test_the_trigger_service_gets_valid_settings_and_a_rules_file_that_parses() -> None:
+    from worker.triggers import load_rules
+
+    s = _settings(_env("triggers"))
+    mounts = dict(v.split(":")[:2][::-1] for v in SERVICES["triggers"]["volumes"])  # container path -> host
+    rules = load_rules(ROOT / mounts[s.trigger_rules])
+    assert rules.campaigns and s.notifications_topic in " ".join(SERVICES["kafka-init"]["command"])
+    assert SERVICES["triggers"]["entrypoint"] == ["segment-worker", "triggers"]

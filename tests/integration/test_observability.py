@@ -70,12 +70,12 @@ def alert_queries() -> list[tuple[str, str]]:
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, targets: list[str]) -> None:
+    def __init__(self, workdir: Path, jobs: dict[str, list[str]]) -> None:
         self.port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ALERTS)],
-            "scrape_configs": [{"job_name": "segment-worker", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": t}]} for job, t in jobs.items()],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = workdir / "prometheus.log"
@@ -118,8 +118,8 @@ class Prometheus:
 def prometheus_on(tmp_path: Path) -> Iterator[Any]:
     started: list[Prometheus] = []
 
-    def start(targets: list[str]) -> Prometheus:
-        p = Prometheus(tmp_path, targets)
+    def start(jobs: dict[str, list[str]]) -> Prometheus:
+        p = Prometheus(tmp_path, jobs)
         started.append(p)
         return p
 
@@ -128,10 +128,22 @@ def prometheus_on(tmp_path: Path) -> Iterator[Any]:
         p.stop()
 
 
+# the trigger service beside the worker: a campaign with a holdout and a goal, and a cap that holds some back
+TRIGGER_RULES = """
+defaults: {max_per_user_per_day: 1}
+campaigns:
+  - {name: any-move, when: {from: "*", to: "*"}, holdout: 0.5, goal: {event_type: purchase, within: 7d}}
+"""
+
+
 def test_every_dashboard_expression_and_alert_query_returns_data_from_a_real_prometheus(
-    worker_settings: Settings, start_worker: Any, prometheus_on: Any
+    worker_settings: Settings, start_worker: Any, prometheus_on: Any, tmp_path: Path
 ) -> None:
-    s = worker_settings
+    s = worker_settings.replace(
+        notifications_topic=f"{worker_settings.app_id}-notifications", triggers_web_port=free_port()
+    )
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(TRIGGER_RULES)
     pop = generate(250, 21, seed=3)  # personas, moves between them and into dormancy
     send(s, pop.events, wrong_key_every=17)  # some re-routed
     produce(s.bootstrap_servers, s.input_topic, [(b"bad", raw) for raw in BAD])
@@ -139,7 +151,10 @@ def test_every_dashboard_expression_and_alert_query_returns_data_from_a_real_pro
     wait_for(worker, lambda m: processed(len(pop.events))(m) and m.get("segment_worker_model_version", 0) >= 1)
     moves = lambda m: sum(v for k, v in m.items() if "changes_total|" in k and "from_segment=none" not in k)  # noqa: E731
     wait_for(worker, lambda m: moves(m) > 0 and metric_total(m, "segment_worker_events_dead_lettered_total") > 0)
-    prom = prometheus_on([f"127.0.0.1:{s.web_port}"])
+    triggers = WorkerProcess(s, {}, tmp_path / "triggers.log", command=("triggers", "--rules", str(rules)))
+    prom = prometheus_on(
+        {"segment-worker": [f"127.0.0.1:{s.web_port}"], "segment-worker-triggers": [f"127.0.0.1:{s.triggers_web_port}"]}
+    )
     # a little traffic while Prometheus scrapes, so rates and latency quantiles have samples in their windows
     last = max(e["timestamp"] for e in pop.events if isinstance(e["timestamp"], int))
     users = sorted({e["user_id"] for e in pop.events})[:20]
@@ -154,7 +169,10 @@ def test_every_dashboard_expression_and_alert_query_returns_data_from_a_real_pro
             break
     queries = dashboard_queries() + alert_queries()
     assert len(dashboard_queries()) >= 20 and len(alert_queries()) >= 7
-    empty = [(where, expr) for where, expr in queries if not prom.query(expr)]
+    try:
+        empty = [(where, expr) for where, expr in queries if not prom.query(expr)]
+    finally:
+        triggers.stop()
     assert not empty, "queries without data:\n" + "\n".join(f"  {w}: {e}" for w, e in empty)
 
 

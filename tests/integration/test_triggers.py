@@ -246,3 +246,82 @@ def test_webhook_sink_retries_and_dead_letters_what_it_cannot_deliver(
     assert {codec.loads(r.value)["notification_id"] for r in dead} == failing
     for r in dead:
         assert r.headers["webhook.attempts"] == b"3" and r.headers["webhook.error"] == b"HTTP 500"
+
+
+EFFECT_RULES = """
+campaigns:
+  - name: win-back
+    when: {from: "*", to: dormant}
+    holdout: 0.5
+    goal: {event_type: purchase, within: 7d}
+"""
+
+
+def test_campaign_effectiveness_finds_the_uplift_of_a_world_where_treated_users_convert_more(
+    worker_settings: Settings, tmp_path: Path
+) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(EFFECT_RULES)
+    s = worker_settings.replace(
+        notifications_topic=f"{worker_settings.app_id}-notifications", triggers_web_port=free_port()
+    )
+    rules = parse_rules(yaml.safe_load(EFFECT_RULES))
+    rng = random.Random(3)
+    t0 = 1_780_000_000_000
+    changes, events, truth = [], [], Counter()
+    for u in range(600):
+        uid = f"user-{u:04d}"
+        t = t0 + rng.randint(0, 72) * HOUR
+        change = {
+            "schema": "segment-change.v1",
+            "event_id": change_id(uid, 2, "p1", "dormant"),
+            "user_id": uid,
+            "from_segment": "p1",
+            "to_segment": "dormant",
+            "changed_at": format_rfc3339(t),
+            "model_version": 1,
+            "sequence": 2,
+        }
+        changes.append(change)
+        (n,) = plan(change, TriggerState(), rules).notifications
+        group = "holdout" if n.holdout else "treated"
+        truth[(group, "users")] += 1
+        if rng.random() < (0.2 if n.holdout else 0.6):  # the treatment works
+            when = n.send_at + rng.randint(0, 7 * 24 - 1) * HOUR
+            truth[(group, "conversions")] += 1
+        else:
+            when = n.send_at + rng.choice([-2, 8 * 24]) * HOUR  # a purchase outside the window
+        events.append({"user_id": uid, "event_type": "purchase", "timestamp": when, "value": 9.5})
+        events.append({"user_id": uid, "event_type": "view", "timestamp": when + 1})
+    create_topics(s.bootstrap_servers, {s.notifications_topic: s.partitions})
+    # half the purchases are on the input topic before the changes that expose their users
+    produce(s.bootstrap_servers, s.input_topic, [(e["user_id"].encode(), codec.dumps(e)) for e in events[:600]])
+    send_changes(s, changes)
+    produce(s.bootstrap_servers, s.input_topic, [(e["user_id"].encode(), codec.dumps(e)) for e in events[600:]])
+    service = WorkerProcess(s, {}, tmp_path / "triggers.log", command=("triggers", "--rules", str(rules_file)))
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                m = service_metrics(s)
+            except OSError:  # not serving yet
+                m = {}
+            goals = m.get("segment_worker_triggers_goal_events_total", 0)
+            applied = m.get("segment_worker_triggers_changes_total|outcome=applied", 0)
+            if (goals >= 600 and applied >= 600) or time.monotonic() > deadline:  # every purchase and change read
+                break
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{s.triggers_web_port}/campaigns", timeout=5) as resp:
+            (row,) = codec.loads(resp.read())["campaigns"]
+    finally:
+        service.stop()
+    assert (row["campaign"], row["persona"]) == ("win-back", "dormant")
+    for group in ("treated", "holdout"):
+        assert row[group]["users"] == truth[(group, "users")]
+        assert row[group]["conversions"] == truth[(group, "conversions")]
+    assert row["uplift"] == pytest.approx(
+        truth[("treated", "conversions")] / truth[("treated", "users")]
+        - truth[("holdout", "conversions")] / truth[("holdout", "users")]
+    )
+    low, high = row["uplift_ci95"]
+    assert 0 < low < 0.4 < high  # significant, and covers the world's true uplift

@@ -26,3 +26,16 @@ WEBHOOK_ATTEMPTS = Counter(
 DEAD_LETTERED = Counter(
     PREFIX + "dead_lettered", "Notifications the webhook did not take after every attempt.", registry=REGISTRY
 )
+CAMPAIGN_USERS = Gauge(
+    PREFIX + "campaign_users",
+    "Users exposed to a campaign (notified or held out) on this member's partitions, by the persona they moved to.",
+    ["campaign", "persona", "group"],
+    registry=REGISTRY,
+)
+CAMPAIGN_CONVERSIONS = Gauge(
+    PREFIX + "campaign_conversions",
+    "Of those, users with a goal event within the campaign's window after send_at.",
+    ["campaign", "persona", "group"],
+    registry=REGISTRY,
+)
+GOAL_EVENTS = Counter(PREFIX + "goal_events", "User events of a campaign goal type read.", registry=REGISTRY)

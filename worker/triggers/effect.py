@@ -39,19 +39,42 @@ class Exposure:
         return cls(w[0], w[1], bool(w[2]), int(w[3]), int(w[4]), w[5], bool(w[6]))
 
 
+def _cell_key(campaign: str, persona: str, holdout: bool) -> str:
+    return f"{campaign}\x1f{persona}\x1f{int(holdout)}"
+
+
 @dataclass(slots=True)
 class Outcomes:
-    """Per user: open exposures and recent goal events (bounded)."""
+    """Per user: open exposures, recent goal events (bounded), and the user's exposures and conversions so far per
+    (campaign, persona, group) — summed over users, the table behind ``/campaigns``."""
 
     exposures: list[Exposure] = field(default_factory=list)
     goals: dict[str, list[int]] = field(default_factory=dict)  # goal event type -> recent event times
+    counts: dict[str, list[int]] = field(default_factory=dict)  # cell key -> [exposed, converted]
 
     def expose(self, exposure: Exposure) -> bool:
         """A new exposure; True when a remembered goal event already converts it."""
         times = self.goals.get(exposure.goal, ())
         exposure.converted = any(exposure.send_at <= t <= exposure.until for t in times)
         self.exposures.append(exposure)
+        cell = self.counts.setdefault(_cell_key(exposure.campaign, exposure.persona, exposure.holdout), [0, 0])
+        cell[0] += 1
+        cell[1] += exposure.converted
         return exposure.converted
+
+    def cells(self) -> list[tuple[tuple[str, str, bool], int, int]]:
+        out = []
+        for key, (exposed, converted) in self.counts.items():
+            campaign, persona, holdout = key.split("\x1f")
+            out.append(((campaign, persona, holdout == "1"), exposed, converted))
+        return out
+
+    def to_wire(self) -> list[Any]:
+        return [[e.to_wire() for e in self.exposures], self.goals, self.counts]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> Outcomes:
+        return cls([Exposure.from_wire(e) for e in w[0]], dict(w[1]), {k: list(v) for k, v in w[2].items()})
 
     def event(self, event_type: str, t: int, tracked: set[str]) -> list[Exposure]:
         """An event of the user; returns the exposures it converts (each converts once)."""
@@ -63,6 +86,7 @@ class Outcomes:
         hits = [e for e in self.exposures if not e.converted and e.goal == event_type and e.send_at <= t <= e.until]
         for e in hits:
             e.converted = True
+            self.counts[_cell_key(e.campaign, e.persona, e.holdout)][1] += 1
         return hits
 
     def expire(self, now: int) -> None:
@@ -140,6 +164,13 @@ class Tally:
 
     def converted(self, e: Exposure) -> None:
         self.cell(e.campaign, e.persona, e.holdout).converted += 1
+
+    def add(self, outcomes: Outcomes, sign: int = 1) -> None:
+        """Add (or, with ``sign=-1``, take out) one user's counts: users of gained and lost partitions."""
+        for (campaign, persona, holdout), exposed, converted in outcomes.cells():
+            c = self.cell(campaign, persona, holdout)
+            c.exposed += sign * exposed
+            c.converted += sign * converted
 
     def effects(self) -> list[Effect]:
         pairs = sorted({(c, p) for c, p, _ in self.cells})

@@ -21,9 +21,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from worker.events.timefmt import format_rfc3339, parse_timestamp, time_zone
+from worker.triggers.effect import Exposure, Outcomes
 from worker.triggers.rules import Campaign, QuietHours, Rules
 
 KEEP_DAYS = 3  # local days of counts kept per user (changes arrive roughly in event-time order)
+EXPOSURE_GRACE_MS = 86_400_000  # an exposure is kept this long past its goal window (late goal events)
 
 
 @dataclass(slots=True)
@@ -33,13 +35,15 @@ class TriggerState:
     last_sequence: int = 0  # the newest change handled
     day_counts: dict[str, int] = field(default_factory=dict)  # local date (ISO) -> notifications planned
     last_sent: dict[str, int] = field(default_factory=dict)  # campaign -> send_at (epoch ms) of its newest
+    outcomes: Outcomes = field(default_factory=Outcomes)  # campaign goals: exposures and conversions
 
     def to_wire(self) -> list[Any]:
-        return [self.last_sequence, self.day_counts, self.last_sent]
+        return [self.last_sequence, self.day_counts, self.last_sent, self.outcomes.to_wire()]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> TriggerState:
-        return cls(int(wire[0]), dict(wire[1]), dict(wire[2]))
+        outcomes = Outcomes.from_wire(wire[3]) if len(wire) > 3 else Outcomes()
+        return cls(int(wire[0]), dict(wire[1]), dict(wire[2]), outcomes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class Notification:
 class Plan:
     notifications: list[Notification] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (campaign, "cooldown" or "daily_cap")
+    exposures: list[Exposure] = field(default_factory=list)  # of campaigns with a goal, treated and holdout
     duplicate: bool = False
 
 
@@ -147,6 +152,12 @@ def plan(change: dict[str, Any], state: TriggerState, rules: Rules) -> Plan:
             continue
         state.day_counts[day] = state.day_counts.get(day, 0) + 1
         state.last_sent[campaign.name] = max(send_at, last or send_at)
+        holdout = in_holdout(user, campaign)
+        if campaign.goal is not None:
+            goal = campaign.goal
+            exposure = Exposure(campaign.name, after[0], holdout, send_at, send_at + goal.within_ms, goal.event_type)
+            state.outcomes.expose(exposure)
+            out.exposures.append(exposure)
         out.notifications.append(
             Notification(
                 notification_id=notification_id(change["event_id"], campaign.name),
@@ -155,7 +166,7 @@ def plan(change: dict[str, Any], state: TriggerState, rules: Rules) -> Plan:
                 channel=campaign.channel,
                 change_event_id=change["event_id"],
                 send_at=send_at,
-                holdout=in_holdout(user, campaign),
+                holdout=holdout,
                 deferred=deferred,
                 changed_at=t,
                 from_segment=before[0],
@@ -165,9 +176,17 @@ def plan(change: dict[str, Any], state: TriggerState, rules: Rules) -> Plan:
                 reasons=reasons,
             )
         )
+    state.outcomes.expire(t - EXPOSURE_GRACE_MS)
     if state.day_counts:  # bounded: the newest few local days
         newest = max(state.day_counts)
         oldest = (date.fromisoformat(newest) - timedelta(days=KEEP_DAYS - 1)).isoformat()
         for day in [d for d in state.day_counts if d < oldest]:
             del state.day_counts[day]
     return out
+
+
+def observe_event(state: TriggerState, event_type: str, t: int, goals: set[str]) -> list[Exposure]:
+    """A user event of a goal type: the exposures it converts (remembered too, for exposures read after it)."""
+    hits = state.outcomes.event(event_type, t, goals)
+    state.outcomes.expire(t - EXPOSURE_GRACE_MS)
+    return hits

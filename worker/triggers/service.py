@@ -1,6 +1,8 @@
 """``segment-worker triggers``: segment changes in, notifications out (Kafka; aiokafka, no Faust).
 
-One consumer group (``<app_id>-triggers``) on the change topic. Each member keeps the trigger state
+One consumer group (``<app_id>-triggers``) on the change topic, and, when a campaign has a goal, on the input
+topic and the worker's re-routing topic too (co-partitioned by the range assignor: a user's events and changes
+are on the same partition number), for conversions. Each member keeps the trigger state
 (:class:`worker.triggers.plan.TriggerState`) of the users on its partitions, backed by a compacted topic
 ``<app_id>-triggers-state`` with the same partitioning: a user's state lives in the partition number of the user's
 changes, and a member gaining a partition reads it whole first.
@@ -19,13 +21,17 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from worker import codec
+from worker.events.timefmt import parse_timestamp
 from worker.kafkaio import create_topics
 from worker.metrics import triggers as metrics
 from worker.refetch import RangeReader
+from worker.routing import partitioner
 from worker.settings import Settings
-from worker.triggers.plan import Notification, TriggerState, plan
+from worker.triggers.effect import Tally
+from worker.triggers.plan import Notification, TriggerState, observe_event, plan
 from worker.triggers.rules import Rules
 from worker.triggers.webhook import WebhookSink
 
@@ -52,6 +58,10 @@ class TriggerService:
         self.lock = asyncio.Lock()  # one batch at a time; a rebalance waits for the batch in flight
         self.reader = RangeReader(settings.bootstrap_servers)
         self.ready = asyncio.Event()
+        self.tally = Tally()
+        self.goals = {c.goal.event_type for c in rules.campaigns if c.goal is not None}
+        self.by_user = f"{settings.app_id}-events-by-user"  # the worker's topic of re-routed input records
+        self.part = partitioner(settings.partitions)
         self.sink = (
             WebhookSink(
                 settings.webhook_url,
@@ -82,9 +92,13 @@ class TriggerService:
             session_timeout_ms=int(s.session_timeout * 1000),
             heartbeat_interval_ms=max(500, int(s.session_timeout * 100)),
             max_poll_interval_ms=max(30_000, int(s.session_timeout * 3000)),
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         await producer.start()
-        consumer.subscribe([s.output_topic], listener=_Listener(self))
+        topics = [s.output_topic, *([s.input_topic, self.by_user] if self.goals else [])]
+        if self.goals:
+            create_topics(s.bootstrap_servers, {self.by_user: s.partitions}, s.replication_factor)
+        consumer.subscribe(topics, listener=_Listener(self))
         await consumer.start()
         try:
             while True:
@@ -105,6 +119,9 @@ class TriggerService:
         dirty: dict[str, int] = {}
         dead: list[tuple[str, bytes, bytes, int | None, list[tuple[str, bytes]] | None]] = []
         for tp, records in batches.items():
+            if tp.topic != s.output_topic:
+                self._events(tp, records, dirty)
+                continue
             for r in records:
                 try:
                     change = codec.loads(r.value)
@@ -132,6 +149,8 @@ class TriggerService:
                     continue
                 dirty[uid] = tp.partition
                 notifications.extend(result.notifications)
+                for e in result.exposures:
+                    self.tally.exposed(e)
                 for campaign, reason in result.skipped:
                     metrics.SKIPPED.labels(campaign, reason).inc()
         await _send_all(
@@ -169,6 +188,7 @@ class TriggerService:
                 for uid, partition in dirty.items()
             ),
         )
+        self._report()
         offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
         try:
             await consumer.commit(offsets)
@@ -176,11 +196,44 @@ class TriggerService:
             log.info("commit not taken: %s", exc)
         metrics.USERS.set(len(self.states))
 
+    def _events(self, tp: TopicPartition, records: list[Any], dirty: dict[str, int]) -> None:
+        """User events: goal events convert exposures. An input record on another partition than its user's is
+        skipped here and read from the re-routing topic, where the worker puts it on the right one."""
+        for r in records:
+            if not r.value or not any(g.encode() in r.value for g in self.goals):
+                continue
+            try:
+                doc = codec.loads(r.value)
+                uid, event_type, t = doc["user_id"], doc["event_type"], parse_timestamp(doc["timestamp"])
+            except Exception:  # the worker dead-letters bad input; nothing to count here
+                continue
+            if event_type not in self.goals or (tp.topic == self.s.input_topic and self.part(uid) != tp.partition):
+                continue
+            metrics.GOAL_EVENTS.inc()
+            state = self.states.get(uid)
+            if state is None:
+                state = self.states[uid] = TriggerState()
+                self.partition_of[uid] = tp.partition
+            for e in observe_event(state, event_type, t, self.goals):
+                self.tally.converted(e)
+            dirty[uid] = tp.partition
+
+    def _report(self) -> None:
+        for (campaign, persona, holdout), cell in self.tally.cells.items():
+            group = "holdout" if holdout else "treated"
+            metrics.CAMPAIGN_USERS.labels(campaign, persona, group).set(cell.exposed)
+            metrics.CAMPAIGN_CONVERSIONS.labels(campaign, persona, group).set(cell.converted)
+        metrics.USERS.set(len(self.states))
+
+    def campaigns(self) -> list[dict[str, Any]]:
+        """The ``/campaigns`` table: per campaign and persona, treated vs holdout, conversion rates, uplift."""
+        return [e.to_json() for e in self.tally.effects()]
+
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         """Read the state of the users of the partitions assigned. Under the batch lock: aiokafka may already hand
         out records of these partitions while this runs, and a batch applied before its users' states are read
         would start them afresh (the restart test caught notifications past a daily cap)."""
-        gained = sorted(tp.partition for tp in partitions)
+        gained = sorted({tp.partition for tp in partitions if tp.topic == self.s.output_topic})
         async with self.lock:
             for p in gained:
                 for r in await self.reader.read_to_end(state_topic(self.s), p):
@@ -189,17 +242,24 @@ class TriggerService:
                         self.states.pop(uid, None)
                         self.partition_of.pop(uid, None)
                     else:
-                        self.states[uid] = TriggerState.from_wire(codec.loads(r.value))
+                        old = self.states.get(uid)
+                        if old is not None:
+                            self.tally.add(old.outcomes, -1)
+                        state = self.states[uid] = TriggerState.from_wire(codec.loads(r.value))
+                        self.tally.add(state.outcomes)
                         self.partition_of[uid] = p
+            self._report()
         log.info("owning change partitions %s: %d users with trigger state", gained, len(self.states))
         metrics.USERS.set(len(self.states))
         self.ready.set()
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
-        lost = {tp.partition for tp in partitions}
+        lost = {tp.partition for tp in partitions if tp.topic == self.s.output_topic}
         async with self.lock:  # the batch in flight is written and committed first
             for uid in [u for u, p in self.partition_of.items() if p in lost]:
-                self.states.pop(uid, None)
+                state = self.states.pop(uid, None)
+                if state is not None:
+                    self.tally.add(state.outcomes, -1)
                 del self.partition_of[uid]
 
 
@@ -228,24 +288,41 @@ async def _send_all(
 
 
 def serve(settings: Settings, rules: Rules) -> None:
-    """Run the service until SIGTERM or SIGINT; metrics on ``triggers_web_port``."""
+    """Run the service until SIGTERM or SIGINT; ``/metrics`` and ``/campaigns`` on ``triggers_web_port``."""
     import signal
 
-    from prometheus_client import start_http_server
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
     )
-    start_http_server(settings.triggers_web_port, addr=settings.web_host, registry=metrics.REGISTRY)
+    service = TriggerService(settings, rules)
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0], charset="utf-8"
+        )
+
+    async def campaigns_view(request: web.Request) -> web.Response:
+        return web.Response(body=codec.dumps({"campaigns": service.campaigns()}), content_type="application/json")
 
     async def main() -> None:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
+        app = web.Application()
+        app.router.add_get("/metrics", metrics_view)
+        app.router.add_get("/campaigns", campaigns_view)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, settings.web_host, settings.triggers_web_port).start()
         try:
-            await TriggerService(settings, rules).run()
+            await service.run()
         except asyncio.CancelledError:
             log.info("stopped")
+        finally:
+            await runner.cleanup()
 
     asyncio.run(main())
