@@ -42,6 +42,7 @@ from worker.outbox import Outbox, Record
 from worker.personas import DORMANT
 from worker.refetch import RangeReader
 from worker.routing import partition_keys, partitioner
+from worker.segments.rules import load_segment_rules
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
@@ -294,7 +295,10 @@ def create_app(settings: Settings) -> faust.App:
         p = users_partition.get(uid)
         return partition_of(uid) if p is None else p
 
-    segmenter = Segmenter(s, user_states, owner_of)
+    # custom segments (rules on features), evaluated in the same pass as the personas; their own topic
+    segment_rules = load_segment_rules(s.segment_rules, s.half_lives_ms) if s.segment_rules else ()
+    membership_name = _raw_topic(app, s.membership_topic, n).get_topic_name() if segment_rules else ""
+    segmenter = Segmenter(s, user_states, owner_of, segment_rules=segment_rules)
     # per consumed stream: its topic and the gate holding each owned partition's position (kept in part_meta)
     streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name()}
     gates = {stream: OffsetGate() for stream in streams}
@@ -737,6 +741,10 @@ def create_app(settings: Settings) -> faust.App:
                 "dead letter %s at %s/%d/%d: %s", d.reason, s.input_topic, r.src_partition, r.src_offset, d.detail[:120]
             )
         outputs.extend((output_name, uid.encode(), change, partition_of(uid), None) for uid, change, _ in res.changes)
+        for uid, membership in res.memberships:
+            outputs.append((membership_name, uid.encode(), membership, partition_of(uid), None))
+            doc = codec.loads(membership)
+            metrics.MEMBERSHIPS.labels(doc["segment"], doc["action"]).inc()
         for i in range(0, len(res.samples), SAMPLES_PER_RECORD):  # a large batch stays under the record size limit
             chunk = b"[" + b",".join(res.samples[i : i + SAMPLES_PER_RECORD]) + b"]"
             outputs.append((samples_name, None, chunk, 0, None))
@@ -942,6 +950,7 @@ def create_app(settings: Settings) -> faust.App:
                 "first_event_at": format_rfc3339(state.first_ts),
                 "last_event_at": format_rfc3339(state.last_ts),
                 "changes": state.seq,
+                "rule_segments": state.rule_segments,
                 "recent_changes": [
                     {
                         "sequence": seq,

@@ -44,6 +44,12 @@ class Settings:
     input_topic: str = field(default="user-events", metadata={"help": "topic of user events"})
     output_topic: str = field(default="segment-changes", metadata={"help": "topic of segment-change events"})
     dlq_topic: str = field(default="user-events-dlq", metadata={"help": "dead-letter topic for bad input"})
+    segment_rules: str = field(
+        default="", metadata={"help": "custom segments file (YAML: segments: {name: condition}); empty: none"}
+    )
+    membership_topic: str = field(
+        default="segment-memberships", metadata={"help": "topic of custom segment entered/exited events"}
+    )
     notifications_topic: str = field(
         default="notifications", metadata={"help": "triggers: topic of notification records"}
     )

@@ -36,6 +36,8 @@ def _busy_state(seed: int) -> UserState:
         [k + 1, rng.choice([None, "p0"]), "p3", t - rng.randint(-DAY, 9 * DAY), "event", [["view", "up"]]]
         for k in range(rng.randint(0, 3))
     ]
+    s.rule_seq = rng.choice([0, 0, 3])
+    s.rule_segments = ["high_value"] if s.rule_seq else []
     return s
 
 
@@ -119,5 +121,9 @@ def test_records_written_before_the_history_was_kept_still_decode() -> None:
     new = encode(s)
     assert new.startswith(old) and decode(old).history == [] and decode(new).history == s.history
     assert peek(new) == peek(old)  # the index rebuild does not read it
-    legacy = s.to_wire()[:-1]  # the all-JSON form before the history field
-    assert UserState.from_wire(legacy).history == []
+    legacy = s.to_wire()[:-3]  # the all-JSON form before the history and custom segment fields
+    back = UserState.from_wire(legacy)
+    assert (back.history, back.rule_segments, back.rule_seq) == ([], [], 0)
+    assert decode(old[: len(old)] + b'[[1, null, "p3", 0, "event", []]]').history == [
+        [1, None, "p3", s.last_ts, "event", []]
+    ]

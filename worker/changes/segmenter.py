@@ -34,6 +34,7 @@ from worker.features.state import UserState, apply_event
 from worker.features.watermark import Watermarks
 from worker.features.wire import EncodedStates
 from worker.personas.registry import DORMANT
+from worker.segments.rules import SegmentRule, rule_features
 from worker.settings import Settings
 
 _DAY_MS = 86_400_000
@@ -69,6 +70,7 @@ class BatchResult:
     duplicates: int = 0
     partitions: set[int] = field(default_factory=set)
     transitions: list[tuple[str, str]] = field(default_factory=list)  # (from or "none", to)
+    memberships: list[tuple[str, bytes]] = field(default_factory=list)  # user id, segment-membership record
 
 
 @dataclass(slots=True)
@@ -90,8 +92,11 @@ class Segmenter:
         store: MutableMapping[str, UserState],
         partition_of: Callable[[str], int],
         rng_seed: int = 0,
+        segment_rules: tuple[SegmentRule, ...] = (),
     ) -> None:
         self.s = settings
+        self.segment_rules = segment_rules
+        self._rules_by_name = {r.name: r for r in segment_rules}
         self.store = store
         self.partition_of = partition_of
         self.parser = EventParser(settings.max_event_bytes, int(settings.max_future_seconds * 1000))
@@ -165,6 +170,8 @@ class Segmenter:
                 continue
             apply_event(state, ev, self.half_lives, s.max_types_per_user, self.session_gap_ms)
             state.fence(rec.src_partition, rec.src_offset)
+            if self.segment_rules:
+                self._check_rules(res, uid, state, state.last_ts)
             res.dirty[uid] = state
             res.processed += 1
             res.partitions.add(owner)
@@ -233,6 +240,8 @@ class Segmenter:
                 if state.due:
                     self.silence.schedule(p, uid, state.due)
                 res.dirty[uid] = state
+                if self.segment_rules:
+                    self._check_rules(res, uid, state, t)
                 if state.n < self.s.min_events:
                     continue
                 res.samples.append(codec.dumps([uid, state.to_wire(), t]))
@@ -310,6 +319,32 @@ class Segmenter:
             }
         )
 
+    def _check_rules(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
+        """Custom segments: a membership event for each one the user enters or leaves as of event time ``t``."""
+        feats = rule_features(state, t, self.half_lives)
+        now = sorted(r.name for r in self.segment_rules if r.test(feats))
+        before = state.rule_segments
+        if now == before:
+            return
+        moves = [(name, "entered") for name in now if name not in before]
+        moves += [(name, "exited") for name in before if name not in now]
+        for name, action in sorted(moves):
+            state.rule_seq += 1
+            rule = self._rules_by_name.get(name)  # a segment removed from the file: its members exit
+            record = {
+                "schema": "segment-membership.v1",
+                "event_id": membership_id(uid, state.rule_seq, name, action),
+                "user_id": uid,
+                "segment": name,
+                "action": action,
+                "at": format_rfc3339(t),
+                "sequence": state.rule_seq,
+                "condition": rule.condition if rule else None,
+                "features": {n: round(feats.get(n, 0.0), 4) for n in (rule.names if rule else ())},
+            }
+            res.memberships.append((uid, codec.dumps(record)))
+        state.rule_segments = now
+
     def _remember(
         self, state: UserState, before: str | None, after: str, e: _Eval, reasons: list[dict[str, Any]]
     ) -> None:
@@ -325,6 +360,12 @@ class Segmenter:
         if persona_id == DORMANT:
             return DORMANT
         return self.model.name_of(persona_id) if self.model else persona_id
+
+
+def membership_id(user_id: str, seq: int, segment: str, action: str) -> str:
+    """Same user, same position in the user's membership chain, same move → same id, after any crash or replay."""
+    key = f"{user_id}\x1f{seq}\x1f{segment}\x1f{action}".encode()
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
 def change_id(user_id: str, seq: int, before: str | None, after: str) -> str:

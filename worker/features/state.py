@@ -39,6 +39,8 @@ class UserState:
         "pending_n",
         "rates",
         "ref_ts",
+        "rule_segments",
+        "rule_seq",
         "segment",
         "segment_since",
         "seq",
@@ -76,6 +78,8 @@ class UserState:
         self.due = 0  # event time of the next silence re-evaluation (0 = none)
         # the newest segment changes, oldest first: [sequence, from, to, changed_at, trigger, [[feature, direction]..]]
         self.history: list[list[Any]] = []
+        self.rule_segments: list[str] = []  # the custom (rule) segments the user is in, sorted
+        self.rule_seq = 0  # membership events emitted (a chain of its own, beside the persona changes')
 
     # --- serialisation -------------------------------------------------------------------------------
     def to_wire(self) -> list[Any]:
@@ -84,8 +88,9 @@ class UserState:
     @classmethod
     def from_wire(cls, wire: list[Any]) -> UserState:
         state = cls.__new__(cls)
-        if len(wire) == len(_WIRE) - 1:  # written before the change history was kept
-            wire = [*wire, []]
+        missing = len(_WIRE) - len(wire)
+        if 0 < missing <= len(_ADDED):  # written before the newest fields existed
+            wire = [*wire, *(default() for _, default in _ADDED[len(_ADDED) - missing :])]
         for name, value in zip(_WIRE, wire, strict=True):
             setattr(state, name, value)
         return state
@@ -107,8 +112,10 @@ class UserState:
         return sum(r[-1] for r in self.rates.values())
 
 
-# the JSON form's field order: the older fields, then those added since (a record without them still reads)
-_WIRE = (*(s for s in UserState.__slots__ if s != "history"), "history")
+# the JSON form's field order: the older fields, then those added since, oldest first (a record without some of
+# them still reads: they take these defaults)
+_ADDED: tuple[tuple[str, Any], ...] = (("history", list), ("rule_segments", list), ("rule_seq", int))
+_WIRE = (*(s for s in UserState.__slots__ if s not in dict(_ADDED)), *(name for name, _ in _ADDED))
 
 
 def local_hour_weekday(ts: int, timezone: str | None) -> tuple[int, int]:

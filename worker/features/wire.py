@@ -10,8 +10,9 @@ of everything but the floats (the last event time relative to the first, the oth
 ``null`` for an unset one); then the floats value_total, sessions, weekend, daypart[4], spend[H] and each event
 type's counts[H], as a bitmask of the non-zero ones followed by those as little-endian IEEE doubles. The JSON
 part decodes in C, and the floats are spread back by a cached ``itemgetter`` per zero pattern. After the floats,
-when the user has any, a JSON array of the recent segment changes (times relative to the last event): outside the
-skeleton, so :func:`peek` does not parse it, and a record written before it existed still decodes.
+when the user has any, a JSON object of what was added later: ``h`` the recent segment changes (times relative to
+the last event), ``r`` and ``q`` the custom segments and their event count. Outside the skeleton, so :func:`peek`
+does not parse it, and a record written before it existed still decodes.
 
 A record that starts with ``[`` is the older all-JSON form, which still decodes, so an existing changelog is read
 after an upgrade.
@@ -28,6 +29,7 @@ import struct
 from collections.abc import Callable, Iterator, MutableMapping
 from functools import lru_cache
 from operator import itemgetter
+from typing import Any
 
 from worker import codec
 from worker.errors import SegmentWorkerError
@@ -108,11 +110,12 @@ def encode(state: UserState) -> bytes:
         bit <<= 1
     n = len(skeleton)
     prefix = bytes((FORMAT, n)) if n < _LONG else bytes((FORMAT, _LONG)) + n.to_bytes(4, "little")
-    history = (
-        codec.dumps([[seq, before, after, t - last, *rest] for seq, before, after, t, *rest in state.history])
-        if state.history
-        else b""
-    )
+    extra: dict[str, Any] = {}
+    if state.history:
+        extra["h"] = [[seq, before, after, t - last, *rest] for seq, before, after, t, *rest in state.history]
+    if state.rule_seq:
+        extra["r"], extra["q"] = state.rule_segments, state.rule_seq
+    history = codec.dumps(extra) if extra else b""
     return b"".join(
         (
             prefix,
@@ -244,8 +247,12 @@ def _decode(buf: bytes) -> UserState:
     s.spend = list(floats[7 : 7 + h])
     rest = iter(floats[7 + h :])  # h floats per event type, in order: grouped by zip over one iterator, in C
     s.rates = dict(zip(names, map(list, zip(*[rest] * h, strict=True)), strict=True))
-    tail = codec.loads(buf[pos:]) if pos < len(buf) else []
-    if not isinstance(tail, list):
+    tail = codec.loads(buf[pos:]) if pos < len(buf) else {}
+    if isinstance(tail, list):  # the first form of this part: the history alone
+        tail = {"h": tail}
+    if not isinstance(tail, dict):
         raise StateDecodeError(f"user state of {len(buf)} bytes: {len(buf) - pos} bytes after its floats")
-    s.history = [[seq, before, after, dt + last, *more] for seq, before, after, dt, *more in tail]
+    s.history = [[seq, before, after, dt + last, *more] for seq, before, after, dt, *more in tail.get("h", ())]
+    s.rule_segments = tail.get("r", [])
+    s.rule_seq = tail.get("q", 0)
     return s

@@ -15,6 +15,9 @@ EVENTS_DEAD_LETTERED = Counter(
 EVENTS_DUPLICATE = Counter(PREFIX + "events_duplicate", "Re-delivered records skipped by the per-user offset fence.")
 EVENTS_FORWARDED = Counter(PREFIX + "events_forwarded", "Records re-routed to the partition that owns their user_id.")
 SEGMENT_CHANGES = Counter(PREFIX + "segment_changes", "Segment-change events emitted.", ["from_segment", "to_segment"])
+MEMBERSHIPS = Counter(
+    PREFIX + "memberships", "Custom segment membership events emitted, by segment and action.", ["segment", "action"]
+)
 PERSONA_USERS = Gauge(PREFIX + "persona_users", "Users per persona on this worker's partitions.", ["segment"])
 USERS = Gauge(PREFIX + "users", "Users held in this worker's state (active partitions).")
 EVENT_TO_CHANGE = Histogram(

@@ -1,0 +1,1 @@
+"""Rule-based custom segments beside the learned personas."""
