@@ -8,17 +8,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 
-from worker import codec
 from worker.events.timefmt import format_rfc3339
-from worker.kafkaio import read_all
 from worker.settings import Settings
 from worker.synth import generate
 
-from .test_worker import processed, send, wait_for
+from .test_worker import processed, read_chains, send, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +48,7 @@ def test_memberships_enter_at_the_flipping_event_and_match_the_api(
         if money[u] >= 50 and (u, "spender") not in expected:
             expected[(u, "spender")] = format_rfc3339(newest[u])
     assert expected
-    records = [codec.loads(r.value) for r in read_all(s.bootstrap_servers, s.membership_topic)]
-    content: dict[str, bytes] = {}
-    chains: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for m in records:
-        jsonschema.validate(m, SCHEMA)
-        assert content.setdefault(m["event_id"], codec.dumps(m)) == codec.dumps(m)
-        chains[m["user_id"]].append(m)
+    chains = read_chains(s.bootstrap_servers, s.membership_topic, SCHEMA)
     got = {}
     for u, chain in chains.items():
         unique = sorted({c["sequence"]: c for c in chain}.values(), key=lambda c: c["sequence"])

@@ -129,18 +129,24 @@ def service_metrics(s: Settings) -> dict[str, float]:
     return out
 
 
+def service_setup(worker_settings: Settings, tmp_path: Path, rules: str, **settings: Any) -> tuple[Settings, Path]:
+    """Settings of a trigger service on the test's topics (its own notifications topic and port), its rules file."""
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(rules)
+    s = worker_settings.replace(
+        notifications_topic=f"{worker_settings.app_id}-notifications", triggers_web_port=free_port(), **settings
+    )
+    create_topics(s.bootstrap_servers, {s.notifications_topic: s.partitions})  # to read it before the service runs
+    return s, rules_file
+
+
 def test_notifications_match_the_plan_and_survive_redelivery_and_a_restart(
     worker_settings: Settings, tmp_path: Path
 ) -> None:
-    rules_file = tmp_path / "rules.yaml"
-    rules_file.write_text(RULES)
-    s = worker_settings.replace(
-        notifications_topic=f"{worker_settings.app_id}-notifications", triggers_web_port=free_port()
-    )
+    s, rules_file = service_setup(worker_settings, tmp_path, RULES)
     changes = changes_of(300, seed=4)
     first, second = changes[: len(changes) // 2], changes[len(changes) // 2 :]
     want_first = expected(first)
-    create_topics(s.bootstrap_servers, {s.notifications_topic: s.partitions})  # to read it before the service runs
     send_changes(s, first + first[:40])  # the first 40 delivered twice
     bad = [b"{not json", b'{"user_id": "u-bad"}', b"[1, 2]"]
     produce(s.bootstrap_servers, s.output_topic, [(b"u-bad", raw) for raw in bad])  # dead-lettered, no crash
@@ -209,15 +215,14 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 def test_webhook_sink_retries_and_dead_letters_what_it_cannot_deliver(
     worker_settings: Settings, tmp_path: Path
 ) -> None:
-    rules_file = tmp_path / "rules.yaml"
-    rules_file.write_text(RULES)
     Receiver.attempts.clear()
     Receiver.taken.clear()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    s = worker_settings.replace(
-        notifications_topic=f"{worker_settings.app_id}-notifications",
-        triggers_web_port=free_port(),
+    s, rules_file = service_setup(
+        worker_settings,
+        tmp_path,
+        RULES,
         webhook_url=f"http://127.0.0.1:{server.server_address[1]}/hook",
         webhook_max_attempts=3,
         webhook_backoff=0.05,
@@ -227,7 +232,6 @@ def test_webhook_sink_retries_and_dead_letters_what_it_cannot_deliver(
     treated = {i: n for i, n in want.items() if not n["holdout"]}
     failing = {i for i, n in treated.items() if n["user_id"].endswith("7")}
     assert failing and len(failing) < len(treated)
-    create_topics(s.bootstrap_servers, {s.notifications_topic: s.partitions})
     send_changes(s, changes)
     service = WorkerProcess(s, {}, tmp_path / "triggers.log", command=("triggers", "--rules", str(rules_file)))
     try:
@@ -260,11 +264,7 @@ campaigns:
 def test_campaign_effectiveness_finds_the_uplift_of_a_world_where_treated_users_convert_more(
     worker_settings: Settings, tmp_path: Path
 ) -> None:
-    rules_file = tmp_path / "rules.yaml"
-    rules_file.write_text(EFFECT_RULES)
-    s = worker_settings.replace(
-        notifications_topic=f"{worker_settings.app_id}-notifications", triggers_web_port=free_port()
-    )
+    s, rules_file = service_setup(worker_settings, tmp_path, EFFECT_RULES)
     rules = parse_rules(yaml.safe_load(EFFECT_RULES))
     rng = random.Random(3)
     t0 = 1_780_000_000_000
@@ -293,7 +293,6 @@ def test_campaign_effectiveness_finds_the_uplift_of_a_world_where_treated_users_
             when = n.send_at + rng.choice([-2, 8 * 24]) * HOUR  # a purchase outside the window
         events.append({"user_id": uid, "event_type": "purchase", "timestamp": when, "value": 9.5})
         events.append({"user_id": uid, "event_type": "view", "timestamp": when + 1})
-    create_topics(s.bootstrap_servers, {s.notifications_topic: s.partitions})
     # half the purchases are on the input topic before the changes that expose their users
     produce(s.bootstrap_servers, s.input_topic, [(e["user_id"].encode(), codec.dumps(e)) for e in events[:600]])
     send_changes(s, changes)

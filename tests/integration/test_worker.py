@@ -64,6 +64,19 @@ def send(settings: Settings, events: list[dict[str, Any]], wrong_key_every: int 
     produce(settings.broker.removeprefix("kafka://"), settings.input_topic, records)
 
 
+def read_chains(bootstrap: str, topic: str, schema: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """A topic's records per user id, each valid against ``schema``; an ``event_id`` seen twice (a re-emission)
+    must have one content."""
+    content: dict[str, bytes] = {}
+    chains: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in read_all(bootstrap, topic):
+        doc = codec.loads(r.value)
+        jsonschema.validate(doc, schema)
+        assert content.setdefault(doc["event_id"], codec.dumps(doc)) == codec.dumps(doc), doc["event_id"]
+        chains[doc["user_id"]].append(doc)
+    return chains
+
+
 def test_events_in_changes_out_dead_letters_api_and_restart(worker_settings: Settings, start_worker: Any) -> None:
     s = worker_settings
     bootstrap = s.bootstrap_servers
@@ -104,14 +117,8 @@ def test_events_in_changes_out_dead_letters_api_and_restart(worker_settings: Set
 
     # changes: schema-valid, one content per id, chained per user
     time.sleep(1.5)
-    changes = [codec.loads(r.value) for r in read_all(bootstrap, s.output_topic)]
-    assert changes
-    content: dict[str, bytes] = {}
-    chains: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for c in changes:
-        jsonschema.validate(c, CHANGE_SCHEMA)
-        assert content.setdefault(c["event_id"], codec.dumps(c)) == codec.dumps(c)
-        chains[c["user_id"]].append(c)
+    chains = read_chains(bootstrap, s.output_topic, CHANGE_SCHEMA)
+    assert chains
     for chain in chains.values():
         chain.sort(key=lambda c: c["sequence"])
         assert [c["sequence"] for c in chain] == list(range(1, len(chain) + 1))
