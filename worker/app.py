@@ -44,6 +44,7 @@ from worker.refetch import RangeReader
 from worker.routing import partition_keys, partitioner
 from worker.segments.rules import load_segment_rules
 from worker.settings import Settings
+from worker.web.auth import auth_middleware
 
 log = logging.getLogger("worker")
 
@@ -229,6 +230,8 @@ def create_app(settings: Settings) -> faust.App:
         table_standby_replicas=0,
     )
     app.transport.Consumer = _direct_delivery(app.transport.Consumer)
+    if s.api_token:  # before the web server starts: aiohttp freezes its middlewares then
+        app.web.web_app.middlewares.append(auth_middleware(s.api_token, s.api_open_paths))
     # the two consumed streams: their offsets are the worker's own (the offset gate's positions, kept in state and
     # committed from there), not Faust's acknowledgement tracking
     source = _raw_topic(app, s.input_topic, n, acks=False)

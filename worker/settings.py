@@ -26,6 +26,14 @@ class Settings:
     app_id: str = field(default="segment-worker", metadata={"help": "consumer group id and internal topic prefix"})
     web_host: str = field(default="0.0.0.0", metadata={"help": "bind address of the HTTP API"})
     web_port: int = field(default=6066, metadata={"help": "port of the HTTP API (/metrics, /users, /personas)"})
+    api_token: str = field(
+        default="",
+        metadata={"help": "when set, the HTTP APIs need 'Authorization: Bearer <token>' (but API_OPEN_PATHS)"},
+    )
+    api_open_paths: tuple[str, ...] = field(
+        default=("/metrics", "/healthz", "/readyz"),
+        metadata={"help": "paths answered without the token (comma list; empty: every path needs it)"},
+    )
     web_url: str = field(
         default="",
         metadata={

@@ -34,6 +34,7 @@ from worker.triggers.effect import Tally
 from worker.triggers.plan import Notification, TriggerState, observe_event, plan
 from worker.triggers.rules import Rules
 from worker.triggers.webhook import WebhookSink
+from worker.web.auth import auth_middleware
 
 log = logging.getLogger("worker.triggers")
 BATCH = 1000
@@ -312,7 +313,9 @@ def serve(settings: Settings, rules: Rules) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-        app = web.Application()
+        app = web.Application(
+            middlewares=[auth_middleware(settings.api_token, settings.api_open_paths)] if settings.api_token else []
+        )
         app.router.add_get("/metrics", metrics_view)
         app.router.add_get("/campaigns", campaigns_view)
         runner = web.AppRunner(app)

@@ -1,0 +1,1 @@
+"""The HTTP side shared by the worker and the trigger service."""
