@@ -744,10 +744,9 @@ def create_app(settings: Settings) -> faust.App:
                 "dead letter %s at %s/%d/%d: %s", d.reason, s.input_topic, r.src_partition, r.src_offset, d.detail[:120]
             )
         outputs.extend((output_name, uid.encode(), change, partition_of(uid), None) for uid, change, _ in res.changes)
-        for uid, membership in res.memberships:
+        for uid, segment, action, membership in res.memberships:
             outputs.append((membership_name, uid.encode(), membership, partition_of(uid), None))
-            doc = codec.loads(membership)
-            metrics.MEMBERSHIPS.labels(doc["segment"], doc["action"]).inc()
+            metrics.MEMBERSHIPS.labels(segment, action).inc()
         for i in range(0, len(res.samples), SAMPLES_PER_RECORD):  # a large batch stays under the record size limit
             chunk = b"[" + b",".join(res.samples[i : i + SAMPLES_PER_RECORD]) + b"]"
             outputs.append((samples_name, None, chunk, 0, None))

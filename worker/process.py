@@ -27,10 +27,16 @@ class WorkerProcess:
     """A ``segment-worker run`` child process and its HTTP API."""
 
     def __init__(
-        self, settings: Settings, environ: dict[str, str], log_path: Path, command: Sequence[str] = ("run",)
+        self,
+        settings: Settings,
+        environ: dict[str, str],
+        log_path: Path,
+        command: Sequence[str] = ("run",),
+        port: int | None = None,
     ) -> None:
-        """``segment-worker <command>`` (default ``run``) in a child process with these settings."""
-        self.base = f"http://127.0.0.1:{settings.web_port}"
+        """``segment-worker <command>`` (default ``run``) in a child process with these settings; its HTTP API on
+        ``port`` (default the worker's ``web_port``)."""
+        self.base = f"http://127.0.0.1:{port or settings.web_port}"
         self.log_path = log_path
         env = {**environ, **settings.to_env()}
         with open(log_path, "ab") as log:

@@ -9,7 +9,6 @@ import json
 import random
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from worker import codec
 from worker.broker import free_port
@@ -104,29 +102,24 @@ def send_changes(s: Settings, changes: list[dict[str, Any]]) -> None:
     produce(s.bootstrap_servers, s.output_topic, [(c["user_id"].encode(), codec.dumps(c)) for c in changes])
 
 
-def notifications(s: Settings, written: int, timeout: float = 90.0) -> list[dict[str, Any]]:
+def start_service(s: Settings, rules_file: Path, log: Path) -> WorkerProcess:
+    """``segment-worker triggers`` with these settings; its API (metrics, /campaigns) on ``triggers_web_port``."""
+    return WorkerProcess(s, {}, log, command=("triggers", "--rules", str(rules_file)), port=s.triggers_web_port)
+
+
+def notifications(service: WorkerProcess, s: Settings, written: int, timeout: float = 90.0) -> list[dict[str, Any]]:
     """The notification records, once the running service says it has written ``written`` (its counter; polled
     instead of the topic: each read of the topic is a new client)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            m = service_metrics(s)
+            m = service.metrics()
         except OSError:  # not serving yet
             m = {}
         if sum(v for k, v in m.items() if k.startswith("segment_worker_triggers_notifications_total")) >= written:
             break
         time.sleep(0.5)
     return [codec.loads(r.value) for r in read_all(s.bootstrap_servers, s.notifications_topic)]
-
-
-def service_metrics(s: Settings) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{s.triggers_web_port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name + "".join(f"|{k}={v}" for k, v in sorted(sample.labels.items()))] = sample.value
-    return out
 
 
 def service_setup(worker_settings: Settings, tmp_path: Path, rules: str, **settings: Any) -> tuple[Settings, Path]:
@@ -151,18 +144,19 @@ def test_notifications_match_the_plan_and_survive_redelivery_and_a_restart(
     bad = [b"{not json", b'{"user_id": "u-bad"}', b"[1, 2]"]
     produce(s.bootstrap_servers, s.output_topic, [(b"u-bad", raw) for raw in bad])  # dead-lettered, no crash
     log = tmp_path / "triggers.log"
-    cmd = ("triggers", "--rules", str(rules_file))
-    service = WorkerProcess(s, {}, log, command=cmd)
+    service = start_service(s, rules_file, log)
     try:
-        got = notifications(s, len(want_first))
+        got = notifications(service, s, len(want_first))
         assert {n["notification_id"] for n in got} == set(want_first), log.read_text()[-2000:]
-        m = service_metrics(s)
+        m = service.metrics()
         assert m["segment_worker_triggers_changes_total|outcome=duplicate"] == 40
         service.kill()  # caps, cooldowns and the handled sequences come back from the state topic
         send_changes(s, first[-40:] + second)  # re-delivered across the restart, then new ones
-        service = WorkerProcess(s, {}, log, command=cmd)
+        service = start_service(s, rules_file, log)
         want = expected(changes)
-        got = notifications(s, len(want) - len(want_first))  # at least the new ones, from the restarted service
+        got = notifications(
+            service, s, len(want) - len(want_first)
+        )  # at least the new ones, from the restarted service
         dead = read_all(s.bootstrap_servers, f"{s.notifications_topic}-dlq")
     finally:
         service.stop()
@@ -233,9 +227,9 @@ def test_webhook_sink_retries_and_dead_letters_what_it_cannot_deliver(
     failing = {i for i, n in treated.items() if n["user_id"].endswith("7")}
     assert failing and len(failing) < len(treated)
     send_changes(s, changes)
-    service = WorkerProcess(s, {}, tmp_path / "triggers.log", command=("triggers", "--rules", str(rules_file)))
+    service = start_service(s, rules_file, tmp_path / "triggers.log")
     try:
-        notifications(s, len(want))
+        notifications(service, s, len(want))
         deadline = time.monotonic() + 60
         while len(Receiver.taken) < len(treated) - len(failing) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -297,12 +291,12 @@ def test_campaign_effectiveness_finds_the_uplift_of_a_world_where_treated_users_
     produce(s.bootstrap_servers, s.input_topic, [(e["user_id"].encode(), codec.dumps(e)) for e in events[:600]])
     send_changes(s, changes)
     produce(s.bootstrap_servers, s.input_topic, [(e["user_id"].encode(), codec.dumps(e)) for e in events[600:]])
-    service = WorkerProcess(s, {}, tmp_path / "triggers.log", command=("triggers", "--rules", str(rules_file)))
+    service = start_service(s, rules_file, tmp_path / "triggers.log")
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                m = service_metrics(s)
+                m = service.metrics()
             except OSError:  # not serving yet
                 m = {}
             goals = m.get("segment_worker_triggers_goal_events_total", 0)
@@ -310,8 +304,7 @@ def test_campaign_effectiveness_finds_the_uplift_of_a_world_where_treated_users_
             if (goals >= 600 and applied >= 600) or time.monotonic() > deadline:  # every purchase and change read
                 break
             time.sleep(0.5)
-        with urllib.request.urlopen(f"http://127.0.0.1:{s.triggers_web_port}/campaigns", timeout=5) as resp:
-            (row,) = codec.loads(resp.read())["campaigns"]
+        (row,) = service.get("/campaigns")["campaigns"]
     finally:
         service.stop()
     assert (row["campaign"], row["persona"]) == ("win-back", "dormant")

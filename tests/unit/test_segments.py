@@ -81,10 +81,10 @@ def test_members_enter_and_exit_exactly_when_the_condition_flips_beside_the_pers
     times = [T0 + i * HOUR for i in range(6)]
     for i, t in enumerate(times):
         res = step(seg, [rec("u", "purchase" if i == 4 else "view", t, 50.0 if i == 4 else None)])
-        memberships += [codec.loads(m) for _, m in res.memberships]
+        memberships += [codec.loads(m) for *_, m in res.memberships]
         changes += [codec.loads(c) for _, c, _ in res.changes]
     res = step(seg, [rec("w", "view", T0 + 10 * 86_400_000)])  # u goes dormant; its memberships re-evaluated too
-    memberships += [codec.loads(m) for uid, m in res.memberships if uid == "u"]
+    memberships += [codec.loads(m) for uid, *_, m in res.memberships if uid == "u"]
     changes += [codec.loads(c) for _, c, _ in res.changes]
     for m in memberships:
         jsonschema.validate(m, SCHEMA)

@@ -70,7 +70,8 @@ class BatchResult:
     duplicates: int = 0
     partitions: set[int] = field(default_factory=set)
     transitions: list[tuple[str, str]] = field(default_factory=list)  # (from or "none", to)
-    memberships: list[tuple[str, bytes]] = field(default_factory=list)  # user id, segment-membership record
+    # user id, segment, action, the segment-membership record
+    memberships: list[tuple[str, str, str, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -342,7 +343,7 @@ class Segmenter:
                 "condition": rule.condition if rule else None,
                 "features": {n: round(feats.get(n, 0.0), 4) for n in (rule.names if rule else ())},
             }
-            res.memberships.append((uid, codec.dumps(record)))
+            res.memberships.append((uid, name, action, codec.dumps(record)))
         state.rule_segments = now
 
     def _remember(

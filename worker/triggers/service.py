@@ -61,6 +61,7 @@ class TriggerService:
         self.ready = asyncio.Event()
         self.tally = Tally()
         self.goals = {c.goal.event_type for c in rules.campaigns if c.goal is not None}
+        self._goal_bytes = tuple(g.encode() for g in self.goals)  # a cheap look before a record is decoded
         self.by_user = f"{settings.app_id}-events-by-user"  # the worker's topic of re-routed input records
         self.part = partitioner(settings.partitions)
         self.sink = (
@@ -201,7 +202,7 @@ class TriggerService:
         """User events: goal events convert exposures. An input record on another partition than its user's is
         skipped here and read from the re-routing topic, where the worker puts it on the right one."""
         for r in records:
-            if not r.value or not any(g.encode() in r.value for g in self.goals):
+            if not r.value or not any(g in r.value for g in self._goal_bytes):
                 continue
             try:
                 doc = codec.loads(r.value)
