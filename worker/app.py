@@ -3,8 +3,8 @@
 Data path::
 
     input topic ──ingest agent──► Segmenter ──► segment-changes, dead letters, users table (changelog)
-         │  records whose user lives on another partition
-         └──────────► <app>-events-by-user (keyed by user_id) ──same agent code──► Segmenter
+    erasure topic ──────┘ │  records whose user lives on another partition
+                          └──► <app>-events-by-user (keyed by user_id) ──same agent code──► Segmenter
     Segmenter samples ──► <app>-training-samples (1 partition: one trainer per group)
     trainer agent ──► models global table (every worker reads the same snapshot)
 """
@@ -58,7 +58,9 @@ VERIFY_IDLE = 5
 FREEZE_AFTER = 100_000  # changelog records read at once beyond which the collector leaves them alone (read_changelog)
 H_SRC_PARTITION = "sw.src.partition"
 H_SRC_OFFSET = "sw.src.offset"
-INPUT, BY_USER = "input", "by_user"  # the two consumed streams (metric label, key of their positions in state)
+H_KIND = "sw.kind"  # a re-routed erasure request says so (events carry no kind header)
+# the consumed streams (metric label, key of their positions in state)
+INPUT, BY_USER, ERASURES = "input", "by_user", "erasures"
 PROBE_AFTER = 5.0  # seconds a partition's position may stand still before the broker is asked for what follows
 PROBE_MAX = 30.0  # longest wait between probes of a partition that has nothing new
 SAMPLES_PER_RECORD = 500  # training samples per record on the samples topic (about 300 kB)
@@ -185,15 +187,18 @@ def _raw_topic(app: faust.App, name: str, partitions: int, internal: bool = Fals
 def _input_record(
     stream: str, partition: int, offset: int, key: Any, value: Any, headers: Any, n: int, now: float
 ) -> InputRecord:
-    """An input record as the core wants it, from a Faust message or a broker record of either consumed stream."""
+    """An input record as the core wants it, from a Faust message or a broker record of any consumed stream."""
     if stream == INPUT:
         return InputRecord(value, key, partition, offset, partition, offset, now)
+    if stream == ERASURES:
+        return InputRecord(value, key, partition, offset, partition, offset, now, "erasure")
     h = dict(headers or ())
     try:
         src_p, src_o = int(h[H_SRC_PARTITION]), int(h[H_SRC_OFFSET])
     except (KeyError, ValueError):  # written by someone else: fence on this topic's coordinates
         src_p, src_o = partition + n, offset
-    return InputRecord(value, key, partition, offset, src_p, src_o, now)
+    kind = "erasure" if h.get(H_KIND) == b"erasure" else "event"
+    return InputRecord(value, key, partition, offset, src_p, src_o, now, kind)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -235,6 +240,7 @@ def create_app(settings: Settings) -> faust.App:
     # the two consumed streams: their offsets are the worker's own (the offset gate's positions, kept in state and
     # committed from there), not Faust's acknowledgement tracking
     source = _raw_topic(app, s.input_topic, n, acks=False)
+    erasures = _raw_topic(app, s.erasure_topic, n, acks=False)
     by_user = _raw_topic(app, f"{s.app_id}-events-by-user", n, internal=True, acks=False)
     # acknowledged by the trainer itself: committed once the model holding them is published
     samples_topic = _raw_topic(app, f"{s.app_id}-training-samples", 1, internal=True, acks=False)
@@ -253,20 +259,25 @@ def create_app(settings: Settings) -> faust.App:
     local = LocalStore(Path(s.data_dir) / f"{s.app_id}-state.rocksdb") if s.state_store == "rocksdb" else None
     kept_locally = {t.changelog_topic.get_topic_name(): t.name for t in (users, part_meta)}
 
-    def stage(table: Any, key: str, value: bytes) -> Record:
-        """Set a table key in memory and return its changelog record, for the outbox or :func:`put` to send.
+    def stage(table: Any, key: str, value: bytes | None) -> Record:
+        """Set a table key in memory (``None``: delete it) and return its changelog record (a tombstone for a
+        deletion), for the outbox or :func:`put` to send.
 
         Not ``table[key] = value``: that queues the record in Faust's producer buffer, whose flush before an
         offset commit gives up after 0.1 s, so a commit could cover state still unsent (seen here as a lost
         event after a restart). Our sends are awaited until delivered.
         """
         partition = table.partition_for_key(key)
-        _values(table)[key] = value
-        _key_partition_map(table)[key] = partition
+        if value is None:
+            _values(table).pop(key, None)
+            _key_partition_map(table).pop(key, None)
+        else:
+            _values(table)[key] = value
+            _key_partition_map(table)[key] = partition
         key_bytes = app.serializers.dumps_key(table.key_type, key, serializer=table.key_serializer)
         return (table.changelog_topic.get_topic_name(), key_bytes, value, partition, None)
 
-    async def send(topic: str, key: bytes | None, value: bytes, partition: int | None, headers: Any) -> Any:
+    async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None, headers: Any) -> Any:
         """Hand one record to the producer; returns the delivery future."""
         return await app.producer.send(topic, key, value, partition, None, headers)
 
@@ -302,8 +313,9 @@ def create_app(settings: Settings) -> faust.App:
     segment_rules = load_segment_rules(s.segment_rules, s.half_lives_ms) if s.segment_rules else ()
     membership_name = _raw_topic(app, s.membership_topic, n).get_topic_name() if segment_rules else ""
     segmenter = Segmenter(s, user_states, owner_of, segment_rules=segment_rules)
+    pseudonym = segmenter.parser.pseudonym
     # per consumed stream: its topic and the gate holding each owned partition's position (kept in part_meta)
-    streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name()}
+    streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name(), ERASURES: erasures.get_topic_name()}
     gates = {stream: OffsetGate() for stream in streams}
     isolation = "read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted"
     filler = RangeReader(s.bootstrap_servers, isolation)  # holes in a batch, under the core lock
@@ -728,20 +740,28 @@ def create_app(settings: Settings) -> faust.App:
         outputs: list[Record] = []
         for owner, uid, rec in res.forward:
             headers = [(H_SRC_PARTITION, str(rec.src_partition).encode()), (H_SRC_OFFSET, str(rec.src_offset).encode())]
+            if rec.kind == "erasure":
+                headers.append((H_KIND, b"erasure"))
             outputs.append((by_user_name, uid.encode(), rec.value or b"", owner, headers))
         for d in res.dead:
             r = d.record
+            source_topic = s.erasure_topic if r.kind == "erasure" else s.input_topic
             headers = [
                 ("dlq.reason", d.reason.encode()),
                 ("dlq.detail", d.detail.encode()),
-                ("dlq.source.topic", s.input_topic.encode()),
+                ("dlq.source.topic", source_topic.encode()),
                 ("dlq.source.partition", str(r.src_partition).encode()),
                 ("dlq.source.offset", str(r.src_offset).encode()),
             ]
             outputs.append((dlq_name, r.key, r.value or b"", None, headers))
             metrics.EVENTS_DEAD_LETTERED.labels(d.reason).inc()
-            log.warning(
-                "dead letter %s at %s/%d/%d: %s", d.reason, s.input_topic, r.src_partition, r.src_offset, d.detail[:120]
+            log.warning(  # the problem, never the record: at most log_max_chars of it
+                "dead letter %s at %s/%d/%d: %s",
+                d.reason,
+                source_topic,
+                r.src_partition,
+                r.src_offset,
+                d.detail[: s.log_max_chars],
             )
         outputs.extend((output_name, uid.encode(), change, partition_of(uid), None) for uid, change, _ in res.changes)
         for uid, segment, action, membership in res.memberships:
@@ -751,6 +771,7 @@ def create_app(settings: Settings) -> faust.App:
             chunk = b"[" + b",".join(res.samples[i : i + SAMPLES_PER_RECORD]) + b"]"
             outputs.append((samples_name, None, chunk, 0, None))
         states = [(uid, stage(users, uid, wire.encode(state))) for uid, state in res.dirty.items()]
+        states += [(uid, stage(users, uid, None)) for uid in res.erased]  # tombstones: compaction drops the user
         positions = []
         durable_after: dict[tuple[str, int], int] = {}
         for p in res.partitions.union(advanced):
@@ -776,29 +797,29 @@ def create_app(settings: Settings) -> faust.App:
         metrics.EVENTS_PROCESSED.inc(res.processed)
         metrics.EVENTS_DUPLICATE.inc(res.duplicates)
         metrics.EVENTS_FORWARDED.inc(len(res.forward))
+        metrics.ERASURES.inc(res.erasures)
+        metrics.CONSENT_WITHDRAWALS.inc(res.withdrawals)
+        metrics.EVENTS_EXCLUDED.inc(res.excluded)
         for segment, count in segmenter.counts.items():
             metrics.PERSONA_USERS.labels(segment).set(count)
         metrics.USERS.set(len(users))
 
-    @app.agent(source, name="ingest")
-    async def ingest(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_size, within=s.batch_window):
-            now = time.monotonic()
-            batch = [
-                _input_record(INPUT, m.partition, m.offset, m.key, m.value, None, n, now)
-                for m in (e.message for e in events)
-            ]
-            await handle(INPUT, batch)
+    def ingest_agent(stream_name: str, topic: Any, name: str) -> None:
+        """The agent of one consumed stream: batches of its records through :func:`handle`."""
 
-    @app.agent(by_user, name="ingest-by-user")
-    async def ingest_by_user(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_size, within=s.batch_window):
-            now = time.monotonic()
-            batch = [
-                _input_record(BY_USER, m.partition, m.offset, m.key, m.value, m.headers, n, now)
-                for m in (e.message for e in events)
-            ]
-            await handle(BY_USER, batch)
+        @app.agent(topic, name=name)
+        async def ingest(stream: Any) -> None:
+            async for events in stream.take_events(s.batch_size, within=s.batch_window):
+                now = time.monotonic()
+                batch = [
+                    _input_record(stream_name, m.partition, m.offset, m.key, m.value, m.headers, n, now)
+                    for m in (e.message for e in events)
+                ]
+                await handle(stream_name, batch)
+
+    ingest_agent(INPUT, source, "ingest")
+    ingest_agent(BY_USER, by_user, "ingest-by-user")
+    ingest_agent(ERASURES, erasures, "erasures")
 
     # --- the trainer ---------------------------------------------------------------------------------
     # One member of the group trains: the one assigned the single samples partition. Faust's assignment says who;
@@ -926,6 +947,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/users/{user_id}")
     async def user_view(web: View, request: Request, user_id: str) -> Response:
+        user_id = pseudonym(user_id)  # asked by raw id: the state is kept under the pseudonym, if configured
         try:  # the worker holding the user's partition answers
             return await app.router.route_req(users.name, user_id, web.web, request)
         except SameNode:
@@ -936,8 +958,10 @@ def create_app(settings: Settings) -> faust.App:
         if partition_of(user_id) not in owned:  # ours, but its state is not read yet (start-up, rebalance)
             return retry_later(web, "the state of this user's partition is being recovered", user_id)
         state = user_states.get(user_id)
-        if state is None:
+        if state is None:  # never seen, or erased
             return json_response(web, {"error": "unknown user", "user_id": user_id}, status=404)
+        if state.opted_out:  # nothing is kept beyond the fact
+            return json_response(web, {"user_id": user_id, "consent": {"segmentation": False}})
         as_of = max(state.last_ts, segmenter.watermarks.get(partition_of(user_id)))
         return json_response(
             web,

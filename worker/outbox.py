@@ -24,9 +24,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-# (topic, key, value, partition, headers)
-Record = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
-Send = Callable[[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None], Awaitable[Awaitable[Any]]]
+# (topic, key, value (None: a tombstone), partition, headers)
+Record = tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]
+Send = Callable[
+    [str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None], Awaitable[Awaitable[Any]]
+]
 
 
 @dataclass(slots=True)

@@ -50,6 +50,16 @@ class Settings:
         },
     )
     input_topic: str = field(default="user-events", metadata={"help": "topic of user events"})
+    erasure_topic: str = field(
+        default="user-erasures", metadata={"help": "topic of erasure requests (erasure-request.v1; same partitions)"}
+    )
+    pseudonym_key: str = field(
+        default="",
+        metadata={
+            "help": "when set, user ids are replaced at ingest by their HMAC-SHA256 under this secret (32 hex "
+            "digits): state and outputs never hold a raw id"
+        },
+    )
     output_topic: str = field(default="segment-changes", metadata={"help": "topic of segment-change events"})
     dlq_topic: str = field(default="user-events-dlq", metadata={"help": "dead-letter topic for bad input"})
     segment_rules: str = field(
@@ -77,6 +87,9 @@ class Settings:
     )
     session_timeout: float = field(default=10.0, metadata={"help": "consumer group session timeout, seconds"})
     log_level: str = field(default="info", metadata={"help": "crit, error, warn, info or debug"})
+    log_max_chars: int = field(
+        default=120, metadata={"help": "longest excerpt of an input record's problem a log line may carry"}
+    )
     # --- ingest --------------------------------------------------------------------------------------
     batch_size: int = field(default=2000, metadata={"help": "events taken per processing batch"})
     batch_window: float = field(default=0.05, metadata={"help": "seconds to wait to fill a batch"})

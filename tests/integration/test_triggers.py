@@ -65,7 +65,7 @@ def changes_of(users: int, seed: int) -> list[dict[str, Any]]:
             out.append(
                 {
                     "schema": "segment-change.v1",
-                    "event_id": change_id(uid, seq, before, after),
+                    "event_id": change_id(uid, seq, before, after, t0),
                     "user_id": uid,
                     "from_segment": before,
                     "to_segment": after,
@@ -268,7 +268,7 @@ def test_campaign_effectiveness_finds_the_uplift_of_a_world_where_treated_users_
         t = t0 + rng.randint(0, 72) * HOUR
         change = {
             "schema": "segment-change.v1",
-            "event_id": change_id(uid, 2, "p1", "dormant"),
+            "event_id": change_id(uid, 2, "p1", "dormant", t0),
             "user_id": uid,
             "from_segment": "p1",
             "to_segment": "dormant",

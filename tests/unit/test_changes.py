@@ -17,7 +17,8 @@ from worker.changes.silence import BUCKET_MS, SilenceIndex
 from worker.clustering import ModelSnapshot
 from worker.events.timefmt import format_rfc3339
 from worker.features import FeatureSpace, UserState
-from worker.features.wire import EncodedStates
+from worker.features.wire import MARKER, EncodedStates
+from worker.segments.rules import parse_segment_rules
 from worker.settings import Settings
 
 DAY = 86_400_000
@@ -53,17 +54,19 @@ def test_immediate_moves_skip_confirmation() -> None:
 
 
 def test_change_ids_are_deterministic() -> None:
-    assert change_id("u", 2, "p1", "p2") == change_id("u", 2, "p1", "p2")
+    assert change_id("u", 2, "p1", "p2", T0) == change_id("u", 2, "p1", "p2", T0)
     assert (
         len(
             {
-                change_id("u", 2, "p1", "p2"),
-                change_id("u", 3, "p1", "p2"),
-                change_id("v", 2, "p1", "p2"),
-                change_id("u", 1, None, "p2"),
+                change_id("u", 2, "p1", "p2", T0),
+                change_id("u", 3, "p1", "p2", T0),
+                change_id("v", 2, "p1", "p2", T0),
+                change_id("u", 1, None, "p2", T0),
+                change_id("u", 2, "p1", None, T0),
+                change_id("u", 2, "p1", "p2", T0 + 1),  # the same move in a later profile of the user
             }
         )
-        == 4
+        == 6
     )
 
 
@@ -100,6 +103,8 @@ def step(seg: Segmenter, records: list[InputRecord]) -> BatchResult:
     """What the Faust glue does around the core: process a batch, write back the changed states."""
     res = seg.process(records, 2**62, 0.0)
     seg.store.update(res.dirty)
+    for uid in res.erased:  # the tombstones
+        seg.store.pop(uid, None)
     return res
 
 
@@ -306,3 +311,102 @@ def test_changes_carry_the_users_time_zone_when_known(zone: str | None, expected
     doc = codec.loads(raw)
     jsonschema.validate(doc, CHANGE_SCHEMA)
     assert doc["timezone"] == expected
+
+
+# --- users leaving: erasure requests and consent ---------------------------------------------------------------
+
+
+def erasure(uid: str, t: int, offset: int, partition: int = 0) -> InputRecord:
+    body = codec.dumps({"user_id": uid, "requested_at": format_rfc3339(t), "request_id": "r-1"})
+    return InputRecord(body, None, partition, offset, partition, offset, 0.0, "erasure")
+
+
+def consent(uid: str, t: int, given: bool, offset: int) -> InputRecord:
+    body = {"user_id": uid, "event_type": "view", "timestamp": t, "context": {"consent": {"segmentation": given}}}
+    return InputRecord(codec.dumps(body), None, 0, offset, 0, offset, 0.0)
+
+
+def buyer_settings() -> Settings:
+    return Settings(min_events=3, confirmations=1, min_margin=0.0, dormant_after_days=5, erasure_topic="erase-me")
+
+
+def segmenter_with_buyer(encoded: bool) -> tuple[Segmenter, Callable[..., InputRecord], list[dict[str, object]]]:
+    """A segmenter whose user ``u`` is a buyer (p2) and in the custom segment ``spenders``."""
+    s = buyer_settings()
+    rules = parse_segment_rules({"segments": {"spenders": "monetary_total > 100"}}, s.half_lives_ms)
+    store: MutableMapping[str, UserState] = EncodedStates({}) if encoded else {}
+    seg = Segmenter(s, store, lambda _u: 0, segment_rules=rules)
+    seg.set_model(two_persona_model(s))
+    rec = record_factory()
+    docs = []
+    for i in range(5):
+        res = step(seg, [rec("u", "purchase", T0 + i * 3_600_000, 80.0), rec("w", "view", T0 + i * 3_600_000)])
+        docs += [codec.loads(c) for _, c, _ in res.changes if codec.loads(c)["user_id"] == "u"]
+    assert store["u"].segment == "p2" and store["u"].rule_segments == ["spenders"]
+    return seg, rec, docs
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["objects", "encoded"])
+def test_an_erasure_deletes_the_user_with_one_final_change_and_a_fresh_profile_follows(encoded: bool) -> None:
+    seg, rec, before = segmenter_with_buyer(encoded)
+    assert seg.counts["p2"] == 1
+    t_erase = T0 + 6 * 3_600_000
+    # in one batch: an event of u (its evaluation and sample go with the state), the erasure, another user's event
+    res = step(seg, [rec("u", "purchase", T0 + 5 * 3_600_000, 80.0), erasure("u", t_erase, 41), rec("w", "view", T0)])
+    assert res.erased == {"u"} and "u" not in seg.store and res.erasures == 1
+    (final,) = [codec.loads(c) for uid, c, _ in res.changes if uid == "u"]
+    jsonschema.validate(final, CHANGE_SCHEMA)
+    assert (final["from_segment"], final["to_segment"], final["to_segment_name"]) == ("p2", None, None)
+    assert final["trigger"] == "erased" and final["reasons"] == [] and final["sequence"] == len(before) + 1
+    assert final["changed_at"] == format_rfc3339(t_erase)
+    assert final["source"] == {"topic": "erase-me", "partition": 0, "offset": 41}
+    assert [(m[0], m[1], m[2]) for m in res.memberships] == [("u", "spenders", "exited")]
+    assert seg.counts["p2"] == 0 and ("p2", "none") in res.transitions
+    assert len(res.samples) == len(res.sampled) and all(st is not None for st in res.sampled)
+    assert all(b'"u"' not in sample for sample in res.samples)  # samples never name the user
+    # again: nothing left to erase, nothing emitted
+    again = step(seg, [erasure("u", t_erase, 42)])
+    assert not again.changes and not again.memberships and again.erased == {"u"} and "u" not in seg.store
+    # the silence timer of the old profile finds nothing: a watermark far past it resurrects nobody
+    late = step(seg, [rec("w", "view", T0 + 30 * DAY)])
+    assert "u" not in seg.store and all(uid != "u" for uid, _, _ in late.changes)
+    # events after the erasure: a fresh profile, a new chain whose ids differ from the first chain's
+    after = []
+    for i in range(5):
+        after += step(seg, [rec("u", "purchase", T0 + 31 * DAY + i * 3_600_000, 80.0)]).changes
+    fresh = [codec.loads(c) for uid, c, _ in after if uid == "u"]
+    assert fresh[0]["sequence"] == 1 and seg.store["u"].n == 5
+    assert fresh[0]["event_id"] not in {d["event_id"] for d in before}
+    assert (fresh[0]["from_segment"], fresh[0]["to_segment"]) == (before[0]["from_segment"], before[0]["to_segment"])
+
+
+def test_an_erasure_between_events_of_one_batch_and_for_another_partition() -> None:
+    seg, rec, _ = segmenter_with_buyer(encoded=True)
+    res = step(seg, [erasure("u", T0, 50), rec("u", "view", T0 + 7 * 3_600_000)])
+    assert not res.erased and seg.store["u"].n == 1 and seg.store["u"].segment is None  # erased, then a new profile
+    seg.partition_of = lambda uid: 1 if uid == "x" else 0
+    res = step(seg, [erasure("x", T0, 51), InputRecord(b"{}", None, 0, 52, 0, 52, 0.0, "erasure")])
+    assert [(owner, uid) for owner, uid, _ in res.forward] == [(1, "x")]
+    assert [(d.reason, d.record.kind) for d in res.dead] == [("missing_field", "erasure")]
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["objects", "encoded"])
+def test_withdrawn_consent_keeps_a_marker_until_consent_is_given_again(encoded: bool) -> None:
+    seg, rec, before = segmenter_with_buyer(encoded)
+    res = step(seg, [consent("u", T0 + 6 * 3_600_000, False, 60)])
+    (final,) = [codec.loads(c) for _, c, _ in res.changes]
+    jsonschema.validate(final, CHANGE_SCHEMA)
+    assert (final["to_segment"], final["trigger"], final["sequence"]) == (None, "consent_withdrawn", len(before) + 1)
+    assert res.withdrawals == 1 and seg.store["u"].opted_out and seg.counts["p2"] == 0
+    if encoded:
+        assert isinstance(seg.store, EncodedStates) and seg.store.data["u"] == MARKER  # nothing but the fact
+    # events without consent: not applied, not sampled, no change, not dead letters
+    res = step(seg, [rec("u", "purchase", T0 + 7 * 3_600_000 + i, 80.0) for i in range(5)])
+    assert res.excluded == 5 and not res.changes and not res.samples and not res.dead and seg.store["u"].opted_out
+    assert not step(seg, [consent("u", T0 + 8 * 3_600_000, False, 61)]).changes  # withdrawn twice: nothing new
+    # consent given again: a fresh profile from that event on
+    res = step(seg, [consent("u", T0 + 9 * 3_600_000, True, 62)])
+    assert not seg.store["u"].opted_out and seg.store["u"].n == 1 and res.processed == 1
+    # a user never seen who opts out: only the marker
+    step(seg, [consent("new", T0, False, 63)])
+    assert seg.store["new"].opted_out and seg.store["new"].n == 0

@@ -40,7 +40,7 @@ def change(
 ) -> dict[str, Any]:
     return {
         "schema": "segment-change.v1",
-        "event_id": change_id(user, seq, before, to),
+        "event_id": change_id(user, seq, before, to, 0),
         "user_id": user,
         "from_segment": before,
         "to_segment": to,

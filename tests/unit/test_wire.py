@@ -121,9 +121,9 @@ def test_records_written_before_the_history_was_kept_still_decode() -> None:
     new = encode(s)
     assert new.startswith(old) and decode(old).history == [] and decode(new).history == s.history
     assert peek(new) == peek(old)  # the index rebuild does not read it
-    legacy = s.to_wire()[:-3]  # the all-JSON form before the history and custom segment fields
+    legacy = s.to_wire()[:-4]  # the all-JSON form before the history, custom segment and origin fields
     back = UserState.from_wire(legacy)
-    assert (back.history, back.rule_segments, back.rule_seq) == ([], [], 0)
+    assert (back.history, back.rule_segments, back.rule_seq, back.origin) == ([], [], 0, s.first_ts)
     assert decode(old[: len(old)] + b'[[1, null, "p3", 0, "event", []]]').history == [
         [1, None, "p3", s.last_ts, "event", []]
     ]

@@ -9,11 +9,17 @@ unit-tested without a broker or an event loop. One batch:
 2. evaluate every applied event against the current model in one vectorised call, then run each user's
    hysteresis in event order, so the outcome does not depend on how records were batched;
 3. re-evaluate users whose silence timer the partition's watermark has passed (dormancy included).
+
+Users can leave: an erasure request (a record of kind ``erasure``) deletes the user's state, an event withdrawing
+consent replaces it by a marker. Either way a user who had a persona gets one final change with ``to_segment``
+null, and leaves the custom segments. Events after that start a fresh profile (after a withdrawal, only once an
+event gives consent again).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, MutableMapping
@@ -50,6 +56,7 @@ class InputRecord:
     src_partition: int  # partition of the input topic it first arrived on (differs only when forwarded)
     src_offset: int
     consumed_at: float  # monotonic seconds, for the event→change latency
+    kind: str = "event"  # or "erasure": a request on the erasure topic (forwarded ones carry it in a header)
 
 
 @dataclass(slots=True)
@@ -72,6 +79,11 @@ class BatchResult:
     transitions: list[tuple[str, str]] = field(default_factory=list)  # (from or "none", to)
     # user id, segment, action, the segment-membership record
     memberships: list[tuple[str, str, str, bytes]] = field(default_factory=list)
+    erased: set[str] = field(default_factory=set)  # users whose state is to be deleted (tombstones)
+    erasures: int = 0  # erasure requests applied
+    withdrawals: int = 0  # events that withdrew consent
+    excluded: int = 0  # events of users without consent, not applied
+    sampled: list[UserState] = field(default_factory=list)  # the state each sample is of (never written out)
 
 
 @dataclass(slots=True)
@@ -80,7 +92,7 @@ class _Eval:
     state: UserState
     t: int
     n: int
-    trigger: str  # "event" or "silence"
+    trigger: str  # "event", "silence", "erased" or "consent_withdrawn"
     source: tuple[int, int]
     consumed_at: float
     dormant: bool = False
@@ -100,7 +112,11 @@ class Segmenter:
         self._rules_by_name = {r.name: r for r in segment_rules}
         self.store = store
         self.partition_of = partition_of
-        self.parser = EventParser(settings.max_event_bytes, int(settings.max_future_seconds * 1000))
+        self.parser = EventParser(
+            settings.max_event_bytes, int(settings.max_future_seconds * 1000), settings.pseudonym_key
+        )
+        # training samples carry a keyed digest of the user, never the id: the key lives only in this process
+        self._sample_key = os.urandom(16)
         self.half_lives = settings.half_lives_ms
         self.checks = settings.silence_checks_ms
         self.session_gap_ms = int(settings.session_gap_seconds * 1000)
@@ -149,7 +165,11 @@ class Segmenter:
         model = self.model
         space = model.space if model else None
         s = self.s
+        wiped: set[str] = set()  # erased in this batch: not to be read from the store again
         for rec in records:
+            if rec.kind == "erasure":
+                self._erasure(res, rec, now_ms, wiped)
+                continue
             try:
                 ev = self.parser.parse(rec.value, now_ms)
             except InvalidEvent as exc:
@@ -163,12 +183,27 @@ class Segmenter:
             if owner != rec.partition:
                 res.forward.append((owner, uid, rec))
                 continue
-            state = res.dirty.get(uid) or self.store.get(uid)
+            state = res.dirty.get(uid) or (None if uid in wiped else self.store.get(uid))
+            if ev.consent is False:
+                if state is None or not state.opted_out:
+                    self._leave(res, uid, state, ev.ts, "consent_withdrawn", rec)
+                    res.dirty[uid] = UserState.marker()
+                    res.erased.discard(uid)
+                    wiped.add(uid)
+                    res.withdrawals += 1
+                    res.partitions.add(owner)
+                continue
+            if state is not None and state.opted_out:
+                if not ev.consent:  # no consent given again: nothing of the event is kept
+                    res.excluded += 1
+                    continue
+                state = None
             if state is None:
                 state = UserState(len(self.half_lives))
             elif state.seen(rec.src_partition, rec.src_offset):
                 res.duplicates += 1
                 continue
+            res.erased.discard(uid)
             apply_event(state, ev, self.half_lives, s.max_types_per_user, self.session_gap_ms)
             state.fence(rec.src_partition, rec.src_offset)
             if self.segment_rules:
@@ -182,7 +217,7 @@ class Segmenter:
             state.due = state.last_ts + self.checks[0] if self.checks else 0
             if state.n >= s.min_events:
                 if self._want_sample(state.n):
-                    res.samples.append(codec.dumps([uid, state.to_wire(), state.last_ts]))
+                    self._sample(res, uid, state, state.last_ts)
                 if space is not None:
                     t = state.last_ts
                     evals.append(
@@ -192,10 +227,55 @@ class Segmenter:
         for uid, state in res.dirty.items():
             if state.due:
                 self.silence.schedule(self.partition_of(uid), uid, state.due)
-        self._collect_silent(res, evals, rows, now_mono)
+        self._collect_silent(res, evals, rows, now_mono, wiped)
+        if wiped:  # what the batch computed for a user before an erasure or a withdrawal goes with the state
+            keep = [i for i, e in enumerate(evals) if res.dirty.get(e.user_id) is e.state]
+            evals, rows = [evals[i] for i in keep], [rows[i] for i in keep]
+            live = {id(state) for state in res.dirty.values() if not state.opted_out}
+            keep = [i for i, state in enumerate(res.sampled) if id(state) in live]
+            res.samples = [res.samples[i] for i in keep]
+            res.sampled = [res.sampled[i] for i in keep]
         if model is not None and evals:
             self._evaluate(model, evals, rows, res)
         return res
+
+    def _erasure(self, res: BatchResult, rec: InputRecord, now_ms: int, wiped: set[str]) -> None:
+        """An erasure request: forwarded to the user's partition, or the user's state deleted there."""
+        try:
+            req = self.parser.parse_erasure(rec.value, now_ms)
+        except InvalidEvent as exc:
+            res.dead.append(DeadLetter(rec, exc.reason, exc.detail))
+            return
+        uid = req.user_id
+        owner = self.partition_of(uid)
+        if owner != rec.partition:
+            res.forward.append((owner, uid, rec))
+            return
+        state = res.dirty.pop(uid, None) or (None if uid in wiped else self.store.get(uid))
+        self._leave(res, uid, state, req.requested_at, "erased", rec)
+        wiped.add(uid)
+        res.erased.add(uid)
+        res.erasures += 1
+        res.partitions.add(owner)
+
+    def _leave(self, res: BatchResult, uid: str, state: UserState | None, t: int, why: str, rec: InputRecord) -> None:
+        """A user leaves segmentation (erased, or consent withdrawn): a final change to no persona when the user
+        had one, exits from the custom segments; the caller replaces or deletes the state."""
+        if state is None or state.opted_out:
+            return
+        if state.segment is not None:
+            before = state.segment
+            e = _Eval(uid, state, t, state.n, why, (rec.src_partition, rec.src_offset), rec.consumed_at)
+            res.changes.append((uid, self._emit(state.model_version, e, before, None, 1.0, []), rec.consumed_at))
+            res.transitions.append((before, "none"))
+        if state.rule_segments:
+            self._set_rule_segments(res, uid, state, t, [], {})
+        res.dirty.pop(uid, None)
+
+    def _sample(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
+        key = hashlib.blake2b(uid.encode("utf-8", "surrogatepass"), key=self._sample_key, digest_size=8).hexdigest()
+        res.samples.append(codec.dumps([key, state.to_wire(), t]))
+        res.sampled.append(state)
 
     def sweep(self, owned: set[int], now_mono: float) -> BatchResult:
         """Give a first persona to every owned user still waiting for one (after the first model arrives),
@@ -224,13 +304,15 @@ class Segmenter:
         q, r = divmod(n, m)
         return (r == 0 and q & (q - 1) == 0) or self._rng.random() < self.s.sample_rate
 
-    def _collect_silent(self, res: BatchResult, evals: list[_Eval], rows: list[list[float]], now: float) -> None:
+    def _collect_silent(
+        self, res: BatchResult, evals: list[_Eval], rows: list[list[float]], now: float, wiped: set[str]
+    ) -> None:
         dormant_ms = self.s.dormant_after_ms
         space = self.model.space if self.model else None
         for p in sorted(res.partitions):
             wm = self.watermarks.get(p)
             for uid in self.silence.pop_due(p, wm):
-                state = res.dirty.get(uid) or self.store.get(uid)
+                state = res.dirty.get(uid) or (None if uid in wiped else self.store.get(uid))
                 if state is None or not state.due or state.due > wm:
                     continue  # erased, rescheduled by a newer event, or a stale entry
                 t = state.due
@@ -245,7 +327,7 @@ class Segmenter:
                     self._check_rules(res, uid, state, t)
                 if state.n < self.s.min_events:
                     continue
-                res.samples.append(codec.dumps([uid, state.to_wire(), t]))
+                self._sample(res, uid, state, t)
                 if space is None:
                     continue
                 dormant = bool(dormant_ms) and t - state.last_ts >= dormant_ms
@@ -279,16 +361,18 @@ class Segmenter:
             else:
                 from_index = ids.index(before) if before in ids else None
                 reasons = model_reasons(model, a.scaled[i], from_index, index[i])
-            res.changes.append((e.user_id, self._emit(model, e, before, after, margin[i], reasons), e.consumed_at))
+            res.changes.append(
+                (e.user_id, self._emit(model.version, e, before, after, margin[i], reasons), e.consumed_at)
+            )
             self._remember(state, before, after, e, reasons)
             res.transitions.append((before or "none", after))
 
     def _emit(
         self,
-        model: ModelSnapshot,
+        version: int,
         e: _Eval,
         before: str | None,
-        after: str,
+        after: str | None,
         margin: float,
         reasons: list[dict[str, Any]],
     ) -> bytes:
@@ -296,34 +380,43 @@ class Segmenter:
         state.seq += 1
         state.segment = after
         state.segment_since = e.t
-        state.model_version = model.version
+        state.model_version = version
         if before is not None:
             self.counts[before] -= 1
-        self.counts[after] += 1
+        if after is not None:
+            self.counts[after] += 1
         return codec.dumps(
             {
                 "schema": "segment-change.v1",
-                "event_id": change_id(e.user_id, state.seq, before, after),
+                "event_id": change_id(e.user_id, state.seq, before, after, state.origin),
                 "user_id": e.user_id,
                 "from_segment": before,
                 "to_segment": after,
                 "from_segment_name": self.segment_name(before),
                 "to_segment_name": self.segment_name(after),
                 "changed_at": format_rfc3339(e.t),
-                "model_version": model.version,
+                "model_version": version,
                 "trigger": e.trigger,
-                "confidence": round(1.0 if e.dormant else min(1.0, max(0.0, margin)), 4),
+                "confidence": round(1.0 if e.dormant or after is None else min(1.0, max(0.0, margin)), 4),
                 "sequence": state.seq,
                 "timezone": zone if time_zone(zone := state.context.get("timezone")) else None,
                 "reasons": reasons,
-                "source": {"topic": self.s.input_topic, "partition": e.source[0], "offset": e.source[1]},
+                "source": {
+                    "topic": self.s.erasure_topic if e.trigger == "erased" else self.s.input_topic,
+                    "partition": e.source[0],
+                    "offset": e.source[1],
+                },
             }
         )
 
     def _check_rules(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
         """Custom segments: a membership event for each one the user enters or leaves as of event time ``t``."""
         feats = rule_features(state, t, self.half_lives)
-        now = sorted(r.name for r in self.segment_rules if r.test(feats))
+        self._set_rule_segments(res, uid, state, t, sorted(r.name for r in self.segment_rules if r.test(feats)), feats)
+
+    def _set_rule_segments(
+        self, res: BatchResult, uid: str, state: UserState, t: int, now: list[str], feats: dict[str, float]
+    ) -> None:
         before = state.rule_segments
         if now == before:
             return
@@ -334,14 +427,14 @@ class Segmenter:
             rule = self._rules_by_name.get(name)  # a segment removed from the file: its members exit
             record = {
                 "schema": "segment-membership.v1",
-                "event_id": membership_id(uid, state.rule_seq, name, action),
+                "event_id": membership_id(uid, state.rule_seq, name, action, state.origin),
                 "user_id": uid,
                 "segment": name,
                 "action": action,
                 "at": format_rfc3339(t),
                 "sequence": state.rule_seq,
                 "condition": rule.condition if rule else None,
-                "features": {n: round(feats.get(n, 0.0), 4) for n in (rule.names if rule else ())},
+                "features": {n: round(feats[n], 4) for n in (rule.names if rule else ()) if n in feats},
             }
             res.memberships.append((uid, name, action, codec.dumps(record)))
         state.rule_segments = now
@@ -363,13 +456,17 @@ class Segmenter:
         return self.model.name_of(persona_id) if self.model else persona_id
 
 
-def membership_id(user_id: str, seq: int, segment: str, action: str) -> str:
-    """Same user, same position in the user's membership chain, same move → same id, after any crash or replay."""
-    key = f"{user_id}\x1f{seq}\x1f{segment}\x1f{action}".encode()
-    return hashlib.blake2b(key, digest_size=16).hexdigest()
+def membership_id(user_id: str, seq: int, segment: str, action: str, origin: int) -> str:
+    """Same profile, same position in its membership chain, same move → same id, after any crash or replay."""
+    return _event_id(user_id, origin, seq, segment, action)
 
 
-def change_id(user_id: str, seq: int, before: str | None, after: str) -> str:
-    """Same user, same position in the user's change chain, same move → same id, after any crash or replay."""
-    key = f"{user_id}\x1f{seq}\x1f{before or ''}\x1f{after}".encode()
+def change_id(user_id: str, seq: int, before: str | None, after: str | None, origin: int) -> str:
+    """Same profile (user and ``origin``, the time of its first event), same position in its change chain, same
+    move → same id, after any crash or replay; a profile started after an erasure gets ids of its own."""
+    return _event_id(user_id, origin, seq, before or "", after or "")
+
+
+def _event_id(user_id: str, origin: int, *parts: object) -> str:
+    key = "\x1f".join((user_id, *(str(p) for p in parts), str(origin))).encode("utf-8", "surrogatepass")
     return hashlib.blake2b(key, digest_size=16).hexdigest()

@@ -1,15 +1,20 @@
 """Decode and validate one input record: orjson + a schema validator compiled once (fastjsonschema).
 
+Two kinds of record come in: user events (``user-event.v1``) and erasure requests (``erasure-request.v1``).
 Anything that cannot be applied raises :class:`~worker.errors.InvalidEvent` with a stable reason code; the caller
 dead-letters the original bytes with that reason. Reason codes (the ``reason`` label of the dead-letter metric):
 
 ``empty``, ``oversize``, ``not_json``, ``non_finite_number``, ``not_object``, ``missing_field``,
 ``invalid_field``, ``bad_timestamp``, ``timestamp_in_future``, ``internal_error`` (set by the caller).
+
+User ids are replaced by their pseudonym here when the worker is configured with a key
+(:mod:`worker.events.pseudonym`): nothing after ingest sees a raw id.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,7 @@ import fastjsonschema
 
 from worker import codec
 from worker.errors import InvalidEvent
+from worker.events.pseudonym import pseudonymizer
 from worker.events.timefmt import parse_timestamp
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -39,6 +45,14 @@ class UserEvent:
     value: float | None
     session_id: str | None
     context: dict[str, str] | None
+    consent: bool | None = None  # context.consent.segmentation: False opts the user out, True back in
+
+
+@dataclass(slots=True)
+class ErasureRequest:
+    user_id: str
+    requested_at: int  # epoch ms
+    request_id: str | None
 
 
 def _short_str(x: Any, lo: int, hi: int) -> bool:
@@ -75,20 +89,73 @@ def _surely_valid(doc: dict[str, Any]) -> bool:
             x = ctx.get(key, _ABSENT)
             if x is not _ABSENT and not _short_str(x, 0, 64):
                 return False
+        consent = ctx.get("consent", _ABSENT)
+        if consent is not _ABSENT and (type(consent) is not dict or not _consent_ok(consent)):
+            return False
     props = doc.get("properties", _ABSENT)
     return props is _ABSENT or type(props) is dict
+
+
+def _consent_ok(consent: dict[str, Any]) -> bool:
+    x = consent.get("segmentation", _ABSENT)
+    return x is _ABSENT or type(x) is bool
 
 
 class EventParser:
     """Compiled once per process; ``parse`` is the per-record hot path."""
 
-    def __init__(self, max_bytes: int, max_future_ms: int) -> None:
+    def __init__(self, max_bytes: int, max_future_ms: int, pseudonym_key: str = "") -> None:
         self.max_bytes = max_bytes
         self.max_future_ms = max_future_ms
+        self.pseudonym: Callable[[str], str] = pseudonymizer(pseudonym_key)
         self._validate = fastjsonschema.compile(load_schema("user-event.v1.json"))
+        self._validate_erasure = fastjsonschema.compile(load_schema("erasure-request.v1.json"))
 
     def parse(self, raw: bytes | None, now_ms: int) -> UserEvent:
         """``now_ms`` (wall clock) only bounds how far in the future an event may claim to be."""
+        doc = self._document(raw)
+        try:
+            if not _surely_valid(doc):  # the compiled validator decides, and says why
+                self._validate(doc)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            raise _schema_error(exc, "data.timestamp") from None
+        ts = self._time(doc["timestamp"], now_ms)
+        value = doc.get("value")
+        if value is not None:
+            value = float(value)
+            if not math.isfinite(value):  # e.g. a huge integer beyond the float range
+                raise InvalidEvent("non_finite_number", "value is not a finite number")
+        ctx = doc.get("context")
+        context = {k: ctx[k] for k in CONTEXT_KEYS if k in ctx} if ctx else None
+        consent = ctx.get("consent", {}).get("segmentation") if ctx else None
+        return UserEvent(
+            self.pseudonym(doc["user_id"]),
+            doc["event_type"],
+            ts,
+            value,
+            doc.get("session_id"),
+            context or None,
+            consent,
+        )
+
+    def parse_erasure(self, raw: bytes | None, now_ms: int) -> ErasureRequest:
+        """An erasure request (``erasure-request.v1``), with the same checks and reason codes as an event."""
+        doc = self._document(raw)
+        try:
+            self._validate_erasure(doc)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            raise _schema_error(exc, "data.requested_at") from None
+        return ErasureRequest(
+            self.pseudonym(doc["user_id"]), self._time(doc["requested_at"], now_ms), doc.get("request_id")
+        )
+
+    def _time(self, raw: Any, now_ms: int) -> int:
+        ts = parse_timestamp(raw)
+        if ts > now_ms + self.max_future_ms:
+            raise InvalidEvent("timestamp_in_future", "the time is beyond the allowed clock skew")
+        return ts
+
+    def _document(self, raw: bytes | None) -> dict[str, Any]:
         if not raw:
             raise InvalidEvent("empty", "record has no value")
         if len(raw) > self.max_bytes:
@@ -102,25 +169,14 @@ class EventParser:
             raise InvalidEvent("not_json", text[:200]) from None
         if not isinstance(doc, dict):
             raise InvalidEvent("not_object", f"JSON {type(doc).__name__}, expected an object")
-        try:
-            if not _surely_valid(doc):  # the compiled validator decides, and says why
-                self._validate(doc)
-        except fastjsonschema.JsonSchemaValueException as exc:
-            if exc.rule == "required":
-                reason = "missing_field"
-            elif exc.name == "data.timestamp":
-                reason = "bad_timestamp"
-            else:
-                reason = "invalid_field"
-            raise InvalidEvent(reason, exc.message[:200]) from None
-        ts = parse_timestamp(doc["timestamp"])
-        if ts > now_ms + self.max_future_ms:
-            raise InvalidEvent("timestamp_in_future", f"{doc['timestamp']!r} is beyond the allowed clock skew")
-        value = doc.get("value")
-        if value is not None:
-            value = float(value)
-            if not math.isfinite(value):  # e.g. a huge integer beyond the float range
-                raise InvalidEvent("non_finite_number", "value is not a finite number")
-        ctx = doc.get("context")
-        context = {k: ctx[k] for k in CONTEXT_KEYS if k in ctx} if ctx else None
-        return UserEvent(doc["user_id"], doc["event_type"], ts, value, doc.get("session_id"), context or None)
+        return doc
+
+
+def _schema_error(exc: fastjsonschema.JsonSchemaValueException, time_field: str) -> InvalidEvent:
+    if exc.rule == "required":
+        reason = "missing_field"
+    elif exc.name == time_field:
+        reason = "bad_timestamp"
+    else:
+        reason = "invalid_field"
+    return InvalidEvent(reason, exc.message[:200])

@@ -35,6 +35,8 @@ class UserState:
         "model_version",
         "n",
         "offsets",
+        "opted_out",
+        "origin",
         "pending",
         "pending_n",
         "rates",
@@ -80,6 +82,17 @@ class UserState:
         self.history: list[list[Any]] = []
         self.rule_segments: list[str] = []  # the custom (rule) segments the user is in, sorted
         self.rule_seq = 0  # membership events emitted (a chain of its own, beside the persona changes')
+        # event time of the profile's first applied event: part of its change ids, so that the chain of a profile
+        # started after an erasure or a consent withdrawal never repeats an id of the chain before it
+        self.origin = 0
+        self.opted_out = False  # consent withdrawn: the state is only this marker (stored as such, see wire)
+
+    @classmethod
+    def marker(cls) -> UserState:
+        """The state of a user who withdrew consent: nothing but the fact."""
+        state = cls(0)
+        state.opted_out = True
+        return state
 
     # --- serialisation -------------------------------------------------------------------------------
     def to_wire(self) -> list[Any]:
@@ -93,6 +106,8 @@ class UserState:
             wire = [*wire, *(default() for _, default in _ADDED[len(_ADDED) - missing :])]
         for name, value in zip(_WIRE, wire, strict=True):
             setattr(state, name, value)
+        state.opted_out = False
+        state.origin = state.origin or state.first_ts
         return state
 
     # --- dedupe fence --------------------------------------------------------------------------------
@@ -114,8 +129,17 @@ class UserState:
 
 # the JSON form's field order: the older fields, then those added since, oldest first (a record without some of
 # them still reads: they take these defaults)
-_ADDED: tuple[tuple[str, Any], ...] = (("history", list), ("rule_segments", list), ("rule_seq", int))
-_WIRE = (*(s for s in UserState.__slots__ if s not in dict(_ADDED)), *(name for name, _ in _ADDED))
+_ADDED: tuple[tuple[str, Any], ...] = (
+    ("history", list),
+    ("rule_segments", list),
+    ("rule_seq", int),
+    ("origin", int),
+)
+_NOT_WIRED = ("opted_out",)  # a marker has a form of its own
+_WIRE = (
+    *(s for s in UserState.__slots__ if s not in dict(_ADDED) and s not in _NOT_WIRED),
+    *(name for name, _ in _ADDED),
+)
 
 
 def local_hour_weekday(ts: int, timezone: str | None) -> tuple[int, int]:
@@ -201,6 +225,8 @@ def apply_event(
     if weekday >= 5:
         state.weekend += slow_w
 
+    if state.n == 0:
+        state.origin = t
     if state.n == 0 or t < state.first_ts:
         state.first_ts = t
     if t > state.last_ts:

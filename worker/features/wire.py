@@ -11,8 +11,11 @@ of everything but the floats (the last event time relative to the first, the oth
 type's counts[H], as a bitmask of the non-zero ones followed by those as little-endian IEEE doubles. The JSON
 part decodes in C, and the floats are spread back by a cached ``itemgetter`` per zero pattern. After the floats,
 when the user has any, a JSON object of what was added later: ``h`` the recent segment changes (times relative to
-the last event), ``r`` and ``q`` the custom segments and their event count. Outside the skeleton, so :func:`peek`
+the last event), ``r`` and ``q`` the custom segments and their event count, ``g`` the profile's origin time
+relative to the first event (only when an out-of-order event came before it). Outside the skeleton, so :func:`peek`
 does not parse it, and a record written before it existed still decodes.
+
+A user who withdrew consent is stored as the single byte ``MARKER`` (:meth:`UserState.marker`).
 
 A record that starts with ``[`` is the older all-JSON form, which still decodes, so an existing changelog is read
 after an upgrade.
@@ -36,6 +39,7 @@ from worker.errors import SegmentWorkerError
 from worker.features.state import UserState
 
 FORMAT = 1
+MARKER = b"\x02"  # consent withdrawn: no features, only the fact
 _LEGACY_JSON = ord("[")
 _FIXED_FLOATS = 7  # value_total, sessions, weekend, daypart[4]
 _LONG = 0xFF  # a skeleton this long or longer has its length in the next 4 bytes
@@ -66,6 +70,8 @@ def _spread(mask: int, count: int) -> Callable[[tuple[float, ...]], tuple[float,
 
 
 def encode(state: UserState) -> bytes:
+    if state.opted_out:
+        return MARKER
     first, last = state.first_ts, state.last_ts
     offsets = state.offsets
     src_partition, src_offset = state.source
@@ -115,6 +121,8 @@ def encode(state: UserState) -> bytes:
         extra["h"] = [[seq, before, after, t - last, *rest] for seq, before, after, t, *rest in state.history]
     if state.rule_seq:
         extra["r"], extra["q"] = state.rule_segments, state.rule_seq
+    if state.origin != first:
+        extra["g"] = state.origin - first
     history = codec.dumps(extra) if extra else b""
     return b"".join(
         (
@@ -132,6 +140,8 @@ def decode(buf: bytes) -> UserState:
         raise StateDecodeError("empty user state")
     if buf[0] == _LEGACY_JSON:
         return UserState.from_wire(codec.loads(buf))
+    if buf == MARKER:
+        return UserState.marker()
     if buf[0] != FORMAT:
         raise StateDecodeError(f"user state in format {buf[0]}; this version reads format {FORMAT}")
     try:
@@ -150,7 +160,7 @@ def _skeleton_span(buf: bytes) -> tuple[int, int]:
 def peek(buf: bytes) -> tuple[int, str | None, int]:
     """(event count, segment, due) of an encoded state, without decoding the rest (a fifth of :func:`decode`'s
     cost): what rebuilding the persona counts and silence timers needs of every user."""
-    if buf[:1] != bytes((FORMAT,)):
+    if buf[:1] != bytes((FORMAT,)):  # the older JSON form, or a marker
         state = decode(buf)
         return state.n, state.segment, state.due
     start, end = _skeleton_span(buf)
@@ -255,4 +265,6 @@ def _decode(buf: bytes) -> UserState:
     s.history = [[seq, before, after, dt + last, *more] for seq, before, after, dt, *more in tail.get("h", ())]
     s.rule_segments = tail.get("r", [])
     s.rule_seq = tail.get("q", 0)
+    s.origin = first + tail.get("g", 0)
+    s.opted_out = False
     return s

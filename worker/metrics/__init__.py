@@ -18,6 +18,13 @@ SEGMENT_CHANGES = Counter(PREFIX + "segment_changes", "Segment-change events emi
 MEMBERSHIPS = Counter(
     PREFIX + "memberships", "Custom segment membership events emitted, by segment and action.", ["segment", "action"]
 )
+ERASURES = Counter(PREFIX + "erasures", "Erasure requests applied: the user's state deleted (whether it had any).")
+CONSENT_WITHDRAWALS = Counter(
+    PREFIX + "consent_withdrawals", "Events withdrawing consent to segmentation: the user's state became a marker."
+)
+EVENTS_EXCLUDED = Counter(
+    PREFIX + "events_excluded", "Valid events of users without consent to segmentation, not applied."
+)
 PERSONA_USERS = Gauge(PREFIX + "persona_users", "Users per persona on this worker's partitions.", ["segment"])
 USERS = Gauge(PREFIX + "users", "Users held in this worker's state (active partitions).")
 EVENT_TO_CHANGE = Histogram(

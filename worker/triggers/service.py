@@ -11,6 +11,9 @@ At-least-once, in this order per batch: the notifications are written and acknow
 then the group offsets are committed. A crash before the states land makes the changes be read again and the same
 notifications (same ``notification_id``) written again: senders dedupe by that id. A change delivered again after
 its state landed is recognised by its per-user ``sequence`` and notifies nobody.
+
+A change to no persona (``to_segment`` null: the user was erased or withdrew consent) deletes the user's trigger
+state (a tombstone on the state topic) and takes the user out of the campaign counts; nobody is notified.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from worker import codec
+from worker.events.pseudonym import pseudonymizer
 from worker.events.timefmt import parse_timestamp
 from worker.kafkaio import create_topics
 from worker.metrics import triggers as metrics
@@ -64,6 +68,7 @@ class TriggerService:
         self._goal_bytes = tuple(g.encode() for g in self.goals)  # a cheap look before a record is decoded
         self.by_user = f"{settings.app_id}-events-by-user"  # the worker's topic of re-routed input records
         self.part = partitioner(settings.partitions)
+        self.pseudonym = pseudonymizer(settings.pseudonym_key)  # goal events carry raw ids; changes the worker's
         self.sink = (
             WebhookSink(
                 settings.webhook_url,
@@ -119,6 +124,7 @@ class TriggerService:
         s = self.s
         notifications: list[Notification] = []
         dirty: dict[str, int] = {}
+        gone: dict[str, int] = {}  # users who left: their state is deleted
         dead: list[tuple[str, bytes, bytes, int | None, list[tuple[str, bytes]] | None]] = []
         for tp, records in batches.items():
             if tp.topic != s.output_topic:
@@ -128,6 +134,13 @@ class TriggerService:
                 try:
                     change = codec.loads(r.value)
                     uid = change["user_id"]
+                    if "to_segment" in change and change["to_segment"] is None:
+                        self._forget(uid)
+                        dirty.pop(uid, None)
+                        gone[uid] = tp.partition
+                        metrics.CHANGES.labels("left").inc()
+                        continue
+                    gone.pop(uid, None)
                     state = self.states.get(uid)
                     if state is None:
                         state = self.states[uid] = TriggerState()
@@ -157,8 +170,13 @@ class TriggerService:
                     metrics.SKIPPED.labels(campaign, reason).inc()
         await _send_all(
             producer,
-            [(s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None, None) for n in notifications]
-            + dead,
+            [
+                *(
+                    (s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None, None)
+                    for n in notifications
+                ),
+                *dead,
+            ],
         )
         for n in notifications:  # counted once written
             metrics.NOTIFICATIONS.labels(n.campaign, "holdout" if n.holdout else "treated").inc()
@@ -185,10 +203,13 @@ class TriggerService:
                 )
         await _send_all(
             producer,
-            (
-                (state_topic(s), uid.encode(), codec.dumps(self.states[uid].to_wire()), partition, None)
-                for uid, partition in dirty.items()
-            ),
+            [
+                *(
+                    (state_topic(s), uid.encode(), codec.dumps(self.states[uid].to_wire()), p, None)
+                    for uid, p in dirty.items()
+                ),
+                *((state_topic(s), uid.encode(), None, p, None) for uid, p in gone.items()),
+            ],
         )
         self._report()
         offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
@@ -207,6 +228,7 @@ class TriggerService:
             try:
                 doc = codec.loads(r.value)
                 uid, event_type, t = doc["user_id"], doc["event_type"], parse_timestamp(doc["timestamp"])
+                uid = self.pseudonym(uid)
             except Exception:  # the worker dead-letters bad input; nothing to count here
                 continue
             if event_type not in self.goals or (tp.topic == self.s.input_topic and self.part(uid) != tp.partition):
@@ -219,6 +241,12 @@ class TriggerService:
             for e in observe_event(state, event_type, t, self.goals):
                 self.tally.converted(e)
             dirty[uid] = tp.partition
+
+    def _forget(self, uid: str) -> None:
+        state = self.states.pop(uid, None)
+        if state is not None:
+            self.tally.add(state.outcomes, -1)
+        self.partition_of.pop(uid, None)
 
     def _report(self) -> None:
         for (campaign, persona, holdout), cell in self.tally.cells.items():
@@ -241,8 +269,7 @@ class TriggerService:
                 for r in await self.reader.read_to_end(state_topic(self.s), p):
                     uid = (r.key or b"").decode()
                     if r.value is None:
-                        self.states.pop(uid, None)
-                        self.partition_of.pop(uid, None)
+                        self._forget(uid)
                     else:
                         old = self.states.get(uid)
                         if old is not None:
@@ -259,10 +286,7 @@ class TriggerService:
         lost = {tp.partition for tp in partitions if tp.topic == self.s.output_topic}
         async with self.lock:  # the batch in flight is written and committed first
             for uid in [u for u, p in self.partition_of.items() if p in lost]:
-                state = self.states.pop(uid, None)
-                if state is not None:
-                    self.tally.add(state.outcomes, -1)
-                del self.partition_of[uid]
+                self._forget(uid)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -278,9 +302,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 async def _send_all(
     producer: AIOKafkaProducer,
-    records: Iterable[tuple[str, bytes, bytes, int | None, list[tuple[str, bytes]] | None]],
+    records: Iterable[tuple[str, bytes, bytes | None, int | None, list[tuple[str, bytes]] | None]],
 ) -> None:
-    """Send and wait until every record is acknowledged."""
+    """Send and wait until every record is acknowledged (a ``None`` value is a tombstone)."""
     futures = [
         await producer.send(topic, value, key=key, partition=p, headers=headers)
         for topic, key, value, p, headers in records
