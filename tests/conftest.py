@@ -34,6 +34,7 @@ def worker_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
         input_topic=f"events-{tag}",
         output_topic=f"changes-{tag}",
         dlq_topic=f"dlq-{tag}",
+        erasure_topic=f"erasures-{tag}",
         partitions=3,
         web_port=free_port(),
         web_host="127.0.0.1",
@@ -43,7 +44,8 @@ def worker_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
         session_timeout=6.0,
     )
     create_topics(
-        broker.bootstrap, {s.input_topic: s.partitions, s.output_topic: s.partitions, s.dlq_topic: s.partitions}
+        broker.bootstrap,
+        {t: s.partitions for t in (s.input_topic, s.output_topic, s.dlq_topic, s.erasure_topic)},
     )
     return s
 

@@ -1,0 +1,125 @@
+"""Erasure, consent and pseudonyms on a running worker and trigger service, against the real broker: erased users
+leave a tombstone on the changelog, a 404 and one final change, their trigger state is deleted, a restart does not
+bring them back and their later events start a fresh profile; withdrawn consent leaves only a marker; no raw user
+id reaches the outputs or the state."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_triggers import service_setup, start_service
+from tests.integration.test_worker import CHANGE_SCHEMA, processed, read_chains, send, wait_for
+from worker import codec
+from worker.events.pseudonym import pseudonymizer
+from worker.events.timefmt import format_rfc3339, parse_timestamp
+from worker.kafkaio import produce, read_all
+from worker.process import metric_total
+from worker.settings import Settings
+from worker.synth import generate
+
+pytestmark = pytest.mark.integration
+
+KEY = "a secret only the operator holds"
+RULES = """
+campaigns:
+  - name: welcome
+    when: {from: null, to: "*"}
+    channel: push
+"""
+
+
+def latest_per_key(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+    """What compaction keeps of a topic: the newest value per key (None: a tombstone)."""
+    return {r.key: r.value for r in read_all(bootstrap, topic) if r.key is not None}
+
+
+def test_erasure_consent_and_pseudonyms(worker_settings: Settings, start_worker: Any, tmp_path: Path) -> None:
+    s, rules_file = service_setup(
+        worker_settings, tmp_path, RULES, state_store="rocksdb", pseudonym_key=KEY, dormant_after_days=0
+    )
+    bootstrap = s.bootstrap_servers
+    p = pseudonymizer(KEY)
+    pop = generate(200, 21, seed=5)
+    send(s, pop.events)
+    worker = start_worker(s)
+    service = start_service(s, rules_file, tmp_path / "triggers.log")
+    try:
+        wait_for(worker, lambda m: processed(len(pop.events))(m) and m.get("segment_worker_model_version", 0) >= 1)
+        wait_for(worker, lambda m: metric_total(m, "segment_worker_persona_users") >= 150)
+        time.sleep(2)
+        chains = read_chains(bootstrap, s.output_topic, CHANGE_SCHEMA)
+        raw_ids = {e["user_id"] for e in pop.events}
+        assert set(chains) <= {p(u) for u in raw_ids}  # outputs name users by pseudonym only
+        assert all(len(u) == 32 for u in chains)
+        with_persona = sorted(u for u in raw_ids if p(u) in chains)
+        erased, withdrawn, kept = with_persona[:4], with_persona[4:6], with_persona[6]
+        wait_for(service, lambda m: metric_total(m, "segment_worker_triggers_users") >= len(chains), timeout=60)
+
+        # four erasure requests (one keyed wrongly: re-routed), one that is not one; two users withdraw consent
+        t = max(parse_timestamp(e["timestamp"]) for e in pop.events)
+        requests = [
+            (b"wrong-key" if i == 0 else u.encode(), codec.dumps({"user_id": u, "requested_at": format_rfc3339(t)}))
+            for i, u in enumerate(erased)
+        ]
+        produce(bootstrap, s.erasure_topic, [*requests, (b"x", b'{"requested_at": 0}')])
+        withdraw = {"event_type": "view", "timestamp": t, "context": {"consent": {"segmentation": False}}}
+        send(s, [{**withdraw, "user_id": u} for u in withdrawn])
+        wait_for(
+            worker,
+            lambda m: (
+                metric_total(m, "segment_worker_erasures_total") >= len(erased)
+                and metric_total(m, "segment_worker_consent_withdrawals_total") >= len(withdrawn)
+            ),
+            timeout=60,
+        )
+        # events of users without consent are not applied
+        send(s, [{"user_id": u, "event_type": "post", "timestamp": t + 1000} for u in withdrawn])
+        wait_for(worker, lambda m: metric_total(m, "segment_worker_events_excluded_total") >= len(withdrawn), 60)
+
+        for u in erased:
+            assert worker.status(f"/users/{u}") == 404
+        for u in withdrawn:
+            assert worker.get(f"/users/{u}") == {"user_id": p(u), "consent": {"segmentation": False}}
+        assert worker.get(f"/users/{kept}")["user_id"] == p(kept)  # asked by raw id, answered by pseudonym
+
+        time.sleep(1.5)
+        after = read_chains(bootstrap, s.output_topic, CHANGE_SCHEMA)
+        for u, why in [*((u, "erased") for u in erased), *((u, "consent_withdrawn") for u in withdrawn)]:
+            last = after[p(u)][-1]
+            assert (last["to_segment"], last["trigger"]) == (None, why)
+            assert last["from_segment"] == chains[p(u)][-1]["to_segment"]
+            assert last["sequence"] == chains[p(u)][-1]["sequence"] + 1
+        dead = [
+            r for r in read_all(bootstrap, s.dlq_topic) if r.headers["dlq.source.topic"] == s.erasure_topic.encode()
+        ]
+        assert [r.headers["dlq.reason"] for r in dead] == [b"missing_field"]
+
+        # the changelog ends each erased user with a tombstone, withdrawn ones with the marker; no raw id as a key
+        changelog = latest_per_key(bootstrap, f"{s.app_id}-users-changelog")
+        assert all(changelog[codec.dumps(p(u))] is None for u in erased)
+        assert all(changelog[codec.dumps(p(u))] == b"\x02" for u in withdrawn)
+        assert not {codec.dumps(u) for u in raw_ids} & set(changelog)
+        # the trigger service deleted their trigger state
+        wait_for(service, lambda m: metric_total(m, "segment_worker_triggers_changes_total|outcome=left") >= 6, 60)
+        trigger_states = latest_per_key(bootstrap, f"{s.app_id}-triggers-state")
+        assert all(trigger_states[p(u).encode()] is None for u in [*erased, *withdrawn])
+        assert trigger_states[p(kept).encode()] is not None
+    finally:
+        service.stop()
+
+    # a restart (from the local copy and the changelog) brings nobody back; later events start a fresh profile
+    worker.stop()
+    worker = start_worker(s)
+    for u in erased:
+        assert worker.status(f"/users/{u}") == 404
+    send(s, [{"user_id": erased[0], "event_type": "post", "timestamp": t + 5000}])
+    wait_for(worker, lambda m: metric_total(m, "segment_worker_events_processed_total") >= 1, 60)
+    deadline = time.monotonic() + 30
+    while worker.status(f"/users/{erased[0]}") == 404 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker.get(f"/users/{erased[0]}")["event_count"] == 1
+    assert worker.get(f"/users/{withdrawn[0]}")["consent"] == {"segmentation": False}
