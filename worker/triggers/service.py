@@ -149,7 +149,13 @@ class TriggerService:
                 except Exception as exc:  # not a segment change this version reads: dead-lettered, never a crash
                     metrics.CHANGES.labels("invalid").inc()
                     detail = f"{type(exc).__name__}: {exc}"[:200]
-                    log.warning("%s/%d/%d: not a segment change: %s", tp.topic, tp.partition, r.offset, detail)
+                    log.warning(  # the problem, never the record: at most log_max_chars of it
+                        "%s/%d/%d: not a segment change: %s",
+                        tp.topic,
+                        tp.partition,
+                        r.offset,
+                        detail[: s.log_max_chars],
+                    )
                     headers = [
                         ("dlq.reason", b"invalid_change"),
                         ("dlq.detail", detail.encode()),
