@@ -37,6 +37,7 @@ from worker.clustering import ModelSnapshot, Trainer
 from worker.events.timefmt import format_rfc3339
 from worker.features import wire
 from worker.features.state import UserState, features_at
+from worker.kafkasecurity import aiokafka_config, faust_credentials
 from worker.localstore import LocalStore, Marker, digest
 from worker.outbox import Outbox, Record
 from worker.personas import DORMANT
@@ -212,6 +213,7 @@ def create_app(settings: Settings) -> faust.App:
         web_port=s.web_port,
         web_bind=s.web_host,
         **({"canonical_url": s.web_url} if s.web_url else {}),
+        **({"broker_credentials": credentials} if (credentials := faust_credentials(s)) is not None else {}),
         topic_partitions=n,
         topic_replication_factor=s.replication_factor,
         processing_guarantee=s.processing_guarantee,
@@ -318,9 +320,9 @@ def create_app(settings: Settings) -> faust.App:
     streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name(), ERASURES: erasures.get_topic_name()}
     gates = {stream: OffsetGate() for stream in streams}
     isolation = "read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted"
-    filler = RangeReader(s.bootstrap_servers, isolation)  # holes in a batch, under the core lock
-    prober = RangeReader(s.bootstrap_servers, isolation)  # partitions standing still, from the timer
-    sampler = RangeReader(s.bootstrap_servers, isolation)  # the training samples, for the trainer
+    filler = RangeReader(s.bootstrap_servers, isolation, **aiokafka_config(s))  # holes in a batch, under the core lock
+    prober = RangeReader(s.bootstrap_servers, isolation, **aiokafka_config(s))  # partitions standing still (timer)
+    sampler = RangeReader(s.bootstrap_servers, isolation, **aiokafka_config(s))  # training samples, for the trainer
     moved: dict[tuple[str, int], float] = {}  # when each partition's position last moved or was probed
     probe_wait: dict[tuple[str, int], float] = {}
     probed: dict[tuple[str, int], int] = {}  # the position at which a probe last found records
@@ -369,6 +371,7 @@ def create_app(settings: Settings) -> faust.App:
             isolation_level="read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted",
             max_partition_fetch_bytes=16 * 2**20,
             fetch_max_bytes=64 * 2**20,
+            **aiokafka_config(s),
         )
         await consumer.start()
         data, where = _values(table), _key_partition_map(table)

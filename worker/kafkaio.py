@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -13,12 +14,21 @@ from kafka.errors import TopicAlreadyExistsError
 
 from worker.errors import BrokerError
 
+# ``security`` of each helper: kafka-python's TLS/SASL keyword arguments (worker.kafkasecurity.kafka_python_config)
+Security = Mapping[str, Any] | None
 
-def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, compacted: Iterable[str] = ()) -> None:
+
+def create_topics(
+    bootstrap: str,
+    topics: dict[str, int],
+    replication: int = 1,
+    compacted: Iterable[str] = (),
+    security: Security = None,
+) -> None:
     """Create topics that do not exist yet (partitions per topic); those named in ``compacted`` keep the newest
     record per key (``cleanup.policy=compact``)."""
     compact = set(compacted)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segment-worker-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segment-worker-admin", **(security or {}))
     try:
         existing = set(admin.list_topics())
         new = [
@@ -33,8 +43,9 @@ def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, 
         admin.close()
 
 
-def producer(bootstrap: str) -> KafkaProducer:
+def producer(bootstrap: str, security: Security = None) -> KafkaProducer:
     return KafkaProducer(
+        **(security or {}),
         bootstrap_servers=bootstrap,
         linger_ms=20,
         batch_size=256 * 1024,
@@ -50,9 +61,10 @@ def produce(
     records: Iterable[tuple[bytes | None, bytes]],
     rate: float | None = None,
     progress: Callable[[int], None] | None = None,
+    security: Security = None,
 ) -> int:
     """Send (key, value) records, at most ``rate`` per second when given; returns how many were sent."""
-    prod = producer(bootstrap)
+    prod = producer(bootstrap, security)
     sent = 0
     started = time.monotonic()
     last_report = started
@@ -84,10 +96,14 @@ class Record:
     headers: dict[str, bytes]
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
+def read_all(bootstrap: str, topic: str, timeout: float = 30.0, security: Security = None) -> list[Record]:
     """Every record currently in ``topic`` (up to the end offsets at call time), without a consumer group."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, consumer_timeout_ms=1000
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=1000,
+        **(security or {}),
     )
     try:
         deadline = time.monotonic() + timeout

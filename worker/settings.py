@@ -79,6 +79,20 @@ class Settings:
     webhook_max_attempts: int = field(default=5, metadata={"help": "triggers: attempts per webhook delivery"})
     webhook_backoff: float = field(default=0.5, metadata={"help": "triggers: first retry delay, seconds (doubles)"})
     webhook_timeout: float = field(default=5.0, metadata={"help": "triggers: timeout of one webhook request, s"})
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = field(
+        default="PLAINTEXT", metadata={"help": "how every Kafka client connects to the broker"}
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = field(
+        default="PLAIN", metadata={"help": "SASL mechanism (with SASL_PLAINTEXT or SASL_SSL)"}
+    )
+    sasl_username: str = field(default="", metadata={"help": "SASL user name"})
+    sasl_password: str = field(default="", metadata={"help": "SASL password"})
+    ssl_cafile: str = field(
+        default="", metadata={"help": "CA bundle that signs the broker's certificate (PEM); empty: the system's"}
+    )
+    ssl_certfile: str = field(default="", metadata={"help": "client certificate (PEM), for brokers that ask for one"})
+    ssl_keyfile: str = field(default="", metadata={"help": "the client certificate's private key (PEM)"})
+    ssl_check_hostname: bool = field(default=True, metadata={"help": "check the broker's certificate names its host"})
     partitions: int = field(default=8, metadata={"help": "partitions of the input, internal and state topics"})
     replication_factor: int = field(default=1, metadata={"help": "replication of topics the worker creates"})
     processing_guarantee: Literal["at_least_once", "exactly_once"] = field(
@@ -165,6 +179,12 @@ class Settings:
             problems.append("user_history must be >= 0")
         if self.confirmations < 1 or self.min_events < 1:
             problems.append("confirmations and min_events must be >= 1")
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            problems.append(f"security_protocol {self.security_protocol} needs sasl_username and sasl_password")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            problems.append("ssl_keyfile needs ssl_certfile")
+        if self.log_max_chars < 0:
+            problems.append("log_max_chars must be >= 0")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
 

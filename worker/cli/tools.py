@@ -16,6 +16,7 @@ from worker.evaluation.engines import run_core
 from worker.evaluation.run import sized
 from worker.evaluation.shadow import compare, render
 from worker.kafkaio import create_topics, produce
+from worker.kafkasecurity import kafka_python_config
 from worker.settings import ENV_PREFIX, Settings
 from worker.synth import generate
 
@@ -64,9 +65,16 @@ def generate_cmd(args: argparse.Namespace, settings: Settings) -> None:
         print(f"generate: {len(pop.events):,} events of {args.users:,} users", file=sys.stderr)
         return
     topic = args.topic or settings.input_topic
-    create_topics(settings.bootstrap_servers, {topic: settings.partitions}, settings.replication_factor)
+    security = kafka_python_config(settings)
+    create_topics(
+        settings.bootstrap_servers, {topic: settings.partitions}, settings.replication_factor, security=security
+    )
     produce(
-        settings.bootstrap_servers, topic, keyed(lines), progress=_progress(f"generate -> {topic}", len(pop.events))
+        settings.bootstrap_servers,
+        topic,
+        keyed(lines),
+        progress=_progress(f"generate -> {topic}", len(pop.events)),
+        security=security,
     )
 
 
@@ -162,12 +170,16 @@ def replay_cmd(args: argparse.Namespace, settings: Settings, environ: dict[str, 
         shadow_cmd(args, settings, environ)
         return
     topic = args.topic or settings.input_topic
-    create_topics(settings.bootstrap_servers, {topic: settings.partitions}, settings.replication_factor)
+    security = kafka_python_config(settings)
+    create_topics(
+        settings.bootstrap_servers, {topic: settings.partitions}, settings.replication_factor, security=security
+    )
     n = produce(
         settings.bootstrap_servers,
         topic,
         keyed(read_events(path, args.format)),
         rate=args.rate,
         progress=_progress(f"replay -> {topic}", None),
+        security=security,
     )
     print(f"replay: {n:,} records to {topic}", file=sys.stderr)

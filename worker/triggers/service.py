@@ -30,6 +30,7 @@ from worker import codec
 from worker.events.pseudonym import pseudonymizer
 from worker.events.timefmt import parse_timestamp
 from worker.kafkaio import create_topics
+from worker.kafkasecurity import aiokafka_config, kafka_python_config
 from worker.metrics import triggers as metrics
 from worker.refetch import RangeReader
 from worker.routing import partitioner
@@ -61,7 +62,7 @@ class TriggerService:
         self.states: dict[str, TriggerState] = {}
         self.partition_of: dict[str, int] = {}  # user -> partition of the change topic (and of the state topic)
         self.lock = asyncio.Lock()  # one batch at a time; a rebalance waits for the batch in flight
-        self.reader = RangeReader(settings.bootstrap_servers)
+        self.reader = RangeReader(settings.bootstrap_servers, **aiokafka_config(settings))
         self.ready = asyncio.Event()
         self.tally = Tally()
         self.goals = {c.goal.event_type for c in rules.campaigns if c.goal is not None}
@@ -89,8 +90,11 @@ class TriggerService:
             {state_topic(s): s.partitions, s.notifications_topic: s.partitions, dlq_topic(s): s.partitions},
             s.replication_factor,
             compacted=[state_topic(s)],
+            security=kafka_python_config(s),
         )
-        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=5, **aiokafka_config(s)
+        )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers,
             group_id=f"{s.app_id}-triggers",
@@ -100,11 +104,14 @@ class TriggerService:
             heartbeat_interval_ms=max(500, int(s.session_timeout * 100)),
             max_poll_interval_ms=max(30_000, int(s.session_timeout * 3000)),
             partition_assignment_strategy=(RangePartitionAssignor,),
+            **aiokafka_config(s),
         )
         await producer.start()
         topics = [s.output_topic, *([s.input_topic, self.by_user] if self.goals else [])]
         if self.goals:
-            create_topics(s.bootstrap_servers, {self.by_user: s.partitions}, s.replication_factor)
+            create_topics(
+                s.bootstrap_servers, {self.by_user: s.partitions}, s.replication_factor, security=kafka_python_config(s)
+            )
         consumer.subscribe(topics, listener=_Listener(self))
         await consumer.start()
         try:
