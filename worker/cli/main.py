@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         "in-process, and report which users would migrate differently",
     )
     rep.add_argument("--shadow-json", default=None, help="with --shadow: write the full comparison to FILE")
+    erase = sub.add_parser("erase", help="request the erasure of users (erasure-request.v1 on the erasure topic)")
+    erase.add_argument("user_ids", nargs="+", metavar="USER_ID", help="raw user ids (pseudonymised by the worker)")
+    erase.add_argument("--request-id", default=None, help="your reference, carried in each request")
+    erase.add_argument("--broker", default=None, help="kafka://host:port (else SEGMENT_WORKER_BROKER)")
     ev = sub.add_parser("evaluate", help="scenario worlds through the segmentation, scored against ground truth")
     ev.add_argument(
         "--scenarios",
@@ -140,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             if not settings.trigger_rules:
                 raise ConfigError("triggers needs a rules file: --rules FILE or SEGMENT_WORKER_TRIGGER_RULES")
             serve(settings, load_rules(settings.trigger_rules))
+        elif args.command == "erase":
+            from worker.cli.tools import erase_cmd
+
+            erase_cmd(args, Settings.load(environ, {"broker": args.broker}))
         elif args.command == "replay":
             from worker.cli.tools import replay_cmd
 

@@ -1,4 +1,4 @@
-"""``generate`` and ``replay``: getting events onto a topic."""
+"""``generate``, ``replay`` and ``erase``: getting events (and erasure requests) onto a topic."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from worker.errors import ConfigError
 from worker.evaluation.engines import run_core
 from worker.evaluation.run import sized
 from worker.evaluation.shadow import compare, render
+from worker.events.timefmt import format_rfc3339
 from worker.kafkaio import create_topics, produce
 from worker.kafkasecurity import kafka_python_config
 from worker.settings import ENV_PREFIX, Settings
@@ -183,3 +184,17 @@ def replay_cmd(args: argparse.Namespace, settings: Settings, environ: dict[str, 
         security=security,
     )
     print(f"replay: {n:,} records to {topic}", file=sys.stderr)
+
+
+def erase_cmd(args: argparse.Namespace, settings: Settings) -> None:
+    """One erasure request per user id, keyed by it, stamped with the wall clock."""
+    topic = settings.erasure_topic
+    security = kafka_python_config(settings)
+    create_topics(
+        settings.bootstrap_servers, {topic: settings.partitions}, settings.replication_factor, security=security
+    )
+    now = format_rfc3339(int(time.time() * 1000))
+    extra = {"request_id": args.request_id} if args.request_id else {}
+    requests = [(uid.encode(), codec.dumps({"user_id": uid, "requested_at": now, **extra})) for uid in args.user_ids]
+    n = produce(settings.bootstrap_servers, topic, requests, security=security)
+    print(f"erase: {n:,} erasure requests to {topic}", file=sys.stderr)
