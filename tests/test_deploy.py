@@ -75,7 +75,7 @@ def test_workers_have_valid_settings_their_own_url_and_volume_and_the_topics_the
         s = _settings(env)
         assert s.web_url == f"http://{SERVICES[name]['hostname']}:{s.web_port}"
         assert s.state_store == "rocksdb" and any(v.endswith(":" + s.data_dir) for v in SERVICES[name]["volumes"])
-        for topic in (s.input_topic, s.output_topic, s.dlq_topic):
+        for topic in (s.input_topic, s.erasure_topic, s.output_topic, s.dlq_topic):
             assert topic in init, f"kafka-init does not create {topic}"
         assert f"--partitions {s.partitions}" in init
     generator = " ".join(SERVICES["generator"]["command"])

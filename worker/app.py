@@ -64,6 +64,7 @@ H_KIND = "sw.kind"  # a re-routed erasure request says so (events carry no kind 
 INPUT, BY_USER, ERASURES = "input", "by_user", "erasures"
 PROBE_AFTER = 5.0  # seconds a partition's position may stand still before the broker is asked for what follows
 PROBE_MAX = 30.0  # longest wait between probes of a partition that has nothing new
+SAMPLES_RETENTION = 7 * 86_400.0  # seconds the samples topic keeps a record (when the worker creates it)
 SAMPLES_PER_RECORD = 500  # training samples per record on the samples topic (about 300 kB)
 
 
@@ -172,7 +173,14 @@ def _table(
     return app.tables.add(table)
 
 
-def _raw_topic(app: faust.App, name: str, partitions: int, internal: bool = False, acks: bool = True) -> Any:
+def _raw_topic(
+    app: faust.App,
+    name: str,
+    partitions: int,
+    internal: bool = False,
+    acks: bool = True,
+    retention: float | None = None,
+) -> Any:
     return app.topic(
         name,
         key_type=bytes,
@@ -182,6 +190,7 @@ def _raw_topic(app: faust.App, name: str, partitions: int, internal: bool = Fals
         partitions=partitions,
         internal=internal,
         acks=acks,
+        retention=retention,
     )
 
 
@@ -245,7 +254,10 @@ def create_app(settings: Settings) -> faust.App:
     erasures = _raw_topic(app, s.erasure_topic, n, acks=False)
     by_user = _raw_topic(app, f"{s.app_id}-events-by-user", n, internal=True, acks=False)
     # acknowledged by the trainer itself: committed once the model holding them is published
-    samples_topic = _raw_topic(app, f"{s.app_id}-training-samples", 1, internal=True, acks=False)
+    # (user features under a per-process digest, never an id; kept a week: the trainer reads them within seconds)
+    samples_topic = _raw_topic(
+        app, f"{s.app_id}-training-samples", 1, internal=True, acks=False, retention=SAMPLES_RETENTION
+    )
     output = _raw_topic(app, s.output_topic, n)
     dlq = _raw_topic(app, s.dlq_topic, n)
     by_user_name, samples_name = by_user.get_topic_name(), samples_topic.get_topic_name()
