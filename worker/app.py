@@ -248,7 +248,7 @@ def create_app(settings: Settings) -> faust.App:
     app.transport.Consumer = _direct_delivery(app.transport.Consumer)
     if s.api_token:  # before the web server starts: aiohttp freezes its middlewares then
         app.web.web_app.middlewares.append(auth_middleware(s.api_token, s.api_open_paths))
-    # the two consumed streams: their offsets are the worker's own (the offset gate's positions, kept in state and
+    # the consumed streams: their offsets are the worker's own (the offset gate's positions, kept in state and
     # committed from there), not Faust's acknowledgement tracking
     source = _raw_topic(app, s.input_topic, n, acks=False)
     erasures = _raw_topic(app, s.erasure_topic, n, acks=False)
@@ -332,9 +332,10 @@ def create_app(settings: Settings) -> faust.App:
     streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name(), ERASURES: erasures.get_topic_name()}
     gates = {stream: OffsetGate() for stream in streams}
     isolation = "read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted"
-    filler = RangeReader(s.bootstrap_servers, isolation, **aiokafka_config(s))  # holes in a batch, under the core lock
-    prober = RangeReader(s.bootstrap_servers, isolation, **aiokafka_config(s))  # partitions standing still (timer)
-    sampler = RangeReader(s.bootstrap_servers, isolation, **aiokafka_config(s))  # training samples, for the trainer
+    kafka_auth = aiokafka_config(s)  # TLS/SASL of the worker's own aiokafka clients (Faust's get broker_credentials)
+    filler = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # holes in a batch, under the core lock
+    prober = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # partitions standing still, from the timer
+    sampler = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # the training samples, for the trainer
     moved: dict[tuple[str, int], float] = {}  # when each partition's position last moved or was probed
     probe_wait: dict[tuple[str, int], float] = {}
     probed: dict[tuple[str, int], int] = {}  # the position at which a probe last found records
@@ -383,7 +384,7 @@ def create_app(settings: Settings) -> faust.App:
             isolation_level="read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted",
             max_partition_fetch_bytes=16 * 2**20,
             fetch_max_bytes=64 * 2**20,
-            **aiokafka_config(s),
+            **kafka_auth,
         )
         await consumer.start()
         data, where = _values(table), _key_partition_map(table)

@@ -43,6 +43,17 @@ def create_topics(
         admin.close()
 
 
+def partition_counts(bootstrap: str, topics: Iterable[str], security: Security = None) -> dict[str, int]:
+    """Partitions of each of ``topics`` that exists."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segment-worker-admin", **(security or {}))
+    try:
+        wanted = [t for t in topics if t in set(admin.list_topics())]
+        described = admin.describe_topics(wanted) if wanted else []
+        return {d.get("name") or d["topic"]: len(d["partitions"]) for d in described}  # "topic" before 2.3
+    finally:
+        admin.close()
+
+
 def producer(bootstrap: str, security: Security = None) -> KafkaProducer:
     return KafkaProducer(
         **(security or {}),

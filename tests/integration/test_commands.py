@@ -12,7 +12,8 @@ import pytest
 
 from worker import codec
 from worker.broker import EmbeddedBroker
-from worker.kafkaio import read_all
+from worker.kafkaio import create_topics, read_all
+from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[2]
@@ -63,3 +64,17 @@ def test_readme_examples_run(broker: EmbeddedBroker, tmp_path: Path) -> None:
     csv_rows = sum(len(p.read_text().splitlines()) - 1 for p in tmp_path.glob("*.csv"))  # minus the header
     expected = jsonl + csv_rows
     assert len(produced) == expected > 0
+
+
+def test_run_refuses_an_erasure_topic_partitioned_unlike_the_input(worker_settings: Settings) -> None:
+    s = worker_settings.replace(erasure_topic=f"{worker_settings.app_id}-one-partition")
+    create_topics(s.bootstrap_servers, {s.erasure_topic: 1})
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        env={**os.environ, **s.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"set to {s.partitions} partitions (SEGMENT_WORKER_PARTITIONS), but {s.erasure_topic} has 1" in proc.stderr

@@ -34,7 +34,7 @@ from worker.changes.reasons import model_reasons, silence_reason
 from worker.changes.silence import SilenceIndex
 from worker.clustering.snapshot import ModelSnapshot
 from worker.errors import InvalidEvent
-from worker.events.ingest import EventParser
+from worker.events.ingest import ErasureRequest, EventParser, UserEvent
 from worker.events.timefmt import format_rfc3339, time_zone
 from worker.features.state import UserState, apply_event
 from worker.features.watermark import Watermarks
@@ -167,21 +167,16 @@ class Segmenter:
         s = self.s
         wiped: set[str] = set()  # erased in this batch: not to be read from the store again
         for rec in records:
-            if rec.kind == "erasure":
-                self._erasure(res, rec, now_ms, wiped)
-                continue
-            try:
-                ev = self.parser.parse(rec.value, now_ms)
-            except InvalidEvent as exc:
-                res.dead.append(DeadLetter(rec, exc.reason, exc.detail))
-                continue
-            except Exception as exc:  # never let one record stop the stream
-                res.dead.append(DeadLetter(rec, "internal_error", f"{type(exc).__name__}: {exc}"[:200]))
+            ev = self._read(res, rec, now_ms)
+            if ev is None:
                 continue
             uid = ev.user_id
             owner = self.partition_of(uid)
             if owner != rec.partition:
                 res.forward.append((owner, uid, rec))
+                continue
+            if isinstance(ev, ErasureRequest):
+                self._erase(res, uid, owner, ev.requested_at, rec, wiped)
                 continue
             state = res.dirty.get(uid) or (None if uid in wiped else self.store.get(uid))
             if ev.consent is False:
@@ -239,20 +234,22 @@ class Segmenter:
             self._evaluate(model, evals, rows, res)
         return res
 
-    def _erasure(self, res: BatchResult, rec: InputRecord, now_ms: int, wiped: set[str]) -> None:
-        """An erasure request: forwarded to the user's partition, or the user's state deleted there."""
+    def _read(self, res: BatchResult, rec: InputRecord, now_ms: int) -> UserEvent | ErasureRequest | None:
+        """The record decoded as its kind says, or None when it is dead-lettered."""
         try:
-            req = self.parser.parse_erasure(rec.value, now_ms)
+            if rec.kind == "erasure":
+                return self.parser.parse_erasure(rec.value, now_ms)
+            return self.parser.parse(rec.value, now_ms)
         except InvalidEvent as exc:
             res.dead.append(DeadLetter(rec, exc.reason, exc.detail))
-            return
-        uid = req.user_id
-        owner = self.partition_of(uid)
-        if owner != rec.partition:
-            res.forward.append((owner, uid, rec))
-            return
+        except Exception as exc:  # never let one record stop the stream
+            res.dead.append(DeadLetter(rec, "internal_error", f"{type(exc).__name__}: {exc}"[:200]))
+        return None
+
+    def _erase(self, res: BatchResult, uid: str, owner: int, t: int, rec: InputRecord, wiped: set[str]) -> None:
+        """An erasure request on the user's partition: the state goes (a tombstone), with a final change."""
         state = res.dirty.pop(uid, None) or (None if uid in wiped else self.store.get(uid))
-        self._leave(res, uid, state, req.requested_at, "erased", rec)
+        self._leave(res, uid, state, t, "erased", rec)
         wiped.add(uid)
         res.erased.add(uid)
         res.erasures += 1
