@@ -108,6 +108,7 @@ class EventParser:
         self.max_bytes = max_bytes
         self.max_future_ms = max_future_ms
         self.pseudonym: Callable[[str], str] = pseudonymizer(pseudonym_key)
+        self.pseudonymous = bool(pseudonym_key)
         self._validate = fastjsonschema.compile(load_schema("user-event.v1.json"))
         self._validate_erasure = fastjsonschema.compile(load_schema("erasure-request.v1.json"))
 
@@ -126,17 +127,15 @@ class EventParser:
             if not math.isfinite(value):  # e.g. a huge integer beyond the float range
                 raise InvalidEvent("non_finite_number", "value is not a finite number")
         ctx = doc.get("context")
-        context = {k: ctx[k] for k in CONTEXT_KEYS if k in ctx} if ctx else None
-        consent = ctx.get("consent", {}).get("segmentation") if ctx else None
-        return UserEvent(
-            self.pseudonym(doc["user_id"]),
-            doc["event_type"],
-            ts,
-            value,
-            doc.get("session_id"),
-            context or None,
-            consent,
-        )
+        context = consent = None
+        if ctx:
+            context = {k: ctx[k] for k in CONTEXT_KEYS if k in ctx} or None
+            if "consent" in ctx:
+                consent = ctx["consent"].get("segmentation")
+        uid = doc["user_id"]
+        if self.pseudonymous:
+            uid = self.pseudonym(uid)
+        return UserEvent(uid, doc["event_type"], ts, value, doc.get("session_id"), context, consent)
 
     def parse_erasure(self, raw: bytes | None, now_ms: int) -> ErasureRequest:
         """An erasure request (``erasure-request.v1``), with the same checks and reason codes as an event."""
