@@ -175,18 +175,13 @@ class Segmenter:
             if owner != rec.partition:
                 res.forward.append((owner, uid, rec))
                 continue
+            state = self._current(res, uid, wiped)
             if isinstance(ev, ErasureRequest):
-                self._erase(res, uid, owner, ev.requested_at, rec, wiped)
+                self._leave(res, uid, owner, state, ev.requested_at, "erased", rec, wiped)
                 continue
-            state = res.dirty.get(uid) or (None if uid in wiped else self.store.get(uid))
             if ev.consent is False:
                 if state is None or not state.opted_out:
-                    self._leave(res, uid, state, ev.ts, "consent_withdrawn", rec)
-                    res.dirty[uid] = UserState.marker()
-                    res.erased.discard(uid)
-                    wiped.add(uid)
-                    res.withdrawals += 1
-                    res.partitions.add(owner)
+                    self._leave(res, uid, owner, state, ev.ts, "consent_withdrawn", rec, wiped)
                 continue
             if state is not None and state.opted_out:
                 if not ev.consent:  # no consent given again: nothing of the event is kept
@@ -246,28 +241,41 @@ class Segmenter:
             res.dead.append(DeadLetter(rec, "internal_error", f"{type(exc).__name__}: {exc}"[:200]))
         return None
 
-    def _erase(self, res: BatchResult, uid: str, owner: int, t: int, rec: InputRecord, wiped: set[str]) -> None:
-        """An erasure request on the user's partition: the state goes (a tombstone), with a final change."""
-        state = res.dirty.pop(uid, None) or (None if uid in wiped else self.store.get(uid))
-        self._leave(res, uid, state, t, "erased", rec)
-        wiped.add(uid)
-        res.erased.add(uid)
-        res.erasures += 1
-        res.partitions.add(owner)
+    def _current(self, res: BatchResult, uid: str, wiped: set[str]) -> UserState | None:
+        """The user's state as of this point of the batch (one erased or withdrawn in it is not read back)."""
+        return res.dirty.get(uid) or (None if uid in wiped else self.store.get(uid))
 
-    def _leave(self, res: BatchResult, uid: str, state: UserState | None, t: int, why: str, rec: InputRecord) -> None:
-        """A user leaves segmentation (erased, or consent withdrawn): a final change to no persona when the user
-        had one, exits from the custom segments; the caller replaces or deletes the state."""
-        if state is None or state.opted_out:
-            return
-        if state.segment is not None:
-            before = state.segment
-            e = _Eval(uid, state, t, state.n, why, (rec.src_partition, rec.src_offset), rec.consumed_at)
-            res.changes.append((uid, self._emit(state.model_version, e, before, None, 1.0, []), rec.consumed_at))
-            res.transitions.append((before, "none"))
-        if state.rule_segments:
-            self._set_rule_segments(res, uid, state, t, [], {})
-        res.dirty.pop(uid, None)
+    def _leave(
+        self,
+        res: BatchResult,
+        uid: str,
+        owner: int,
+        state: UserState | None,
+        t: int,
+        why: str,
+        rec: InputRecord,
+        wiped: set[str],
+    ) -> None:
+        """A user leaves segmentation (``erased``, or ``consent_withdrawn``): a final change to no persona when the
+        user had one, exits from the custom segments; the state is deleted (a tombstone) or becomes the marker."""
+        if state is not None and not state.opted_out:
+            if state.segment is not None:
+                before = state.segment
+                e = _Eval(uid, state, t, state.n, why, (rec.src_partition, rec.src_offset), rec.consumed_at)
+                res.changes.append((uid, self._emit(state.model_version, e, before, None, 1.0, []), rec.consumed_at))
+                res.transitions.append((before, "none"))
+            if state.rule_segments:
+                self._set_rule_segments(res, uid, state, t, [], {})
+        wiped.add(uid)
+        res.partitions.add(owner)
+        if why == "erased":
+            res.dirty.pop(uid, None)
+            res.erased.add(uid)
+            res.erasures += 1
+        else:
+            res.dirty[uid] = UserState.marker()
+            res.erased.discard(uid)
+            res.withdrawals += 1
 
     def _sample(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
         key = hashlib.blake2b(uid.encode("utf-8", "surrogatepass"), key=self._sample_key, digest_size=8).hexdigest()
@@ -309,7 +317,7 @@ class Segmenter:
         for p in sorted(res.partitions):
             wm = self.watermarks.get(p)
             for uid in self.silence.pop_due(p, wm):
-                state = res.dirty.get(uid) or (None if uid in wiped else self.store.get(uid))
+                state = self._current(res, uid, wiped)
                 if state is None or not state.due or state.due > wm:
                     continue  # erased, rescheduled by a newer event, or a stale entry
                 t = state.due
