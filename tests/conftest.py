@@ -25,26 +25,32 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 
 
 @pytest.fixture
-def worker_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
-    """Settings with a unique app id (consumer group, internal topics) and unique input/output/DLQ topics."""
+def bare_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    """Default settings but for what must be unique per test (app id — consumer group and internal topics —,
+    topic names, port, data directory) and a shorter group session (a faster first join); no topic is created."""
     tag = uuid.uuid4().hex[:8]
-    s = Settings(
+    return Settings(
         broker=broker.url,
         app_id=f"t-{tag}",
         input_topic=f"events-{tag}",
         output_topic=f"changes-{tag}",
         dlq_topic=f"dlq-{tag}",
         erasure_topic=f"erasures-{tag}",
-        partitions=3,
+        membership_topic=f"memberships-{tag}",
+        notifications_topic=f"notifications-{tag}",
         web_port=free_port(),
         web_host="127.0.0.1",
         data_dir=str(tmp_path / "data"),
-        warmup_samples=150,
-        k_max=8,
         session_timeout=6.0,
     )
+
+
+@pytest.fixture
+def worker_settings(bare_settings: Settings) -> Settings:
+    """Settings of a small fast world (3 partitions, a short warm-up), with the input and output topics created."""
+    s = bare_settings.replace(partitions=3, warmup_samples=150, k_max=8)
     create_topics(
-        broker.bootstrap,
+        s.bootstrap_servers,
         {t: s.partitions for t in (s.input_topic, s.output_topic, s.dlq_topic, s.erasure_topic)},
     )
     return s

@@ -37,7 +37,7 @@ from worker.clustering import ModelSnapshot, Trainer
 from worker.events.timefmt import format_rfc3339
 from worker.features import wire
 from worker.features.state import UserState, features_at
-from worker.kafkasecurity import aiokafka_config, faust_credentials
+from worker.kafkasecurity import aiokafka_config, faust_credentials, kafka_python_config
 from worker.localstore import LocalStore, Marker, digest
 from worker.outbox import Outbox, Record
 from worker.personas import DORMANT
@@ -45,6 +45,17 @@ from worker.refetch import RangeReader
 from worker.routing import partition_keys, partitioner
 from worker.segments.rules import load_segment_rules
 from worker.settings import Settings
+from worker.topics import (
+    META_TABLE,
+    MODELS_TABLE,
+    SAMPLES_RETENTION,
+    USERS_TABLE,
+    KafkaTopicAdmin,
+    TopicWatch,
+    by_user_topic,
+    samples_topic,
+    worker_topics,
+)
 from worker.web.auth import auth_middleware
 
 log = logging.getLogger("worker")
@@ -64,7 +75,7 @@ H_KIND = "sw.kind"  # a re-routed erasure request says so (events carry no kind 
 INPUT, BY_USER, ERASURES = "input", "by_user", "erasures"
 PROBE_AFTER = 5.0  # seconds a partition's position may stand still before the broker is asked for what follows
 PROBE_MAX = 30.0  # longest wait between probes of a partition that has nothing new
-SAMPLES_RETENTION = 7 * 86_400.0  # seconds the samples topic keeps a record (when the worker creates it)
+TOPIC_CHECK_SECONDS = 10.0  # between checks of the topics' partition counts (worker.topics.TopicWatch)
 SAMPLES_PER_RECORD = 500  # training samples per record on the samples topic (about 300 kB)
 
 
@@ -252,22 +263,20 @@ def create_app(settings: Settings) -> faust.App:
     # committed from there), not Faust's acknowledgement tracking
     source = _raw_topic(app, s.input_topic, n, acks=False)
     erasures = _raw_topic(app, s.erasure_topic, n, acks=False)
-    by_user = _raw_topic(app, f"{s.app_id}-events-by-user", n, internal=True, acks=False)
+    by_user = _raw_topic(app, by_user_topic(s), n, internal=True, acks=False)
     # acknowledged by the trainer itself: committed once the model holding them is published
     # (user features under a per-process digest, never an id; kept a week: the trainer reads them within seconds)
-    samples_topic = _raw_topic(
-        app, f"{s.app_id}-training-samples", 1, internal=True, acks=False, retention=SAMPLES_RETENTION
-    )
+    samples_source = _raw_topic(app, samples_topic(s), 1, internal=True, acks=False, retention=SAMPLES_RETENTION)
     output = _raw_topic(app, s.output_topic, n)
     dlq = _raw_topic(app, s.dlq_topic, n)
-    by_user_name, samples_name = by_user.get_topic_name(), samples_topic.get_topic_name()
+    by_user_name, samples_name = by_user.get_topic_name(), samples_source.get_topic_name()
     output_name, dlq_name = output.get_topic_name(), dlq.get_topic_name()
     partition_of = partitioner(n)
     # user states in their compact binary form (worker.features.wire), in memory as in the changelog
-    users = _table(app, _SelfRecoveredTable, "users", n, key_type=str)
-    part_meta = _table(app, _SelfRecoveredTable, "partition-meta", n, key_type=str)
+    users = _table(app, _SelfRecoveredTable, USERS_TABLE, n, key_type=str)
+    part_meta = _table(app, _SelfRecoveredTable, META_TABLE, n, key_type=str)
     users.route = part_meta.route = partition_of
-    models = _table(app, _SinglePartitionGlobalTable, "models", 1, key_type=str)
+    models = _table(app, _SinglePartitionGlobalTable, MODELS_TABLE, 1, key_type=str)
     user_states = wire.EncodedStates(_values(users))  # decoded on access
     # the local copy of the per-partition tables (worker.localstore), if configured
     local = LocalStore(Path(s.data_dir) / f"{s.app_id}-state.rocksdb") if s.state_store == "rocksdb" else None
@@ -333,6 +342,14 @@ def create_app(settings: Settings) -> faust.App:
     gates = {stream: OffsetGate() for stream in streams}
     isolation = "read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted"
     kafka_auth = aiokafka_config(s)  # TLS/SASL of the worker's own aiokafka clients (Faust's get broker_credentials)
+    # the topic set as planned (``run`` created and checked it before the app started), checked again while running
+    topics = TopicWatch(
+        worker_topics(s),
+        functools.partial(KafkaTopicAdmin, s.bootstrap_servers, kafka_python_config(s)),
+        s.app_id,
+        by_user_name,
+        n,
+    )
     filler = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # holes in a batch, under the core lock
     prober = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # partitions standing still, from the timer
     sampler = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # the training samples, for the trainer
@@ -507,6 +524,7 @@ def create_app(settings: Settings) -> faust.App:
         await filler.stop()
         await prober.stop()
         await sampler.stop()
+        topics.close()
         if local is not None:
             local.close()
 
@@ -540,6 +558,9 @@ def create_app(settings: Settings) -> faust.App:
     async def refresh_ownership() -> set[int]:
         """Re-read what the changelog holds for partitions gained since the last call; returns them."""
         current = assigned()
+        if beyond := sorted(p for p in current if p >= n):  # the input has more partitions than the plan
+            topics.flag(f"{s.input_topic} partitions {beyond} assigned, beyond {n} (SEGMENT_WORKER_PARTITIONS)")
+            return set()
         gained = current - owned
         if current != owned:
             began = time.monotonic()
@@ -590,13 +611,22 @@ def create_app(settings: Settings) -> faust.App:
         async with core_lock:
             await handle_locked(stream, batch, [], [])
 
+    def held(stream: str, count: int) -> bool:
+        """True (and counted) when records are not to be applied now: the assignment is changing (not ours to
+        apply yet, see on_revoked) or a topic is not as planned (they might belong to no member)."""
+        if app.rebalancing or not topics.ok:
+            metrics.RECORDS_HELD.labels(stream).inc(count)
+            return True
+        return False
+
     async def handle_locked(stream: str, batch: list[InputRecord], fetched: list[Any], confirmed: list[Any]) -> None:
         """One batch of a stream through the offset gate, the core and out. ``fetched`` are records read from the
         broker already (``confirmed`` the ranges that read covered); the gate's holes are read here."""
-        if app.rebalancing:  # the assignment is changing: not ours to apply yet (see on_revoked)
-            metrics.RECORDS_HELD.labels(stream).inc(len(batch) + len(fetched))
+        if held(stream, len(batch) + len(fetched)):
             return
         await catch_up()
+        if held(stream, len(batch) + len(fetched)):  # catching up found the assignment beyond the plan
+            return
         started = time.perf_counter()
         gate, topic = gates[stream], streams[stream]
         try:
@@ -646,12 +676,17 @@ def create_app(settings: Settings) -> faust.App:
     def is_ready() -> bool:
         """Joined the group, not rebalancing, and every assigned partition's state read (a member with no partition
         assigned, when there are more members than partitions, is ready: it answers the API by routing)."""
-        return not closing[0] and settled() and owned == assigned()
+        return not closing[0] and settled() and owned == assigned() and topics.ok
+
+    @app.timer(TOPIC_CHECK_SECONDS)
+    async def check_topics() -> None:
+        if not closing[0]:
+            await topics.check()
 
     @app.timer(1.0)
     async def housekeeping() -> None:
         metrics.READY.set(1 if is_ready() else 0)
-        if closing[0] or not settled():
+        if closing[0] or not settled() or not topics.ok:
             return
         # a model can arrive while no events flow (the trainer lags the stream): assign waiting users now
         started = time.perf_counter()
@@ -781,7 +816,7 @@ def create_app(settings: Settings) -> faust.App:
             )
         outputs.extend((output_name, uid.encode(), change, partition_of(uid), None) for uid, change, _ in res.changes)
         for uid, segment, action, membership in res.memberships:
-            outputs.append((membership_name, uid.encode(), membership, partition_of(uid), None))
+            outputs.append((membership_name, uid.encode(), membership, None, None))  # any count: by key
             metrics.MEMBERSHIPS.labels(segment, action).inc()
         for i in range(0, len(res.samples), SAMPLES_PER_RECORD):  # a large batch stays under the record size limit
             chunk = b"[" + b",".join(res.samples[i : i + SAMPLES_PER_RECORD]) + b"]"
@@ -846,7 +881,7 @@ def create_app(settings: Settings) -> faust.App:
     trainer_lock = asyncio.Lock()  # one step of the trainer (read, fit, publish) at a time; revocation waits
     samples_tp = TP(samples_name, 0)
 
-    @app.agent(samples_topic, name="samples-assignment")
+    @app.agent(samples_source, name="samples-assignment")
     async def samples_assignment(stream: Any) -> None:
         """Subscribes the group to the samples topic so that one member is assigned it; the records go unused
         here (the trainer reads them with its own consumer)."""
@@ -937,7 +972,12 @@ def create_app(settings: Settings) -> faust.App:
     class Ready(View):
         async def get(self, request: Request) -> Response:
             ready = is_ready()
-            body = {"ready": ready, "partitions": sorted(owned), "assigned": sorted(assigned())}
+            body = {
+                "ready": ready,
+                "partitions": sorted(owned),
+                "assigned": sorted(assigned()),
+                "topic_problems": topics.found,
+            }
             return json_response(self, body, status=200 if ready else 503)
 
     @app.page("/personas")

@@ -29,3 +29,7 @@ class ModelError(SegmentWorkerError):
 
 class BrokerError(SegmentWorkerError):
     """The embedded broker could not be started or reached."""
+
+
+class TopicError(SegmentWorkerError):
+    """A topic the worker reads or writes is missing and cannot be created, or is partitioned unlike the plan."""

@@ -85,6 +85,23 @@ HOUSEKEEPING_SECONDS = Histogram(
 )
 PARTITIONS_OWNED = Gauge(PREFIX + "partitions_owned", "Input partitions this worker owns with their state recovered.")
 READY = Gauge(PREFIX + "ready", "1 when the worker owns partitions with recovered state and no rebalance is under way.")
+TOPIC_PROBLEMS = Gauge(
+    PREFIX + "topic_problems",
+    "Topics the worker reads or writes that are missing or partitioned unlike PARTITIONS, as last checked (records "
+    "are not applied while above 0).",
+)
+REROUTED_WAITING = Gauge(
+    PREFIX + "rerouted_waiting",
+    "Records on the re-routing topic after the group's committed position, per partition (as the broker reports "
+    "its end offset; every member reports every partition).",
+    ["partition"],
+)
+REROUTED_STALLED = Gauge(
+    PREFIX + "rerouted_stalled_seconds",
+    "How long records have waited on a partition of the re-routing topic with the group's committed position "
+    "standing still (0: nothing waits, or the position moves).",
+    ["partition"],
+)
 
 
 def exposition() -> tuple[bytes, str]:

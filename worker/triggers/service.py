@@ -29,12 +29,14 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from worker import codec
 from worker.events.pseudonym import pseudonymizer
 from worker.events.timefmt import parse_timestamp
-from worker.kafkaio import create_topics
-from worker.kafkasecurity import aiokafka_config, kafka_python_config
+from worker.kafkasecurity import aiokafka_config
 from worker.metrics import triggers as metrics
 from worker.refetch import RangeReader
 from worker.routing import partitioner
 from worker.settings import Settings
+from worker.topics import by_user_topic, prepare_topics, trigger_topics
+from worker.topics import notifications_dlq_topic as dlq_topic
+from worker.topics import triggers_state_topic as state_topic
 from worker.triggers.effect import Tally
 from worker.triggers.plan import Notification, TriggerState, observe_event, plan
 from worker.triggers.rules import Rules
@@ -43,16 +45,6 @@ from worker.web.auth import auth_middleware
 
 log = logging.getLogger("worker.triggers")
 BATCH = 1000
-
-
-def state_topic(s: Settings) -> str:
-    return f"{s.app_id}-triggers-state"
-
-
-def dlq_topic(s: Settings) -> str:
-    """Notifications the webhook sink could not deliver (``webhook.*`` headers) and change records that are not
-    segment changes (``dlq.*`` headers, the record as it was)."""
-    return f"{s.notifications_topic}-dlq"
 
 
 class TriggerService:
@@ -67,7 +59,7 @@ class TriggerService:
         self.tally = Tally()
         self.goals = {c.goal.event_type for c in rules.campaigns if c.goal is not None}
         self._goal_bytes = tuple(g.encode() for g in self.goals)  # a cheap look before a record is decoded
-        self.by_user = f"{settings.app_id}-events-by-user"  # the worker's topic of re-routed input records
+        self.by_user = by_user_topic(settings)  # the worker's topic of re-routed input records
         self.part = partitioner(settings.partitions)
         self.pseudonym = pseudonymizer(settings.pseudonym_key)  # goal events carry raw ids; changes the worker's
         self.sink = (
@@ -84,14 +76,9 @@ class TriggerService:
 
     async def run(self) -> None:
         s = self.s
-        # the state topic has the change topic's partitioning; the notifications topic the worker's partition count
-        create_topics(
-            s.bootstrap_servers,
-            {state_topic(s): s.partitions, s.notifications_topic: s.partitions, dlq_topic(s): s.partitions},
-            s.replication_factor,
-            compacted=[state_topic(s)],
-            security=kafka_python_config(s),
-        )
+        # every topic read or written, before the group is joined: the state topic has the change topic's
+        # partitioning; the input and re-routing topics (goal events) too
+        prepare_topics(s, trigger_topics(s, bool(self.goals)))
         producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=5, **aiokafka_config(s)
         )
@@ -108,10 +95,6 @@ class TriggerService:
         )
         await producer.start()
         topics = [s.output_topic, *([s.input_topic, self.by_user] if self.goals else [])]
-        if self.goals:
-            create_topics(
-                s.bootstrap_servers, {self.by_user: s.partitions}, s.replication_factor, security=kafka_python_config(s)
-            )
         consumer.subscribe(topics, listener=_Listener(self))
         await consumer.start()
         try:

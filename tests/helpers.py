@@ -1,0 +1,46 @@
+"""Helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from worker.kafkaio import Record, read_all
+
+
+def wait_for_records(
+    bootstrap: str, topic: str, done: Callable[[list[Record]], bool], timeout: float = 120.0, what: str = ""
+) -> list[Record]:
+    """Read ``topic`` until ``done`` holds for its records (what the broker acknowledged, not what a counter says
+    was queued); fails with what it last saw."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_all(bootstrap, topic)
+        if done(records):
+            return records
+        assert time.monotonic() < deadline, f"{topic}: {what or 'condition'} not met; last saw {len(records)} records"
+        time.sleep(1.0)
+
+
+def poll_until(get: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str) -> Any:
+    """Call ``get`` until ``done`` holds for its value; fails with the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"{what} not met after {timeout:.0f}s; last saw {value!r}"[:2000]
+        time.sleep(0.5)
+
+
+def holds_for(get: Callable[[], Any], holds: Callable[[Any], bool], seconds: float, what: str) -> Any:
+    """Call ``get`` for ``seconds``: ``holds`` must be true of every value (what must not happen, watched over a
+    window rather than checked once after a sleep)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = get()
+        assert holds(value), f"{what} broken; saw {value!r}"[:2000]
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
