@@ -48,12 +48,13 @@ from worker.settings import Settings
 from worker.topics import (
     META_TABLE,
     MODELS_TABLE,
+    REROUTING,
+    SAMPLES,
     SAMPLES_RETENTION,
     USERS_TABLE,
     KafkaTopicAdmin,
     TopicWatch,
-    by_user_topic,
-    samples_topic,
+    internal_topic,
     worker_topics,
 )
 from worker.web.auth import auth_middleware
@@ -263,10 +264,12 @@ def create_app(settings: Settings) -> faust.App:
     # committed from there), not Faust's acknowledgement tracking
     source = _raw_topic(app, s.input_topic, n, acks=False)
     erasures = _raw_topic(app, s.erasure_topic, n, acks=False)
-    by_user = _raw_topic(app, by_user_topic(s), n, internal=True, acks=False)
+    by_user = _raw_topic(app, internal_topic(s, REROUTING), n, internal=True, acks=False)
     # acknowledged by the trainer itself: committed once the model holding them is published
     # (user features under a per-process digest, never an id; kept a week: the trainer reads them within seconds)
-    samples_source = _raw_topic(app, samples_topic(s), 1, internal=True, acks=False, retention=SAMPLES_RETENTION)
+    samples_source = _raw_topic(
+        app, internal_topic(s, SAMPLES), 1, internal=True, acks=False, retention=SAMPLES_RETENTION
+    )
     output = _raw_topic(app, s.output_topic, n)
     dlq = _raw_topic(app, s.dlq_topic, n)
     by_user_name, samples_name = by_user.get_topic_name(), samples_source.get_topic_name()

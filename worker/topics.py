@@ -58,27 +58,20 @@ class TopicSpec:
         return out
 
 
+# internal topics: <APP_ID>-<suffix>
+REROUTING = "events-by-user"  # input records re-routed to the partition that owns their user
+SAMPLES = "training-samples"
+LEADER = "__assignor-__leader"  # Faust's leader election (one partition)
+TRIGGERS_STATE = "triggers-state"
+
+
+def internal_topic(s: Settings, suffix: str) -> str:
+    return f"{s.app_id}-{suffix}"
+
+
 def changelog(s: Settings, table: str) -> str:
     """Faust's name for a table's changelog topic."""
-    return f"{s.app_id}-{table}-changelog"
-
-
-def by_user_topic(s: Settings) -> str:
-    """The worker's re-routing topic: input records moved to the partition that owns their user."""
-    return f"{s.app_id}-events-by-user"
-
-
-def samples_topic(s: Settings) -> str:
-    return f"{s.app_id}-training-samples"
-
-
-def leader_topic(s: Settings) -> str:
-    """Faust's leader-election topic (one partition)."""
-    return f"{s.app_id}-__assignor-__leader"
-
-
-def triggers_state_topic(s: Settings) -> str:
-    return f"{s.app_id}-triggers-state"
+    return internal_topic(s, f"{table}-changelog")
 
 
 def notifications_dlq_topic(s: Settings) -> str:
@@ -106,16 +99,16 @@ def worker_topics(s: Settings) -> tuple[TopicSpec, ...]:
     specs = [
         _copartitioned(s, s.input_topic, "user events (read)", "input_topic"),
         _copartitioned(s, s.erasure_topic, "erasure requests (read)", "erasure_topic"),
-        _copartitioned(s, by_user_topic(s), "input records re-routed to their user's partition", "app_id"),
+        _copartitioned(s, internal_topic(s, REROUTING), "input records re-routed to their user's partition", "app_id"),
         _copartitioned(
             s, s.output_topic, "segment changes (written; the trigger service joins by partition)", "output_topic"
         ),
         _copartitioned(s, changelog(s, USERS_TABLE), "user states (changelog)", "app_id", compacted=True),
         _copartitioned(s, changelog(s, META_TABLE), "partition positions (changelog)", "app_id", compacted=True),
         _any_count(s, s.dlq_topic, "dead letters (written by key)", "dlq_topic"),
-        _single(samples_topic(s), "training samples (partition 0)", retention=SAMPLES_RETENTION),
+        _single(internal_topic(s, SAMPLES), "training samples (partition 0)", retention=SAMPLES_RETENTION),
         _single(changelog(s, MODELS_TABLE), "model snapshots (changelog, partition 0)", compacted=True),
-        _single(leader_topic(s), "Faust's leader election"),
+        _single(internal_topic(s, LEADER), "Faust's leader election"),
     ]
     if s.segment_rules:
         specs.append(
@@ -130,7 +123,11 @@ def trigger_topics(s: Settings, goals: bool) -> tuple[TopicSpec, ...]:
     specs = [
         _copartitioned(s, s.output_topic, "segment changes (read)", "output_topic"),
         _copartitioned(
-            s, triggers_state_topic(s), "trigger states (same partitioning as the changes)", "app_id", compacted=True
+            s,
+            internal_topic(s, TRIGGERS_STATE),
+            "trigger states (same partitioning as the changes)",
+            "app_id",
+            compacted=True,
         ),
         _any_count(s, s.notifications_topic, "notifications (written by key)", "notifications_topic"),
         _any_count(
@@ -140,7 +137,7 @@ def trigger_topics(s: Settings, goals: bool) -> tuple[TopicSpec, ...]:
     if goals:
         specs += [
             _copartitioned(s, s.input_topic, "goal events (read)", "input_topic"),
-            _copartitioned(s, by_user_topic(s), "goal events re-routed by the worker (read)", "app_id"),
+            _copartitioned(s, internal_topic(s, REROUTING), "goal events re-routed by the worker (read)", "app_id"),
         ]
     return tuple(specs)
 

@@ -223,25 +223,26 @@ def test_output_topics_of_any_count_work(bare_settings: Settings, start_worker: 
 
 
 @pytest.mark.parametrize(
-    ("made", "named"),
+    ("made", "wrong"),
     [
-        ({"output": 1}, "has 1 partition, expected 3"),
-        ({"output": 2}, "has 2 partitions, expected 3"),
-        ({"input": 4, "erasure": 3}, "has 4 partitions, expected 3"),
+        ({"output": 1}, "output has 1 partition, expected 8"),
+        ({"output": 2}, "output has 2 partitions, expected 8"),
+        ({"input": 3, "erasure": 8}, "input has 3 partitions, expected 8"),
     ],
 )
 def test_a_mispartitioned_topic_is_refused_at_start(
-    bare_settings: Settings, tmp_path: Path, made: dict[str, int], named: str
+    bare_settings: Settings, tmp_path: Path, made: dict[str, int], wrong: str
 ) -> None:
-    s = bare_settings.replace(partitions=3)
+    """With the default PARTITIONS (8): the change topic made by hand with 1 or 2 partitions, the input with 3."""
+    s = bare_settings
     topics = {"output": s.output_topic, "input": s.input_topic, "erasure": s.erasure_topic}
     create_topics(s.bootstrap_servers, {topics[k]: count for k, count in made.items()})
     said = _run_refused(s, tmp_path)
-    wrong = next(k for k, count in made.items() if count != 3)
-    assert f"{topics[wrong]} {named}" in said
+    role, rest = wrong.split(" ", 1)
+    assert f"{topics[role]} {rest}" in said
     assert "SEGMENT_WORKER_PARTITIONS" in said and "Traceback" not in said
     # nothing was made on a broker it refused to run against
-    assert topic_names(s.bootstrap_servers) & {spec.name for spec in worker_topics(s)} == set(topics[k] for k in made)
+    assert topic_names(s.bootstrap_servers) & {spec.name for spec in worker_topics(s)} == {topics[k] for k in made}
 
 
 @pytest.mark.parametrize("head_start", [True, False])

@@ -34,9 +34,8 @@ from worker.metrics import triggers as metrics
 from worker.refetch import RangeReader
 from worker.routing import partitioner
 from worker.settings import Settings
-from worker.topics import by_user_topic, prepare_topics, trigger_topics
+from worker.topics import REROUTING, TRIGGERS_STATE, internal_topic, prepare_topics, trigger_topics
 from worker.topics import notifications_dlq_topic as dlq_topic
-from worker.topics import triggers_state_topic as state_topic
 from worker.triggers.effect import Tally
 from worker.triggers.plan import Notification, TriggerState, observe_event, plan
 from worker.triggers.rules import Rules
@@ -44,6 +43,12 @@ from worker.triggers.webhook import WebhookSink
 from worker.web.auth import auth_middleware
 
 log = logging.getLogger("worker.triggers")
+
+
+def state_topic(s: Settings) -> str:
+    return internal_topic(s, TRIGGERS_STATE)
+
+
 BATCH = 1000
 
 
@@ -59,7 +64,7 @@ class TriggerService:
         self.tally = Tally()
         self.goals = {c.goal.event_type for c in rules.campaigns if c.goal is not None}
         self._goal_bytes = tuple(g.encode() for g in self.goals)  # a cheap look before a record is decoded
-        self.by_user = by_user_topic(settings)  # the worker's topic of re-routed input records
+        self.by_user = internal_topic(settings, REROUTING)  # the worker's topic of re-routed input records
         self.part = partitioner(settings.partitions)
         self.pseudonym = pseudonymizer(settings.pseudonym_key)  # goal events carry raw ids; changes the worker's
         self.sink = (
