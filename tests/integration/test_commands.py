@@ -77,4 +77,5 @@ def test_run_refuses_an_erasure_topic_partitioned_unlike_the_input(worker_settin
         timeout=60,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"set to {s.partitions} partitions (SEGMENT_WORKER_PARTITIONS), but {s.erasure_topic} has 1" in proc.stderr
+    assert f"{s.erasure_topic} has 1 partition, expected {s.partitions}" in proc.stderr
+    assert f"SEGMENT_WORKER_PARTITIONS={s.partitions}" in proc.stderr

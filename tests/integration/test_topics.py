@@ -31,6 +31,7 @@ from worker.settings import Settings
 from worker.topics import worker_topics
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parents[2]
 
 
 def cdnow_master() -> list[bytes]:
@@ -184,10 +185,10 @@ def test_empty_broker_worker_first_then_a_plain_producer(bare_settings: Settings
     assert {(m.partition(), m.offset()) for m in seen} == {(r.partition, r.offset) for r in written}
 
 
-def _run_refused(s: Settings, tmp_path: Path) -> str:
-    """``segment-worker run`` that must refuse to start: its exit code 2 and what it said."""
+def _run_refused(s: Settings, tmp_path: Path, *command: str) -> str:
+    """``segment-worker run`` (or another command) that must refuse to start: its exit code 2 and what it said."""
     proc = subprocess.run(
-        [sys.executable, "-m", "worker", "run"],
+        [sys.executable, "-m", "worker", *(command or ("run",))],
         env={**s.to_env(), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -243,6 +244,19 @@ def test_a_mispartitioned_topic_is_refused_at_start(
     assert "SEGMENT_WORKER_PARTITIONS" in said and "Traceback" not in said
     # nothing was made on a broker it refused to run against
     assert topic_names(s.bootstrap_servers) & {spec.name for spec in worker_topics(s)} == {topics[k] for k in made}
+
+
+def test_the_trigger_service_refuses_a_change_topic_partitioned_otherwise(
+    bare_settings: Settings, tmp_path: Path
+) -> None:
+    s = bare_settings
+    create_topics(s.bootstrap_servers, {s.output_topic: 8, s.input_topic: 2})
+    said = _run_refused(s, tmp_path, "triggers", "--rules", str(ROOT / "deploy" / "triggers" / "rules.yaml"))
+    assert f"{s.input_topic} has 2 partitions, expected 8 (goal events (read)" in said
+    assert f"{s.app_id}-triggers-state" not in topic_names(s.bootstrap_servers)  # nothing made before the refusal
+    create_topics(s.bootstrap_servers, {f"{s.app_id}-triggers-state": 3})
+    said = _run_refused(s, tmp_path, "triggers", "--rules", str(ROOT / "deploy" / "triggers" / "rules.yaml"))
+    assert f"{s.app_id}-triggers-state has 3 partitions, expected 8" in said
 
 
 @pytest.mark.parametrize("head_start", [True, False])
