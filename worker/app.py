@@ -40,7 +40,7 @@ from worker.features.state import UserState, features_at
 from worker.kafkasecurity import aiokafka_config, faust_credentials, kafka_python_config
 from worker.localstore import LocalStore, Marker, digest
 from worker.outbox import Outbox, Record
-from worker.personas import DORMANT
+from worker.personas.registry import RESERVED
 from worker.refetch import RangeReader
 from worker.routing import partition_keys, partitioner
 from worker.segments.rules import load_segment_rules
@@ -993,8 +993,9 @@ def create_app(settings: Settings) -> faust.App:
                     out.append(
                         {"id": pid, "name": name, "size": segmenter.counts.get(pid, 0), "profile": model.profile(i)}
                     )
-            if segmenter.counts.get(DORMANT):
-                out.append({"id": DORMANT, "name": DORMANT, "size": segmenter.counts[DORMANT], "profile": None})
+            for segment in RESERVED:  # new and dormant: segments of every model, without a profile
+                if segmenter.counts.get(segment):
+                    out.append({"id": segment, "name": segment, "size": segmenter.counts[segment], "profile": None})
             return json_response(
                 self,
                 {

@@ -44,13 +44,12 @@ def test_move_needs_consecutive_confident_confirmations() -> None:
     assert [decide(s, "p2", 0.5, **kw) for _ in range(3)] == [None, None, ("p1", "p2")]
 
 
-def test_immediate_moves_skip_confirmation() -> None:
+def test_a_first_persona_from_new_needs_min_events_but_no_confirmation() -> None:
     s = UserState(2)
-    s.segment = "p1"
-    assert decide(s, "dormant", 0.0, n=5, min_events=3, confirmations=3, min_margin=0.2, immediate=True) == (
-        "p1",
-        "dormant",
-    )
+    s.segment = "new"
+    kw = {"min_events": 3, "confirmations": 3, "min_margin": 0.2}
+    assert decide(s, "p1", 0.0, n=2, **kw) is None
+    assert decide(s, "p1", 0.0, n=3, **kw) == ("new", "p1")
 
 
 def test_change_ids_are_deterministic() -> None:
@@ -141,21 +140,27 @@ def test_segmenter_end_to_end_on_a_known_model(encoded: bool) -> None:
     docs = [codec.loads(c) for _, c, _ in changes if codec.loads(c)["user_id"] == "u"]
     for d in docs:
         jsonschema.validate(d, CHANGE_SCHEMA)
-    assert [(d["from_segment"], d["to_segment"]) for d in docs] == [(None, "p1"), ("p1", "p2"), ("p2", "dormant")]
-    assert [d["sequence"] for d in docs] == [1, 2, 3]
-    assert docs[1]["reasons"] and docs[1]["reasons"][0]["direction"] in ("up", "down")
-    assert docs[2]["trigger"] == "silence" and docs[2]["reasons"][0]["feature"] == "days_since_last_event"
+    assert [(d["from_segment"], d["to_segment"]) for d in docs] == [
+        (None, "new"),
+        ("new", "p1"),
+        ("p1", "p2"),
+        ("p2", "dormant"),
+    ]
+    assert [d["sequence"] for d in docs] == [1, 2, 3, 4]
+    assert docs[0]["trigger"] == "event" and docs[0]["reasons"] == [] and docs[0]["changed_at"] == format_rfc3339(T0)
+    assert docs[2]["reasons"] and docs[2]["reasons"][0]["direction"] in ("up", "down")
+    assert docs[3]["trigger"] == "silence" and docs[3]["reasons"][0]["feature"] == "days_since_last_event"
     assert store["u"].n == 40 and store["u"].segment == "dormant"
     assert seg.counts["dormant"] == 1
     # the recent history the API shows: the same moves, with when, why and how they were triggered
     history = store["u"].history
     assert [(h[0], h[1], h[2], h[4]) for h in history] == [
-        (1, None, "p1", "event"),
-        (2, "p1", "p2", "event"),
-        (3, "p2", "dormant", "silence"),
+        (2, "new", "p1", "event"),
+        (3, "p1", "p2", "event"),
+        (4, "p2", "dormant", "silence"),
     ]
-    assert [format_rfc3339(h[3]) for h in history] == [d["changed_at"] for d in docs]
-    assert history[1][5] == [[r["feature"], r["direction"]] for r in docs[1]["reasons"][:2]]
+    assert [format_rfc3339(h[3]) for h in history] == [d["changed_at"] for d in docs[1:]]
+    assert history[1][5] == [[r["feature"], r["direction"]] for r in docs[2]["reasons"][:2]]
     assert history[2][5] == [["days_since_last_event", "up"]]
     # indexes rebuilt from the store (after a rebalance) agree with the ones kept along the way
     counts = dict(seg.counts)
@@ -178,7 +183,8 @@ def test_the_first_model_sweeps_waiting_users_in(encoded: bool) -> None:
     store.update(res.dirty)
     moved = {codec.loads(c)["user_id"]: codec.loads(c)["to_segment"] for _, c, _ in res.changes}
     assert moved == {"v": "p1", "b": "p2"}
-    assert store["v"].segment == "p1" and store["new"].segment is None
+    assert store["v"].segment == "p1" and store["new"].segment == "new"
+    assert [codec.loads(c)["from_segment"] for _, c, _ in res.changes] == ["new", "new"]
 
 
 def test_duplicates_dead_letters_and_foreign_users() -> None:
@@ -216,7 +222,7 @@ def test_batching_does_not_change_the_outcome() -> None:
         for i in range(0, len(records), size):
             out += [c for _, c, _ in step(seg, records[i : i + size]).changes]
         outcomes.append(out)
-    assert outcomes[0] == outcomes[1] == outcomes[2] and len(outcomes[0]) == 2
+    assert outcomes[0] == outcomes[1] == outcomes[2] and len(outcomes[0]) == 3  # new, p1, p2
 
 
 # --- the offset gate ---------------------------------------------------------------------------------------
@@ -285,15 +291,15 @@ def test_history_keeps_the_newest_changes_only() -> None:
         step(seg, [rec("u", "view", T0 + i * hour)])
     for i in range(6, 30):
         step(seg, [rec("u", "purchase", T0 + i * hour, 80.0)])
-    step(seg, [rec("w", "view", T0 + 10 * DAY)])  # u goes dormant: a third change
-    assert store["u"].seq == 3
-    assert [h[0] for h in store["u"].history] == [2, 3]
+    step(seg, [rec("w", "view", T0 + 10 * DAY)])  # u goes dormant: a fourth change (new, p1, p2, dormant)
+    assert store["u"].seq == 4
+    assert [h[0] for h in store["u"].history] == [3, 4]
     off = Settings(min_events=3, confirmations=1, min_margin=0.0, user_history=0)
     seg = Segmenter(off, store := {}, lambda _u: 0)
     seg.set_model(two_persona_model(off))
     for i in range(6):
         step(seg, [rec("x", "view", T0 + i * hour)])
-    assert store["x"].seq == 1 and store["x"].history == []
+    assert store["x"].seq == 2 and store["x"].history == []
 
 
 @pytest.mark.parametrize(("zone", "expected"), [("Europe/Berlin", "Europe/Berlin"), ("Not/AZone", None), (None, None)])
@@ -307,10 +313,11 @@ def test_changes_carry_the_users_time_zone_when_known(zone: str | None, expected
         if zone:
             body["context"] = {"timezone": zone}
         records.append(InputRecord(codec.dumps(body), None, 0, i, 0, i, 0.0))
-    ((_, raw, _),) = step(seg, records).changes
-    doc = codec.loads(raw)
-    jsonschema.validate(doc, CHANGE_SCHEMA)
-    assert doc["timezone"] == expected
+    docs = [codec.loads(raw) for _, raw, _ in step(seg, records).changes]
+    assert [(d["from_segment"], d["to_segment"]) for d in docs] == [(None, "new"), ("new", "p1")]
+    for doc in docs:
+        jsonschema.validate(doc, CHANGE_SCHEMA)
+        assert doc["timezone"] == expected
 
 
 # --- users leaving: erasure requests and consent ---------------------------------------------------------------
@@ -383,7 +390,7 @@ def test_an_erasure_deletes_the_user_with_one_final_change_and_a_fresh_profile_f
 def test_an_erasure_between_events_of_one_batch_and_for_another_partition() -> None:
     seg, rec, _ = segmenter_with_buyer(encoded=True)
     res = step(seg, [erasure("u", T0, 50), rec("u", "view", T0 + 7 * 3_600_000)])
-    assert not res.erased and seg.store["u"].n == 1 and seg.store["u"].segment is None  # erased, then a new profile
+    assert not res.erased and seg.store["u"].n == 1 and seg.store["u"].segment == "new"  # erased, then a new profile
     seg.partition_of = lambda uid: 1 if uid == "x" else 0
     res = step(seg, [erasure("x", T0, 51), InputRecord(b"{}", None, 0, 52, 0, 52, 0.0, "erasure")])
     assert [(owner, uid) for owner, uid, _ in res.forward] == [(1, "x")]
@@ -410,3 +417,53 @@ def test_withdrawn_consent_keeps_a_marker_until_consent_is_given_again(encoded: 
     # a user never seen who opts out: only the marker
     step(seg, [consent("new", T0, False, 63)])
     assert seg.store["new"].opted_out and seg.store["new"].n == 0
+
+
+# --- the lifecycle: new -> persona <-> persona -> dormant, for every known user ------------------------------
+
+
+def chain_of(changes: list[tuple[str, bytes, float]], uid: str) -> list[dict[str, object]]:
+    docs = [codec.loads(c) for u, c, _ in changes if u == uid]
+    for d in docs:
+        jsonschema.validate(d, CHANGE_SCHEMA)
+    return docs
+
+
+@pytest.mark.parametrize("with_model", [False, True], ids=["no-model", "model"])
+def test_a_one_event_user_is_new_then_dormant_whether_or_not_a_model_exists(with_model: bool) -> None:
+    s = Settings(min_events=3, dormant_after_days=5)
+    seg = Segmenter(s, {}, lambda _u: 0)
+    if with_model:
+        seg.set_model(two_persona_model(s))
+    rec = record_factory()
+    changes = step(seg, [rec("once", "purchase", T0, 20.0)]).changes
+    changes += step(seg, [rec("w", "view", T0 + 4 * DAY)]).changes  # not yet 5 days of silence
+    assert [(d["from_segment"], d["to_segment"]) for d in chain_of(changes, "once")] == [(None, "new")]
+    changes += step(seg, [rec("w", "view", T0 + 6 * DAY)]).changes
+    once = chain_of(changes, "once")
+    assert [(d["from_segment"], d["to_segment"], d["trigger"]) for d in once] == [
+        (None, "new", "event"),
+        ("new", "dormant", "silence"),
+    ]
+    assert once[0]["model_version"] == (1 if with_model else 0) and once[0]["to_segment_name"] == "new"
+    assert once[1]["changed_at"] == format_rfc3339(T0 + 5 * DAY)
+    assert seg.counts["dormant"] == 1 and seg.store["once"].segment == "dormant"
+    assert [(d["from_segment"], d["to_segment"]) for d in chain_of(changes, "w")] == [(None, "new")]
+    assert seg.counts["new"] == 1
+
+
+def test_a_user_erased_or_withdrawn_before_any_model_still_gets_a_final_change() -> None:
+    s = Settings(min_events=3)
+    seg = Segmenter(s, {}, lambda _u: 0)
+    rec = record_factory()
+    step(seg, [rec("a", "view", T0), rec("b", "view", T0)])
+    res = step(seg, [erasure("a", T0 + DAY, 90), consent("b", T0 + DAY, False, 91)])
+    finals = {uid: codec.loads(c) for uid, c, _ in res.changes}
+    assert {uid: (d["from_segment"], d["to_segment"], d["trigger"]) for uid, d in finals.items()} == {
+        "a": ("new", None, "erased"),
+        "b": ("new", None, "consent_withdrawn"),
+    }
+    for d in finals.values():
+        jsonschema.validate(d, CHANGE_SCHEMA)
+        assert d["sequence"] == 2
+    assert seg.counts["new"] == 0

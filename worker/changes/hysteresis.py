@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from worker.features.state import UserState
+from worker.personas.registry import NEW
 
 
 def decide(
@@ -14,27 +15,23 @@ def decide(
     min_events: int,
     confirmations: int,
     min_margin: float,
-    immediate: bool = False,
 ) -> tuple[str | None, str] | None:
     """Update the user's pending move and return ``(from, to)`` when the segment changes now.
 
-    - First assignment once the user has ``min_events`` events (``n``: events applied at this evaluation).
+    - First persona (from ``new``, or from no segment for a state kept before ``new`` existed) once the user has
+      ``min_events`` events (``n``: events applied at this evaluation), without confirmation.
     - A different persona must win ``confirmations`` consecutive evaluations, each with at least ``min_margin``;
       an evaluation back in the current persona cancels the pending move, a weak one does not count.
-    - ``immediate`` (rule-based moves such as dormancy) skips confirmation.
     """
     current = state.segment
-    if current is None:
+    if current is None or current == NEW:
         if n < min_events:
             return None
         state.pending, state.pending_n = None, 0
-        return None, candidate
+        return current, candidate
     if candidate == current:
         state.pending, state.pending_n = None, 0
         return None
-    if immediate:
-        state.pending, state.pending_n = None, 0
-        return current, candidate
     if margin < min_margin:
         return None
     if candidate == state.pending:

@@ -10,6 +10,10 @@ unit-tested without a broker or an event loop. One batch:
    hysteresis in event order, so the outcome does not depend on how records were batched;
 3. re-evaluate users whose silence timer the partition's watermark has passed (dormancy included).
 
+Every known user is in a segment: ``new`` from the first event (a ``null → new`` change) until the model places
+them once they have ``min_events`` events, a persona, or ``dormant`` after the silence that makes a user dormant
+(whether or not they ever had a persona).
+
 Users can leave: an erasure request (a record of kind ``erasure``) deletes the user's state, an event withdrawing
 consent replaces it by a marker. Either way a user who had a persona gets one final change with ``to_segment``
 null, and leaves the custom segments. Events after that start a fresh profile (after a withdrawal, only once an
@@ -39,7 +43,7 @@ from worker.events.timefmt import format_rfc3339, time_zone
 from worker.features.state import UserState, apply_event
 from worker.features.watermark import Watermarks
 from worker.features.wire import EncodedStates
-from worker.personas.registry import DORMANT
+from worker.personas.registry import DORMANT, NEW, RESERVED
 from worker.segments.rules import SegmentRule, rule_features
 from worker.settings import Settings
 
@@ -95,7 +99,8 @@ class _Eval:
     trigger: str  # "event", "silence", "erased" or "consent_withdrawn"
     source: tuple[int, int]
     consumed_at: float
-    dormant: bool = False
+    dormant: bool = False  # a dormancy check: the model is not asked
+    row: list[float] | None = None  # the user's raw feature vector, for the model (None for a dormancy check)
 
 
 class Segmenter:
@@ -161,7 +166,6 @@ class Segmenter:
     def process(self, records: Iterable[InputRecord], now_ms: int, now_mono: float) -> BatchResult:
         res = BatchResult()
         evals: list[_Eval] = []
-        rows: list[list[float]] = []
         model = self.model
         space = model.space if model else None
         s = self.s
@@ -202,6 +206,8 @@ class Segmenter:
             res.processed += 1
             res.partitions.add(owner)
             self.watermarks.observe(owner, ev.ts)
+            if state.segment is None:  # the first event of a profile: the user is known, in segment `new`
+                self._welcome(res, uid, state, rec)
             # an event resets the silence clock
             state.silence_step = 0
             state.due = state.last_ts + self.checks[0] if self.checks else 0
@@ -210,23 +216,22 @@ class Segmenter:
                     self._sample(res, uid, state, state.last_ts)
                 if space is not None:
                     t = state.last_ts
+                    source = (rec.src_partition, rec.src_offset)
                     evals.append(
-                        _Eval(uid, state, t, state.n, "event", (rec.src_partition, rec.src_offset), rec.consumed_at)
+                        _Eval(uid, state, t, state.n, "event", source, rec.consumed_at, row=space.row(state, t))
                     )
-                    rows.append(space.row(state, t))
         for uid, state in res.dirty.items():
             if state.due:
                 self.silence.schedule(self.partition_of(uid), uid, state.due)
-        self._collect_silent(res, evals, rows, now_mono, wiped)
+        self._collect_silent(res, evals, now_mono, wiped)
         if wiped:  # what the batch computed for a user before an erasure or a withdrawal goes with the state
-            keep = [i for i, e in enumerate(evals) if res.dirty.get(e.user_id) is e.state]
-            evals, rows = [evals[i] for i in keep], [rows[i] for i in keep]
+            evals = [e for e in evals if res.dirty.get(e.user_id) is e.state]
             live = {id(state) for state in res.dirty.values() if not state.opted_out}
             keep = [i for i, state in enumerate(res.sampled) if id(state) in live]
             res.samples = [res.samples[i] for i in keep]
             res.sampled = [res.sampled[i] for i in keep]
-        if model is not None and evals:
-            self._evaluate(model, evals, rows, res)
+        if evals:
+            self._evaluate(model, evals, res)
         return res
 
     def _read(self, res: BatchResult, rec: InputRecord, now_ms: int) -> UserEvent | ErasureRequest | None:
@@ -277,6 +282,14 @@ class Segmenter:
             res.erased.discard(uid)
             res.withdrawals += 1
 
+    def _welcome(self, res: BatchResult, uid: str, state: UserState, rec: InputRecord) -> None:
+        """The first change of a profile: ``null → new``, as of its first event."""
+        e = _Eval(uid, state, state.last_ts, state.n, "event", (rec.src_partition, rec.src_offset), rec.consumed_at)
+        version = self.model.version if self.model is not None else 0
+        res.changes.append((uid, self._emit(version, e, None, NEW, 1.0, []), rec.consumed_at))
+        self._remember(state, None, NEW, e, [])
+        res.transitions.append(("none", NEW))
+
     def _sample(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
         key = hashlib.blake2b(uid.encode("utf-8", "surrogatepass"), key=self._sample_key, digest_size=8).hexdigest()
         res.samples.append(codec.dumps([key, state.to_wire(), t]))
@@ -290,17 +303,14 @@ class Segmenter:
         if model is None:
             return res
         evals: list[_Eval] = []
-        rows: list[list[float]] = []
         for uid, n, segment, _ in self._summaries():
-            if segment is None and n >= self.s.min_events and self.partition_of(uid) in owned:
+            if segment in (None, NEW) and n >= self.s.min_events and self.partition_of(uid) in owned:
                 state = self.store[uid]
-                evals.append(
-                    _Eval(uid, state, state.last_ts, state.n, "event", (state.source[0], state.source[1]), now_mono)
-                )
-                rows.append(model.space.row(state, state.last_ts))
+                t, source = state.last_ts, (state.source[0], state.source[1])
+                evals.append(_Eval(uid, state, t, state.n, "event", source, now_mono, row=model.space.row(state, t)))
                 res.dirty[uid] = state
         if evals:
-            self._evaluate(model, evals, rows, res)
+            self._evaluate(model, evals, res)
         return res
 
     def _want_sample(self, n: int) -> bool:
@@ -309,9 +319,7 @@ class Segmenter:
         q, r = divmod(n, m)
         return (r == 0 and q & (q - 1) == 0) or self._rng.random() < self.s.sample_rate
 
-    def _collect_silent(
-        self, res: BatchResult, evals: list[_Eval], rows: list[list[float]], now: float, wiped: set[str]
-    ) -> None:
+    def _collect_silent(self, res: BatchResult, evals: list[_Eval], now: float, wiped: set[str]) -> None:
         dormant_ms = self.s.dormant_after_ms
         space = self.model.space if self.model else None
         for p in sorted(res.partitions):
@@ -330,45 +338,54 @@ class Segmenter:
                 res.dirty[uid] = state
                 if self.segment_rules:
                     self._check_rules(res, uid, state, t)
-                if state.n < self.s.min_events:
-                    continue
-                self._sample(res, uid, state, t)
-                if space is None:
-                    continue
                 dormant = bool(dormant_ms) and t - state.last_ts >= dormant_ms
-                evals.append(_Eval(uid, state, t, state.n, "silence", (state.source[0], state.source[1]), now, dormant))
-                rows.append(space.row(state, t))
+                e = _Eval(uid, state, t, state.n, "silence", (state.source[0], state.source[1]), now, dormant)
+                if state.n >= self.s.min_events:
+                    self._sample(res, uid, state, t)
+                if dormant:  # the model is not asked: a user below `min_events` goes dormant too
+                    evals.append(e)
+                elif state.n >= self.s.min_events and space is not None:
+                    e.row = space.row(state, t)
+                    evals.append(e)
 
-    def _evaluate(self, model: ModelSnapshot, evals: list[_Eval], rows: list[list[float]], res: BatchResult) -> None:
+    def _evaluate(self, model: ModelSnapshot | None, evals: list[_Eval], res: BatchResult) -> None:
+        """Each evaluation in order: the model's persona for its row (every row in one vectorised call), or
+        ``dormant`` for a dormancy check (no model needed)."""
         s = self.s
-        a = model.assign(model.space.transform(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)))
-        index = a.index.tolist()
-        margin = a.margin.tolist()
-        ids = model.persona_ids
-        for i, e in enumerate(evals):
+        rows = [e.row for e in evals if e.row is not None]
+        if rows:
+            assert model is not None
+            a = model.assign(model.space.transform(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)))
+            index, margin = a.index.tolist(), a.margin.tolist()
+        ids = model.persona_ids if model is not None else ()
+        version = model.version if model is not None else 0
+        j = -1  # the row of the current evaluation
+        for e in evals:
             state = e.state
-            candidate = DORMANT if e.dormant else ids[index[i]]
-            moved = decide(
-                state,
-                candidate,
-                margin[i],
-                n=e.n,
-                min_events=s.min_events,
-                confirmations=s.confirmations,
-                min_margin=s.min_margin,
-                immediate=e.dormant,
-            )
-            if moved is None:
-                continue
-            before, after = moved
             if e.dormant:
+                if state.segment == DORMANT:
+                    continue
+                state.pending, state.pending_n = None, 0
+                before, after, confidence = state.segment, DORMANT, 1.0
                 reasons = silence_reason((e.t - state.last_ts) / _DAY_MS)
             else:
+                assert model is not None
+                j += 1
+                moved = decide(
+                    state,
+                    ids[index[j]],
+                    margin[j],
+                    n=e.n,
+                    min_events=s.min_events,
+                    confirmations=s.confirmations,
+                    min_margin=s.min_margin,
+                )
+                if moved is None:
+                    continue
+                (before, after), confidence = moved, margin[j]
                 from_index = ids.index(before) if before in ids else None
-                reasons = model_reasons(model, a.scaled[i], from_index, index[i])
-            res.changes.append(
-                (e.user_id, self._emit(model.version, e, before, after, margin[i], reasons), e.consumed_at)
-            )
+                reasons = model_reasons(model, a.scaled[j], from_index, index[j])
+            res.changes.append((e.user_id, self._emit(version, e, before, after, confidence, reasons), e.consumed_at))
             self._remember(state, before, after, e, reasons)
             res.transitions.append((before or "none", after))
 
@@ -456,8 +473,8 @@ class Segmenter:
         del state.history[:-keep]
 
     def segment_name(self, persona_id: str | None) -> str | None:
-        if persona_id == DORMANT:
-            return DORMANT
+        if persona_id in RESERVED:
+            return persona_id
         return self.model.name_of(persona_id) if self.model else persona_id
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from worker import codec
 from worker.broker import EmbeddedBroker, free_port
 from worker.evaluation.engines import Outcome, run_pipeline
+from worker.personas.registry import NEW
 from worker.process import metric_total
 from worker.settings import Settings
 from worker.synth import Population, generate
@@ -90,7 +91,8 @@ def _report(pop: Population, outcome: Outcome, seconds: float) -> dict[str, Any]
     names.update({p["id"]: p["name"] for p in outcome.personas["personas"]})
     agree = agreement(final, pop.truth)
     personas = outcome.personas["personas"]
-    moves = Counter((c["from_segment"], c["to_segment"]) for c in changes if c["from_segment"] is not None)
+    moves = Counter((c["from_segment"], c["to_segment"]) for c in changes if c["from_segment"] not in (None, NEW))
+    welcomed = sum(1 for c in changes if c["from_segment"] is None and c["to_segment"] == NEW)
     m = outcome.extra["metrics"]
     rate = outcome.extra["phase2_events"] / max(1e-9, outcome.extra["phase2_seconds"])
     lines = ["", "=" * 78, "segment-worker demo summary", "=" * 78]
@@ -108,8 +110,8 @@ def _report(pop: Population, outcome: Outcome, seconds: float) -> dict[str, Any]
         label, share = agree.purity.get(p["id"], ("-", 0.0))
         lines.append(f"  {p['id']:<8} {p['size']:>6}  {p['name'][:52]:<52} {label} ({share:.0%})")
     lines.append(
-        f"\nsegment changes: {len(changes):,} ({len(changes) - sum(moves.values()):,} first assignments, "
-        f"{sum(moves.values()):,} migrations)"
+        f"\nsegment changes: {len(changes):,} ({welcomed:,} users new, "
+        f"{len(changes) - welcomed - sum(moves.values()):,} first personas, {sum(moves.values()):,} migrations)"
     )
     for (a, b), n in moves.most_common(8):
         lines.append(f"  {n:>5}  {names.get(a, a)}  ->  {names.get(b, b)}")

@@ -32,7 +32,7 @@ from worker.evaluation.engines import Outcome
 from worker.events.ingest import EventParser
 from worker.events.timefmt import parse_timestamp
 from worker.features.state import UserState, apply_event
-from worker.personas.registry import DORMANT
+from worker.personas.registry import DORMANT, NEW
 from worker.settings import Settings
 from worker.synth.population import Population, Truth
 
@@ -102,7 +102,7 @@ def score(pop: Population, outcome: Outcome, s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {
         "users": len(users),
         "events": len(pop.events),
-        "assigned": sum(1 for u in users if u in final) / max(1, len(users)),
+        "assigned": sum(1 for u in users if final.get(u, NEW) != NEW) / max(1, len(users)),
         "personas_true": len({t.final for t in truth.values()} - {DORMANT}),
         "changes": sum(len(c) for c in chains.values()),
         "model_versions": len(outcome.snapshots),
@@ -144,7 +144,7 @@ def score(pop: Population, outcome: Outcome, s: Settings) -> dict[str, Any]:
     out.update(_silences(truth, chains))
     steady = [i for i, u in enumerate(users) if truth[u].stable and truth[u].joined_at is None]
     out["stable_users"] = len(steady)
-    spurious = sum(1 for i in steady for c in chains.get(users[i], ()) if c["from_segment"] is not None)
+    spurious = sum(1 for i in steady for c in chains.get(users[i], ()) if c["from_segment"] not in (None, NEW))
     out["spurious_per_user"] = spurious / len(steady) if steady else None
     if steady and len(outcome.snapshots) > 1:
         x = end_rows[steady]
@@ -164,7 +164,7 @@ def score(pop: Population, outcome: Outcome, s: Settings) -> dict[str, Any]:
 
 
 def _is_model_move(c: dict[str, Any]) -> bool:
-    return c["from_segment"] not in (None, DORMANT) and c["to_segment"] != DORMANT and c.get("trigger") == "event"
+    return c["from_segment"] not in (None, NEW, DORMANT) and c["to_segment"] != DORMANT and c.get("trigger") == "event"
 
 
 def _switches(

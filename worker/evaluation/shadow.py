@@ -15,6 +15,7 @@ from typing import Any
 from sklearn.metrics import adjusted_rand_score
 
 from worker.evaluation.engines import Outcome
+from worker.personas.registry import RESERVED
 
 Chain = tuple[str, ...]
 
@@ -33,7 +34,8 @@ def mapping(current: Mapping[str, Chain], candidate: Mapping[str, Chain]) -> dic
     for u, ch in candidate.items():
         if u in current:
             votes[ch[-1]][current[u][-1]] += 1
-    return {pid: v.most_common(1)[0][0] for pid, v in votes.items()}
+    out = {pid: v.most_common(1)[0][0] for pid, v in votes.items()}
+    return out | {segment: segment for segment in RESERVED}  # the same segment in any model
 
 
 def compare(current: Outcome, candidate: Outcome, names: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 DORMANT = "dormant"  # reserved id: users silent for longer than `dormant_after_days`
+NEW = "new"  # reserved id: a user from the first event until the model places them (below `min_events`)
+RESERVED = (NEW, DORMANT)  # segments that are not personas of a model: the same in every model
 
 
 def persona_id(number: int) -> str:

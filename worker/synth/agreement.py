@@ -9,6 +9,7 @@ from typing import Any
 
 from river import metrics
 
+from worker.personas.registry import NEW
 from worker.synth.population import Truth
 
 
@@ -37,7 +38,8 @@ class Agreement:
 
 
 def agreement(final: Mapping[str, str], truth: Mapping[str, Truth], dormant_id: str = "dormant") -> Agreement:
-    """``final``: each user's persona id at the end (users without one count as unassigned)."""
+    """``final``: each user's segment at the end (users without one count as unassigned; ``assigned`` counts users
+    the model placed: a persona or dormant, not ``new``)."""
     ari = metrics.AdjustedRand()
     for uid, t in truth.items():
         ari.update(t.final, final.get(uid, "unassigned"))
@@ -55,7 +57,7 @@ def agreement(final: Mapping[str, str], truth: Mapping[str, Truth], dormant_id: 
     moved = sum(1 for t in silent if final.get(t.user_id) == dormant_id)
     return Agreement(
         float(ari.get()),
-        sum(1 for u in truth if u in final),
+        sum(1 for u in truth if final.get(u, NEW) != NEW),
         len(truth),
         purity,
         len(switchers),

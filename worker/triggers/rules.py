@@ -7,7 +7,7 @@
       max_per_user_per_day: 2                        # in the user's local day
     campaigns:
       - name: win-back
-        when: {from: "*", to: "dormant"}              # persona id or name; "*" any; null = first assignment
+        when: {from: "*", to: "dormant"}              # persona id or name, new, dormant; "*" any; null: first change
         channel: push
         cooldown: 7d                                   # per user and campaign
         holdout: 0.1                                   # share kept as control group, deterministic per user+campaign
@@ -60,7 +60,7 @@ class Goal:
 @dataclass(frozen=True, slots=True)
 class Campaign:
     name: str
-    from_segment: str | None  # persona id or name, ANY, or None (first assignment)
+    from_segment: str | None  # persona id or name, "new", "dormant", ANY, or None (a user's first change, to new)
     to_segment: str
     channel: str
     cooldown_ms: int
