@@ -146,9 +146,18 @@ class Settings:
     min_events: int = field(default=3, metadata={"help": "events before a user's first persona"})
     confirmations: int = field(default=2, metadata={"help": "consecutive evaluations a move must hold"})
     min_margin: float = field(default=0.05, metadata={"help": "assignment margin a move needs, 0..1"})
-    dormant_after_days: float = field(
-        default=14.0, metadata={"help": "silence that moves a user to 'dormant' (0 disables)"}
+    dormant_after_days: float | None = field(
+        default=None,
+        metadata={
+            "help": "one silence (days) that moves every user to 'dormant', instead of each user's own rhythm "
+            "(DORMANT_AFTER_GAPS); 0: nobody goes dormant"
+        },
     )
+    dormant_after_gaps: float = field(
+        default=8.0,
+        metadata={"help": "silence, in the user's usual gaps between events, that moves the user to 'dormant'"},
+    )
+    dormant_min_days: float = field(default=3.0, metadata={"help": "no user goes dormant after less silence"})
     user_history: int = field(
         default=3,
         metadata={"help": "segment changes (with their top reasons) kept per user for /users/{id}; 0 keeps none"},
@@ -156,8 +165,8 @@ class Settings:
     silence_checks_days: tuple[float, ...] = field(
         default=(),
         metadata={
-            "help": "silence (days) after which a user is re-evaluated by the model, besides the dormancy check "
-            "(comma list; empty = dormancy only)"
+            "help": "silences (days) after which a user is re-evaluated by the model, below the dormancy "
+            "threshold (comma list; empty = dormancy only)"
         },
     )
 
@@ -175,6 +184,8 @@ class Settings:
             problems.append("sample_rate must be in (0, 1]")
         if self.warmup_samples < 10 * self.k_max:
             problems.append("warmup_samples must be at least 10 * k_max")
+        if self.dormant_after_gaps <= 0 or self.dormant_min_days < 0 or (self.dormant_after_days or 0) < 0:
+            problems.append("dormant_after_gaps must be > 0, dormant_min_days and dormant_after_days >= 0")
         if self.user_history < 0:
             problems.append("user_history must be >= 0")
         if self.confirmations < 1 or self.min_events < 1:
@@ -202,15 +213,13 @@ class Settings:
         return tuple(h * DAY_MS for h in self.half_lives_days)
 
     @property
-    def dormant_after_ms(self) -> int:
-        return int(self.dormant_after_days * DAY_MS)
+    def dormant_after_ms(self) -> int | None:
+        """The operator's one dormancy silence for every user; None: each user's own (worker.changes.dormancy)."""
+        return None if self.dormant_after_days is None else int(self.dormant_after_days * DAY_MS)
 
     @property
     def silence_checks_ms(self) -> tuple[int, ...]:
-        checks = sorted(int(d * DAY_MS) for d in self.silence_checks_days if d > 0)
-        if self.dormant_after_ms:
-            checks = [c for c in checks if c < self.dormant_after_ms] + [self.dormant_after_ms]
-        return tuple(checks)
+        return tuple(sorted(int(d * DAY_MS) for d in self.silence_checks_days if d > 0))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -237,6 +246,8 @@ class Settings:
         env = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None:  # unset: the default
+                continue
             text = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
             env[ENV_PREFIX + f.name.upper()] = text
         return env
@@ -265,7 +276,8 @@ def _coerce(name: str, tp: Any, raw: str) -> Any:
         if tp in (int, float, str):
             return tp(raw)
         if isinstance(tp, types.UnionType):
-            return raw
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            return args[0](raw) if len(args) == 1 and args[0] in (int, float) else raw
     except ValueError as exc:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
     raise ConfigError(f"cannot parse setting {name} of type {tp}")

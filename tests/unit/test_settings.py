@@ -53,6 +53,11 @@ def test_unknown_flag_is_an_error() -> None:
         Settings.load({}, {"no_such": "1"})
 
 
-def test_silence_checks_end_at_dormancy() -> None:
-    s = Settings(silence_checks_days=(1.0, 30.0), dormant_after_days=14.0)
-    assert s.silence_checks_ms == (86_400_000, 14 * 86_400_000)
+def test_dormancy_is_each_users_own_unless_fixed() -> None:
+    s = Settings(silence_checks_days=(30.0, 1.0, 0.0))
+    assert s.silence_checks_ms == (86_400_000, 30 * 86_400_000) and s.dormant_after_ms is None
+    fixed = Settings.load({"SEGMENT_WORKER_DORMANT_AFTER_DAYS": "14"})
+    assert fixed.dormant_after_ms == 14 * 86_400_000
+    assert Settings.load(fixed.to_env()) == fixed and Settings.load(s.to_env()) == s
+    with pytest.raises(ConfigError):
+        Settings(dormant_after_gaps=0)

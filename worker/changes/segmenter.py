@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from worker import codec
+from worker.changes.dormancy import DAY_MS, DEFAULT_TYPICAL_GAP_MS, Dormancy
 from worker.changes.hysteresis import decide
 from worker.changes.reasons import model_reasons, silence_reason
 from worker.changes.silence import SilenceIndex
@@ -47,7 +48,6 @@ from worker.personas.registry import DORMANT, NEW, RESERVED
 from worker.segments.rules import SegmentRule, rule_features
 from worker.settings import Settings
 
-_DAY_MS = 86_400_000
 HISTORY_REASONS = 2  # reasons kept per change in a user's recent history
 
 
@@ -123,7 +123,7 @@ class Segmenter:
         # training samples carry a keyed digest of the user, never the id: the key lives only in this process
         self._sample_key = os.urandom(16)
         self.half_lives = settings.half_lives_ms
-        self.checks = settings.silence_checks_ms
+        self.dormancy = self._dormancy(None)
         self.session_gap_ms = int(settings.session_gap_seconds * 1000)
         self.watermarks = Watermarks(int(settings.lateness_seconds * 1000))
         self.silence = SilenceIndex()
@@ -136,7 +136,15 @@ class Segmenter:
         if self.model is not None and model.version <= self.model.version:
             return False
         self.model = model
+        self.dormancy = self._dormancy(model)
         return True
+
+    def _dormancy(self, model: ModelSnapshot | None) -> Dormancy:
+        s = self.s
+        typical = model.typical_gap_ms if model is not None and model.typical_gap_ms > 0 else DEFAULT_TYPICAL_GAP_MS
+        return Dormancy(
+            s.dormant_after_ms, s.dormant_after_gaps, int(s.dormant_min_days * DAY_MS), typical, s.silence_checks_ms
+        )
 
     def rebuild(self, owned: set[int], watermarks: dict[int, int]) -> None:
         """Re-derive in-memory indexes (silence timers, persona counts) from the store after (re)assignment."""
@@ -210,7 +218,7 @@ class Segmenter:
                 self._welcome(res, uid, state, rec)
             # an event resets the silence clock
             state.silence_step = 0
-            state.due = state.last_ts + self.checks[0] if self.checks else 0
+            state.due = self.dormancy.next_check(state, 0)
             if state.n >= s.min_events:
                 if self._want_sample(state.n):
                     self._sample(res, uid, state, state.last_ts)
@@ -320,7 +328,6 @@ class Segmenter:
         return (r == 0 and q & (q - 1) == 0) or self._rng.random() < self.s.sample_rate
 
     def _collect_silent(self, res: BatchResult, evals: list[_Eval], now: float, wiped: set[str]) -> None:
-        dormant_ms = self.s.dormant_after_ms
         space = self.model.space if self.model else None
         for p in sorted(res.partitions):
             wm = self.watermarks.get(p)
@@ -330,15 +337,15 @@ class Segmenter:
                     continue  # erased, rescheduled by a newer event, or a stale entry
                 t = state.due
                 state.silence_step += 1
-                state.due = (
-                    state.last_ts + self.checks[state.silence_step] if state.silence_step < len(self.checks) else 0
-                )
+                # as of now: a newer model's typical gap may have moved the threshold since the check was planned
+                limit = self.dormancy.after_ms(state)
+                state.due = self.dormancy.next_check(state, t - state.last_ts)
                 if state.due:
                     self.silence.schedule(p, uid, state.due)
                 res.dirty[uid] = state
                 if self.segment_rules:
                     self._check_rules(res, uid, state, t)
-                dormant = bool(dormant_ms) and t - state.last_ts >= dormant_ms
+                dormant = bool(limit) and t - state.last_ts >= limit
                 e = _Eval(uid, state, t, state.n, "silence", (state.source[0], state.source[1]), now, dormant)
                 if state.n >= self.s.min_events:
                     self._sample(res, uid, state, t)
@@ -367,7 +374,7 @@ class Segmenter:
                     continue
                 state.pending, state.pending_n = None, 0
                 before, after, confidence = state.segment, DORMANT, 1.0
-                reasons = silence_reason((e.t - state.last_ts) / _DAY_MS)
+                reasons = silence_reason((e.t - state.last_ts) / DAY_MS)
             else:
                 assert model is not None
                 j += 1

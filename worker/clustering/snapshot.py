@@ -38,6 +38,9 @@ class ModelSnapshot:
     # next offset of the training-samples topic not folded into this model: a trainer that resumes from it skips
     # the records before (they are in the model) and reads the rest again (a crash before publishing loses none)
     samples_offset: int = 0
+    # the stream's typical gap between a user's events (median over sampled users; 0: not measured), which sets
+    # how long a user with little history of its own may be silent before it is dormant (worker.changes.dormancy)
+    typical_gap_ms: float = 0.0
 
     def __post_init__(self) -> None:
         k, dim = self.centroids.shape
@@ -111,6 +114,7 @@ class ModelSnapshot:
                 "next_persona": self.next_persona,
                 "k_scores": {str(k): v for k, v in self.k_scores.items()},
                 "samples_offset": self.samples_offset,
+                "typical_gap_ms": self.typical_gap_ms,
             }
         )
 
@@ -131,6 +135,7 @@ class ModelSnapshot:
                 next_persona=int(d["next_persona"]),
                 k_scores={int(k): float(v) for k, v in d.get("k_scores", {}).items()},
                 samples_offset=int(d.get("samples_offset", 0)),
+                typical_gap_ms=float(d.get("typical_gap_ms", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"unreadable model snapshot: {exc}") from exc

@@ -11,6 +11,7 @@ that is clearly better. Persona ids survive updates through :func:`worker.person
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable
 
 import numpy as np
@@ -25,6 +26,7 @@ from worker.personas.registry import persona_id
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
+GAP_MEMORY = 5000  # sampled users' gaps between events the typical gap is the median of
 
 
 class Trainer:
@@ -41,6 +43,7 @@ class Trainer:
         self.since_publish = 0
         self.since_recheck = 0
         self.seen = 0
+        self.gaps: deque[float] = deque(maxlen=GAP_MEMORY)  # sampled users' mean gaps between their events
         if current is not None:
             self.resume(current)
 
@@ -69,6 +72,8 @@ class Trainer:
         published: ModelSnapshot | None = None
         rows: list[list[float]] = []
         for uid, state, t in samples:
+            if state.n >= 2:
+                self.gaps.append((state.last_ts - state.first_ts) / (state.n - 1))
             if self.current is None:
                 self.warmup[uid] = (state, t)
                 self._warm_span = (min(self._warm_span[0], t), max(self._warm_span[1], t))
@@ -153,8 +158,25 @@ class Trainer:
         known = dict(zip(self.current.persona_ids, self.current.persona_names, strict=True)) if self.current else {}
         names = [self.overrides.get(pid) or known.get(pid) or name for pid, name in zip(ids, fresh, strict=True)]
         return ModelSnapshot(
-            version, space, mean, scale, centroids.copy(), tuple(ids), tuple(names), samples, next_number, scores
+            version,
+            space,
+            mean,
+            scale,
+            centroids.copy(),
+            tuple(ids),
+            tuple(names),
+            samples,
+            next_number,
+            scores,
+            typical_gap_ms=self.typical_gap_ms(),
         )
+
+    def typical_gap_ms(self) -> float:
+        """The median of the sampled users' mean gaps between events (the last model's when none was sampled
+        since the trainer started)."""
+        if self.gaps:
+            return float(np.median(np.fromiter(self.gaps, dtype=np.float64)))
+        return self.current.typical_gap_ms if self.current is not None else 0.0
 
     def _publish_update(self) -> ModelSnapshot:
         cur = self.current

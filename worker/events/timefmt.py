@@ -13,6 +13,12 @@ _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 def parse_timestamp(value: str | int) -> int:
     """Event time in epoch milliseconds from an RFC 3339 string (with offset) or epoch milliseconds."""
+    if isinstance(value, float) and value.is_integer():  # JSON Schema counts 1.0 as an integer: so do we
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidEvent(
+            "bad_timestamp", f"not epoch milliseconds nor RFC 3339: {type(value).__name__}"
+        )
     if isinstance(value, int):
         if not 0 <= value <= _MAX_MS:
             raise InvalidEvent("bad_timestamp", f"epoch milliseconds out of range: {value}")

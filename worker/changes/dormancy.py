@@ -1,0 +1,48 @@
+"""When is a silent user dormant? Relative to the user's own rhythm, unless the operator fixes one silence for all.
+
+A user's usual gap between events is estimated from what the state keeps anyway (first and last event time, event
+count), shrunk towards the stream's typical gap (learned by the trainer, carried by the model snapshot) by a
+couple of pseudo-gaps, so two purchases on one day do not make a customer "daily". The user is dormant once silent
+for ``gaps`` usual gaps, and never sooner than ``floor``: a user of ten events a day is lapsed after a few quiet
+days, a quarterly buyer not after a quiet month. A state built under one model's typical gap carries to the next
+unchanged: nothing here is stored per user but the times and the count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.features.state import UserState
+
+DAY_MS = 86_400_000
+PRIOR_WEIGHT = 2.0  # pseudo-gaps of the stream's typical gap in a user's estimate
+# the stream's typical gap before the trainer measured one: with the default 8 gaps, 14 days for a new user
+DEFAULT_TYPICAL_GAP_MS = 1.75 * DAY_MS
+
+
+@dataclass(frozen=True)
+class Dormancy:
+    fixed_ms: int | None  # the operator's DORMANT_AFTER_DAYS: one silence for every user (0: nobody goes dormant)
+    gaps: float  # DORMANT_AFTER_GAPS: silence, in the user's usual gaps, that makes the user dormant
+    floor_ms: int  # DORMANT_MIN_DAYS: never dormant sooner
+    typical_gap_ms: float  # the stream's typical gap between a user's events
+    checks_ms: tuple[int, ...] = ()  # SILENCE_CHECKS_DAYS: silences at which the model re-evaluates the user
+
+    def usual_gap_ms(self, state: UserState) -> float:
+        span = max(0, state.last_ts - state.first_ts)
+        return (span + PRIOR_WEIGHT * self.typical_gap_ms) / (max(0, state.n - 1) + PRIOR_WEIGHT)
+
+    def after_ms(self, state: UserState) -> int:
+        """The silence after which the user is dormant (0: never)."""
+        if self.fixed_ms is not None:
+            return self.fixed_ms
+        return max(self.floor_ms, int(self.gaps * self.usual_gap_ms(state)))
+
+    def next_check(self, state: UserState, silence_ms: int) -> int:
+        """Event time of the user's next silence check after ``silence_ms`` of silence (0: none left): the model's
+        re-evaluations below the dormancy threshold, then the threshold."""
+        limit = self.after_ms(state)
+        for check in self.checks_ms:
+            if silence_ms < check and (not limit or check < limit):
+                return state.last_ts + check
+        return state.last_ts + limit if limit and silence_ms < limit else 0
