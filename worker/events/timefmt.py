@@ -11,7 +11,7 @@ from worker.errors import InvalidEvent
 _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
-def parse_timestamp(value: str | int) -> int:
+def parse_timestamp(value: object) -> int:
     """Event time in epoch milliseconds from an RFC 3339 string (with offset) or epoch milliseconds."""
     if isinstance(value, float) and value.is_integer():  # JSON Schema counts 1.0 as an integer: so do we
         value = int(value)
