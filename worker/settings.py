@@ -157,7 +157,7 @@ class Settings:
         default=8.0,
         metadata={"help": "silence, in the user's usual gaps between events, that moves the user to 'dormant'"},
     )
-    dormant_min_days: float = field(default=3.0, metadata={"help": "no user goes dormant after less silence"})
+    dormant_min_days: float = field(default=7.0, metadata={"help": "no user goes dormant after less silence"})
     user_history: int = field(
         default=3,
         metadata={"help": "segment changes (with their top reasons) kept per user for /users/{id}; 0 keeps none"},

@@ -115,15 +115,15 @@ def test_encoded_states_hold_bytes_and_hand_out_independent_objects() -> None:
 
 def test_records_written_before_the_history_was_kept_still_decode() -> None:
     s = _busy_state(21)
-    s.history = []
-    old = encode(s)  # without history the layout is the one before it existed
+    s.history, s.max_gap = [], 0
+    old = encode(s)  # without history (and the longest gap, kept later) the layout is the one before it existed
     s.history = [[1, None, "p3", s.last_ts, "event", []]]
     new = encode(s)
     assert new.startswith(old) and decode(old).history == [] and decode(new).history == s.history
     assert peek(new) == peek(old)  # the index rebuild does not read it
-    legacy = s.to_wire()[:-4]  # the all-JSON form before the history, custom segment and origin fields
+    legacy = s.to_wire()[:-5]  # the all-JSON form before the history, custom segment, origin, longest-gap fields
     back = UserState.from_wire(legacy)
-    assert (back.history, back.rule_segments, back.rule_seq, back.origin) == ([], [], 0, s.first_ts)
+    assert (back.history, back.rule_segments, back.rule_seq, back.origin, back.max_gap) == ([], [], 0, s.first_ts, 0)
     assert decode(old[: len(old)] + b'[[1, null, "p3", 0, "event", []]]').history == [
         [1, None, "p3", s.last_ts, "event", []]
     ]

@@ -1,11 +1,12 @@
 """When is a silent user dormant? Relative to the user's own rhythm, unless the operator fixes one silence for all.
 
-A user's usual gap between events is estimated from what the state keeps anyway (first and last event time, event
-count), shrunk towards the stream's typical gap (learned by the trainer, carried by the model snapshot) by a
-couple of pseudo-gaps, so two purchases on one day do not make a customer "daily". The user is dormant once silent
-for ``gaps`` usual gaps, and never sooner than ``floor``: a user of ten events a day is lapsed after a few quiet
-days, a quarterly buyer not after a quiet month. A state built under one model's typical gap carries to the next
-unchanged: nothing here is stored per user but the times and the count.
+A user's usual gap between events is estimated from the state's first and last event time and event count, shrunk
+towards the stream's typical gap (learned by the trainer, carried by the model snapshot) by a couple of pseudo-gaps,
+so two purchases on one day do not make a customer "daily". The user is dormant once silent for ``gaps`` usual
+gaps, for ``LONGEST_GAPS`` times the longest silence the user already came back from (a user active on weekends
+only is not lapsed on Friday), and never sooner than ``floor``: a user of ten events a day is lapsed after a few
+quiet days, a quarterly buyer not after a quiet month. A state built under one model's typical gap carries to the
+next unchanged: nothing here depends on the model but the typical gap.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from worker.features.state import UserState
 
 DAY_MS = 86_400_000
 PRIOR_WEIGHT = 2.0  # pseudo-gaps of the stream's typical gap in a user's estimate
+LONGEST_GAPS = 2.0  # a silence twice the longest the user came back from is a lapse
 # the stream's typical gap before the trainer measured one: with the default 8 gaps, 14 days for a new user
 DEFAULT_TYPICAL_GAP_MS = 1.75 * DAY_MS
 
@@ -36,7 +38,7 @@ class Dormancy:
         """The silence after which the user is dormant (0: never)."""
         if self.fixed_ms is not None:
             return self.fixed_ms
-        return max(self.floor_ms, int(self.gaps * self.usual_gap_ms(state)))
+        return max(self.floor_ms, int(self.gaps * self.usual_gap_ms(state)), int(LONGEST_GAPS * state.max_gap))
 
     def next_check(self, state: UserState, silence_ms: int) -> int:
         """Event time of the user's next silence check after ``silence_ms`` of silence (0: none left): the model's

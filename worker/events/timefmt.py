@@ -16,9 +16,7 @@ def parse_timestamp(value: object) -> int:
     if isinstance(value, float) and value.is_integer():  # JSON Schema counts 1.0 as an integer: so do we
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidEvent(
-            "bad_timestamp", f"not epoch milliseconds nor RFC 3339: {type(value).__name__}"
-        )
+        raise InvalidEvent("bad_timestamp", f"not epoch milliseconds nor RFC 3339: {type(value).__name__}")
     if isinstance(value, int):
         if not 0 <= value <= _MAX_MS:
             raise InvalidEvent("bad_timestamp", f"epoch milliseconds out of range: {value}")

@@ -32,6 +32,7 @@ class UserState:
         "history",
         "last_session",
         "last_ts",
+        "max_gap",
         "model_version",
         "n",
         "offsets",
@@ -58,6 +59,7 @@ class UserState:
         self.n = 0  # events applied
         self.first_ts = 0
         self.last_ts = 0  # newest event time
+        self.max_gap = 0  # longest gap between an event and the newest one before it, as they arrived
         self.ref_ts = 0  # time the decayed values below are expressed at
         self.rates: dict[str, list[float]] = {}  # event type -> decayed counts, one per half-life
         self.spend = [0.0] * n_half_lives  # decayed sums of `value`
@@ -134,6 +136,7 @@ _ADDED: tuple[tuple[str, Any], ...] = (
     ("rule_segments", list),
     ("rule_seq", int),
     ("origin", int),
+    ("max_gap", int),
 )
 _NOT_WIRED = ("opted_out",)  # a marker has a form of its own
 _WIRE = (
@@ -230,6 +233,8 @@ def apply_event(
     if state.n == 0 or t < state.first_ts:
         state.first_ts = t
     if t > state.last_ts:
+        if state.n and t - state.last_ts > state.max_gap:  # (a late event that splits a gap leaves it as it was)
+            state.max_gap = t - state.last_ts
         state.last_ts = t
     state.n += 1
 

@@ -12,7 +12,8 @@ type's counts[H], as a bitmask of the non-zero ones followed by those as little-
 part decodes in C, and the floats are spread back by a cached ``itemgetter`` per zero pattern. After the floats,
 when the user has any, a JSON object of what was added later: ``h`` the recent segment changes (times relative to
 the last event), ``r`` and ``q`` the custom segments and their event count, ``g`` the profile's origin time
-relative to the first event (only when an out-of-order event came before it). Outside the skeleton, so :func:`peek`
+relative to the first event (only when an out-of-order event came before it), ``x`` the longest gap between
+events. Outside the skeleton, so :func:`peek`
 does not parse it, and a record written before it existed still decodes.
 
 A user who withdrew consent is stored as the single byte ``MARKER`` (:meth:`UserState.marker`).
@@ -123,6 +124,8 @@ def encode(state: UserState) -> bytes:
         extra["r"], extra["q"] = state.rule_segments, state.rule_seq
     if state.origin != first:
         extra["g"] = state.origin - first
+    if state.max_gap:
+        extra["x"] = state.max_gap
     history = codec.dumps(extra) if extra else b""
     return b"".join(
         (
@@ -266,5 +269,6 @@ def _decode(buf: bytes) -> UserState:
     s.rule_segments = tail.get("r", [])
     s.rule_seq = tail.get("q", 0)
     s.origin = first + tail.get("g", 0)
+    s.max_gap = tail.get("x", 0)
     s.opted_out = False
     return s
