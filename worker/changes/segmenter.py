@@ -347,7 +347,7 @@ class Segmenter:
                     self._check_rules(res, uid, state, t)
                 dormant = bool(limit) and t - state.last_ts >= limit
                 e = _Eval(uid, state, t, state.n, "silence", (state.source[0], state.source[1]), now, dormant)
-                if state.n >= self.s.min_events:
+                if state.n >= self.s.min_events and not dormant:  # a lapsed user's faded state is no persona
                     self._sample(res, uid, state, t)
                 if dormant:  # the model is not asked: a user below `min_events` goes dormant too
                     evals.append(e)
