@@ -188,6 +188,12 @@ def _unseen_vocabulary(rng: np.random.Generator) -> World:
     return World(random_personas(rng, 6, vocab, frozenset({vocab[0]})), switch_share=0.05, silent_share=0.05)
 
 
+def _lapsing(rng: np.random.Generator) -> World:
+    # heavy users (about ten events a day), 10 % of whom stop: a week or two of silence is a lapse for them
+    personas = [replace(p, rates={t: 4.0 * r for t, r in p.rates.items()}) for p in _drawn(rng, 5)]
+    return World(tuple(personas), switch_share=0.0, silent_share=0.10)
+
+
 def _reference(rng: np.random.Generator) -> World:
     return World(PERSONAS)
 
@@ -203,6 +209,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("twins", "two personas that differ only by weekend vs weekday habit", _weekend_twins),
         Scenario("noisy", "30% of users with a fifth of the usual activity", _noisy),
         Scenario("vocabulary", "16 made-up event types, 6 personas, 5% switch, 5% silent", _unseen_vocabulary),
+        Scenario("lapsing", "about ten events a day per user, 10% go silent", _lapsing),
         Scenario("reference", "the demo's world: 5 personas, 10% switch, 8% silent", _reference),
     )
 }
