@@ -121,3 +121,23 @@ def test_trainer_warmup_needs_event_time_span() -> None:
     tr = Trainer(s)
     same_time = [(u, st, 1_767_225_600_000) for u, st, _ in population(150, 1_767_225_600_000 + 20 * DAY)]
     assert tr.add(same_time) is None  # all sampled at one instant: features not mature yet
+
+
+def test_a_small_stream_is_fitted_once_its_samples_span_four_slowest_half_lives() -> None:
+    s = Settings(warmup_samples=1500, k_max=4)  # far more users than this stream has
+    early = population(60, 1_767_225_600_000 + 20 * DAY)
+    # one more user, sampled 4 x 7 days after the first samples
+    late = [("late", st, t) for _, st, t in population(1, 1_767_225_600_000 + 40 * DAY, seed=1)]
+    tr = Trainer(s)
+    assert tr.add(early) is None
+    first = tr.add(late)
+    assert first is not None and first.version == 1 and first.samples_seen == 61
+    # the stream's typical gap between a user's events travels with the snapshot (an older one reads as unknown)
+    assert first.typical_gap_ms == pytest.approx(
+        float(np.median([(st.last_ts - st.first_ts) / 19 for _, st, _ in early + late]))
+    )
+    assert ModelSnapshot.from_bytes(first.to_bytes()).typical_gap_ms == first.typical_gap_ms
+    legacy = codec.loads(first.to_bytes())
+    del legacy["typical_gap_ms"]
+    assert ModelSnapshot.from_bytes(codec.dumps(legacy)).typical_gap_ms == 0.0
+    assert Trainer(s).add(population(38, 1_767_225_600_000 + 20 * DAY) + late) is None  # 39 users: under 10 x K_MAX

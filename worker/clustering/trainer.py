@@ -27,6 +27,8 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 GAP_MEMORY = 5000  # sampled users' gaps between events the typical gap is the median of
+# a stream too small to reach WARMUP_SAMPLES users is fitted once its samples span this many slowest half-lives
+LONG_WARMUP_HALF_LIVES = 4
 
 
 class Trainer:
@@ -77,7 +79,7 @@ class Trainer:
             if self.current is None:
                 self.warmup[uid] = (state, t)
                 self._warm_span = (min(self._warm_span[0], t), max(self._warm_span[1], t))
-                if len(self.warmup) >= self.settings.warmup_samples and self._warm_enough():
+                if self._warm_enough():
                     published = self._fit_first()
                 continue
             rows.append(self.current.space.row(state, t))
@@ -116,9 +118,16 @@ class Trainer:
         self._window_len = min(self._window_len + 1, len(self.window))
 
     def _warm_enough(self) -> bool:
-        """The first fit waits until the samples span the slowest half-life of event time, so the decayed rates
-        it is fitted on have matured (a fit on the first hours of a stream sees only newcomers)."""
-        return self._warm_span[1] - self._warm_span[0] >= max(self.settings.half_lives_ms)
+        """The first fit waits for ``warmup_samples`` users whose samples span the slowest half-life of event
+        time, so the decayed rates it is fitted on have matured (a fit on the first hours of a stream sees only
+        newcomers); a smaller stream (a shop with a few thousand customers) is fitted with what it has, at least
+        ten users per persona the model may find, once its samples span ``LONG_WARMUP_HALF_LIVES`` of them."""
+        s = self.settings
+        users, span = len(self.warmup), self._warm_span[1] - self._warm_span[0]
+        slowest = max(s.half_lives_ms)
+        if users >= s.warmup_samples:
+            return span >= slowest
+        return users >= 10 * s.k_max and span >= LONG_WARMUP_HALF_LIVES * slowest
 
     def _fit_first(self) -> ModelSnapshot:
         s = self.settings
