@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
 
+from worker import codec
 from worker.kafkaio import Record, read_all
 
 
@@ -44,3 +46,17 @@ def holds_for(get: Callable[[], Any], holds: Callable[[Any], bool], seconds: flo
         if time.monotonic() > deadline:
             return value
         time.sleep(0.5)
+
+
+def latest_changes(records: list[Record]) -> dict[str, dict[str, Any]]:
+    """Each user's last change, after checking every chain: sequences 1..n, each from where the last one went."""
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        change = codec.loads(r.value or b"{}")
+        assert r.key == change["user_id"].encode()
+        chains.setdefault(change["user_id"], []).append(change)
+    for uid, chain in chains.items():
+        chain.sort(key=lambda c: c["sequence"])
+        assert [c["sequence"] for c in chain] == list(range(1, len(chain) + 1)), uid
+        assert all(a["to_segment"] == b["from_segment"] for a, b in itertools.pairwise(chain)), uid
+    return {uid: chain[-1] for uid, chain in chains.items()}

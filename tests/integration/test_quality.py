@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
-import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import latest_changes, poll_until
 from worker import codec
 from worker.broker import EmbeddedBroker
 from worker.kafkaio import read_all
-from worker.process import metric_total
+from worker.process import WorkerProcess, metric_total
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -92,60 +93,43 @@ def _cdnow_csv(dest: Path) -> dict[str, list[tuple[str, float]]]:
     return purchases
 
 
-def test_real_purchase_log_gets_rfm_personas(
-    tmp_path: Path, broker: EmbeddedBroker, worker_settings: Settings, start_worker: Any
+def test_real_purchase_log_with_default_settings(
+    tmp_path: Path, broker: EmbeddedBroker, bare_settings: Settings
 ) -> None:
+    """CDNOW's sample with no setting changed: every customer ends in a segment, 3 to 12 segments, and they tell
+    customers apart (mean purchase count or spend differ at least 2x)."""
     purchases = _cdnow_csv(tmp_path / "cdnow.csv")
     events = sum(len(p) for p in purchases.values())
     assert len(purchases) > 2000 and events > 6000
-    # a purchase log's rhythm is months, not days; and one purchase is all many customers ever make
-    s = worker_settings.replace(
-        half_lives_days=(30.0, 180.0),
-        min_events=1,
-        dormant_after_days=0.0,
-        silence_checks_days=(30.0, 90.0),
-        warmup_samples=800,
-        sample_rate=1.0,
-        max_future_seconds=86_400.0,
-    )
-    worker = start_worker(s)
-    _cli("replay", str(tmp_path / "cdnow.csv"), "--broker", broker.url, "--topic", s.input_topic, cwd=tmp_path)
-    deadline = time.monotonic() + 180
-    while metric_total(worker.metrics(), "segment_worker_events_processed_total") < events:
-        assert time.monotonic() < deadline, "worker did not apply the whole log"
-        time.sleep(0.5)
-    # the first model is fitted after the log is in (on a slow machine seconds after): poll, not a fixed sleep
-    last: dict[str, dict[str, Any]] = {}
-    while True:
-        for r in read_all(broker.bootstrap, s.output_topic):
-            c = codec.loads(r.value or b"{}")
-            if c["sequence"] >= last.get(c["user_id"], {"sequence": 0})["sequence"]:
-                last[c["user_id"]] = c
-        placed = {u for u, c in last.items() if c["to_segment"] != "new"}  # every customer is `new` at first
-        if placed == set(purchases) or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
-    assert placed == set(purchases), f"{len(set(purchases) - placed)} customers without a persona"
-    by_persona: dict[str, list[str]] = defaultdict(list)
+    s = bare_settings
+    worker = WorkerProcess(s, dict(os.environ), tmp_path / "worker.log")
+    try:
+        worker.wait_ready(90)
+        _cli("replay", str(tmp_path / "cdnow.csv"), "--broker", broker.url, "--topic", s.input_topic, cwd=tmp_path)
+        poll_until(
+            worker.metrics,
+            lambda m: metric_total(m, "segment_worker_events_processed_total") >= events,
+            180,
+            "the whole log applied",
+        )
+
+        def last_changes() -> dict[str, dict[str, Any]]:
+            return latest_changes(read_all(broker.bootstrap, s.output_topic))
+
+        def settled(last: dict[str, dict[str, Any]]) -> bool:  # every customer placed as the worker counts them
+            sizes = {k.split("segment=")[1]: v for k, v in worker.metrics().items() if "persona_users|" in k}
+            placed = Counter(c["to_segment"] for c in last.values())
+            return set(last) == set(purchases) and placed == Counter({k: int(v) for k, v in sizes.items() if v})
+
+        last = poll_until(last_changes, settled, 180, "every customer in a segment")
+    finally:
+        worker.stop()
+    by_segment: dict[str, list[str]] = defaultdict(list)
     for uid, c in last.items():
-        by_persona[c["to_segment"]].append(uid)
-    assert len(by_persona) >= 2
-    # recency / frequency / monetary medians per persona: personas differ on at least two of the three
-    end = max(ts for p in purchases.values() for ts, _ in p)
-    rfm = {}
-    for pid, uids in by_persona.items():
-        if len(uids) < 20:
-            continue
-        freq = statistics.median(len(purchases[u]) for u in uids)
-        money = statistics.median(sum(v for _, v in purchases[u]) for u in uids)
-        recency = statistics.median(_days(max(ts for ts, _ in purchases[u]), end) for u in uids)
-        rfm[pid] = (recency, freq, money)
-    assert len(rfm) >= 2, by_persona.keys()
-    spread = [max(v[i] for v in rfm.values()) / max(1e-9, min(v[i] for v in rfm.values())) for i in range(3)]
-    assert sum(x >= 2.0 for x in spread) >= 2, rfm
-
-
-def _days(ts: str, end: str) -> float:
-    from worker.events.timefmt import parse_timestamp
-
-    return (parse_timestamp(end) - parse_timestamp(ts)) / 86_400_000 + 1.0
+        assert c["to_segment"] is not None
+        by_segment[c["to_segment"]].append(uid)
+    assert 3 <= len(by_segment) <= 12, {k: len(v) for k, v in by_segment.items()}
+    assert any(k not in ("new", "dormant") for k in by_segment), "no persona: the model was never fitted"
+    counts = [statistics.mean(len(purchases[u]) for u in uids) for uids in by_segment.values()]
+    spend = [statistics.mean(sum(v for _, v in purchases[u]) for u in uids) for uids in by_segment.values()]
+    assert max(counts) >= 2 * min(counts) or max(spend) >= 2 * min(spend), (counts, spend)

@@ -6,7 +6,6 @@ client racing the worker; a topic whose partition count changes while the worker
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import os
 import random
 import subprocess
@@ -23,9 +22,9 @@ import pytest
 from confluent_kafka import Consumer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from tests.helpers import holds_for, poll_until, wait_for_records
+from tests.helpers import holds_for, latest_changes, poll_until, wait_for_records
 from worker import codec
-from worker.kafkaio import Record, create_topics, partition_counts, read_all
+from worker.kafkaio import create_topics, partition_counts, read_all
 from worker.process import WorkerProcess, metric_total
 from worker.settings import Settings
 from worker.topics import worker_topics
@@ -84,20 +83,6 @@ def topic_names(bootstrap: str) -> set[str]:
         return set(admin.list_topics())
     finally:
         admin.close()
-
-
-def latest_changes(records: list[Record]) -> dict[str, dict[str, Any]]:
-    """Each user's last change, after checking every chain: sequences 1..n, each from where the last one went."""
-    chains: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        change = codec.loads(r.value or b"{}")
-        assert r.key == change["user_id"].encode()
-        chains.setdefault(change["user_id"], []).append(change)
-    for uid, chain in chains.items():
-        chain.sort(key=lambda c: c["sequence"])
-        assert [c["sequence"] for c in chain] == list(range(1, len(chain) + 1)), uid
-        assert all(a["to_segment"] == b["from_segment"] for a, b in itertools.pairwise(chain)), uid
-    return {uid: chain[-1] for uid, chain in chains.items()}
 
 
 def read_with_confluent(bootstrap: str, topic: str, group: str, count: int, timeout: float = 90.0) -> list[Any]:
