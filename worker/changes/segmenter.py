@@ -15,9 +15,9 @@ them once they have ``min_events`` events, a persona, or ``dormant`` after the s
 (whether or not they ever had a persona).
 
 Users can leave: an erasure request (a record of kind ``erasure``) deletes the user's state, an event withdrawing
-consent replaces it by a marker. Either way a user who had a persona gets one final change with ``to_segment``
-null, and leaves the custom segments. Events after that start a fresh profile (after a withdrawal, only once an
-event gives consent again).
+consent replaces it by a marker. Either way the user (in a segment since the first event, ``new`` at least) gets one
+final change with ``to_segment`` null, and leaves the custom segments. Events after that start a fresh profile
+(after a withdrawal, only once an event gives consent again).
 """
 
 from __future__ import annotations
