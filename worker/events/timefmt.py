@@ -12,15 +12,22 @@ _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
 def parse_timestamp(value: object) -> int:
-    """Event time in epoch milliseconds from an RFC 3339 string (with offset) or epoch milliseconds."""
-    if isinstance(value, float) and value.is_integer():  # JSON Schema counts 1.0 as an integer: so do we
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    """Event time in epoch milliseconds from an RFC 3339 string (with offset) or epoch milliseconds (a whole float
+    too: JSON Schema counts 1.0 as an integer; a boolean is none)."""
+    if isinstance(value, str):
+        return _parse_text(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        ms = value
+    elif isinstance(value, float) and value.is_integer():
+        ms = int(value)
+    else:
         raise InvalidEvent("bad_timestamp", f"not epoch milliseconds nor RFC 3339: {type(value).__name__}")
-    if isinstance(value, int):
-        if not 0 <= value <= _MAX_MS:
-            raise InvalidEvent("bad_timestamp", f"epoch milliseconds out of range: {value}")
-        return value
+    if not 0 <= ms <= _MAX_MS:
+        raise InvalidEvent("bad_timestamp", f"epoch milliseconds out of range: {ms}")
+    return ms
+
+
+def _parse_text(value: str) -> int:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
