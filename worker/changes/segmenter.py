@@ -217,7 +217,6 @@ class Segmenter:
             if state.segment is None:  # the first event of a profile: the user is known, in segment `new`
                 self._welcome(res, uid, state, rec)
             # an event resets the silence clock
-            state.silence_step = 0
             state.due = self.dormancy.next_check(state, 0)
             if state.n >= s.min_events:
                 if self._want_sample(state.n):
@@ -336,7 +335,6 @@ class Segmenter:
                 if state is None or not state.due or state.due > wm:
                     continue  # erased, rescheduled by a newer event, or a stale entry
                 t = state.due
-                state.silence_step += 1
                 # as of now: a newer model's typical gap may have moved the threshold since the check was planned
                 limit = self.dormancy.after_ms(state)
                 state.due = self.dormancy.next_check(state, t - state.last_ts)

@@ -78,7 +78,7 @@ class UserState:
         self.pending_n = 0
         self.seq = 0  # number of changes emitted
         self.model_version = -1
-        self.silence_step = 0  # next silence check to run
+        self.silence_step = 0  # unused since checks are planned from the silence itself; kept in the wire layout
         self.due = 0  # event time of the next silence re-evaluation (0 = none)
         # the newest segment changes, oldest first: [sequence, from, to, changed_at, trigger, [[feature, direction]..]]
         self.history: list[list[Any]] = []
