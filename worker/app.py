@@ -381,6 +381,8 @@ def create_app(settings: Settings) -> faust.App:
         if drift is not None:
             metrics.MODEL_DRIFT.set(drift)
         log.info("model v%d in use: %s", snap.version, dict(zip(snap.persona_ids, snap.persona_names, strict=True)))
+        if before is None or before.space.half_lives_ms != snap.space.half_lives_ms:
+            log.info("time scales: %s", segmenter.time_scales())
         return before is None
 
     async def read_changelog(table: Any, partitions: set[int], tail: int | None = None) -> tuple[int, int]:
@@ -1000,6 +1002,7 @@ def create_app(settings: Settings) -> faust.App:
                 self,
                 {
                     "model_version": model.version if model else None,
+                    "time_scales": segmenter.time_scales(),
                     "sizes_cover_partitions": sorted(owned),
                     "personas": out,
                 },
@@ -1052,7 +1055,7 @@ def create_app(settings: Settings) -> faust.App:
                 ],
                 "model_version": state.model_version if state.model_version >= 0 else None,
                 "features_as_of": format_rfc3339(as_of),
-                "features": features_at(state, as_of, s.half_lives_ms),
+                "features": features_at(state, as_of, state.half_lives or s.half_lives_ms),
             },
         )
 

@@ -17,6 +17,8 @@ from worker.errors import ConfigError
 
 ENV_PREFIX = "SEGMENT_WORKER_"
 DAY_MS = 86_400_000
+# the half-lives (days) the state is kept under until a model learns the stream's own, when the operator sets none
+PROVISIONAL_HALF_LIVES_DAYS = (1.0, 7.0)
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,12 @@ class Settings:
         metadata={"help": "events timestamped further than this beyond the wall clock are dead-lettered"},
     )
     # --- features ------------------------------------------------------------------------------------
-    half_lives_days: tuple[float, ...] = field(
-        default=(1.0, 7.0), metadata={"help": "half-lives of the decayed rates, days (comma list)"}
+    half_lives_days: tuple[float, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "half-lives of the decayed rates, days (comma list); unset: learned from the stream's rhythm "
+            "by the first model (1,7 until then)"
+        },
     )
     max_types_per_user: int = field(default=12, metadata={"help": "event types tracked per user; rest is 'other'"})
     vocabulary_size: int = field(default=8, metadata={"help": "event types the model uses (top-N of the stream)"})
@@ -178,7 +184,7 @@ class Settings:
             problems.append("partitions must be >= 1")
         if not 1 <= self.k_min <= self.k_max:
             problems.append("need 1 <= k_min <= k_max")
-        if not self.half_lives_days or min(self.half_lives_days) <= 0:
+        if self.half_lives_days is not None and (not self.half_lives_days or min(self.half_lives_days) <= 0):
             problems.append("half_lives_days must be positive")
         if not 0.0 < self.sample_rate <= 1.0:
             problems.append("sample_rate must be in (0, 1]")
@@ -210,7 +216,13 @@ class Settings:
 
     @property
     def half_lives_ms(self) -> tuple[float, ...]:
-        return tuple(h * DAY_MS for h in self.half_lives_days)
+        """The operator's half-lives, or the provisional ones the state is kept under until a model learns the
+        stream's (worker.features.timescale)."""
+        return tuple(h * DAY_MS for h in (self.half_lives_days or PROVISIONAL_HALF_LIVES_DAYS))
+
+    @property
+    def learn_half_lives(self) -> bool:
+        return self.half_lives_days is None
 
     @property
     def dormant_after_ms(self) -> int | None:
@@ -277,7 +289,7 @@ def _coerce(name: str, tp: Any, raw: str) -> Any:
             return tp(raw)
         if isinstance(tp, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
-            return args[0](raw) if len(args) == 1 and args[0] in (int, float) else raw
+            return _coerce(name, args[0], raw) if len(args) == 1 else raw
     except ValueError as exc:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
     raise ConfigError(f"cannot parse setting {name} of type {tp}")

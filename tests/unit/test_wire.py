@@ -121,7 +121,7 @@ def test_records_written_before_the_history_was_kept_still_decode() -> None:
     new = encode(s)
     assert new.startswith(old) and decode(old).history == [] and decode(new).history == s.history
     assert peek(new) == peek(old)  # the index rebuild does not read it
-    legacy = s.to_wire()[:-5]  # the all-JSON form before the history, custom segment, origin, longest-gap fields
+    legacy = s.to_wire()[:-6]  # the all-JSON form before the history, custom segment, origin, longest-gap, scale
     back = UserState.from_wire(legacy)
     assert (back.history, back.rule_segments, back.rule_seq, back.origin, back.max_gap) == ([], [], 0, s.first_ts, 0)
     assert decode(old[: len(old)] + b'[[1, null, "p3", 0, "event", []]]').history == [

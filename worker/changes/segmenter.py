@@ -41,7 +41,7 @@ from worker.clustering.snapshot import ModelSnapshot
 from worker.errors import InvalidEvent
 from worker.events.ingest import ErasureRequest, EventParser, UserEvent
 from worker.events.timefmt import format_rfc3339, time_zone
-from worker.features.state import UserState, apply_event
+from worker.features.state import UserState, apply_event, to_scale
 from worker.features.watermark import Watermarks
 from worker.features.wire import EncodedStates
 from worker.personas.registry import DORMANT, NEW, RESERVED
@@ -122,7 +122,9 @@ class Segmenter:
         )
         # training samples carry a keyed digest of the user, never the id: the key lives only in this process
         self._sample_key = os.urandom(16)
-        self.half_lives = settings.half_lives_ms
+        self.provisional = settings.half_lives_ms
+        self.half_lives = self.provisional  # the model's, once there is one: every state touched is brought to them
+        self._scale_mark: tuple[float, ...] | None = None  # how a state under them is marked (None: provisional)
         self.dormancy = self._dormancy(None)
         self.session_gap_ms = int(settings.session_gap_seconds * 1000)
         self.watermarks = Watermarks(int(settings.lateness_seconds * 1000))
@@ -137,14 +139,34 @@ class Segmenter:
             return False
         self.model = model
         self.dormancy = self._dormancy(model)
+        self.half_lives = model.space.half_lives_ms
+        self._scale_mark = None if self.half_lives == self.provisional else self.half_lives
         return True
+
+    def time_scales(self) -> dict[str, Any]:
+        """The time scales in use (for /personas and the logs): half-lives of the decayed rates, whether the
+        model learned them, the stream's typical gap and what makes a user dormant."""
+        d = self.dormancy
+        return {
+            "half_lives_days": [round(h / DAY_MS, 4) for h in self.half_lives],
+            "half_lives_learned": self.s.learn_half_lives and self.model is not None,
+            "typical_gap_days": round(d.typical_gap_ms / DAY_MS, 4),
+            "dormant_after": (
+                f"{d.fixed_ms / DAY_MS:g} days of silence"
+                if d.fixed_ms is not None
+                else f"the longest of {d.floor_ms / DAY_MS:g} days, {d.gaps:g} of the user's usual gaps "
+                "(shrunk towards the typical gap) and twice the longest silence the user came back from"
+            ),
+        }
 
     def _dormancy(self, model: ModelSnapshot | None) -> Dormancy:
         s = self.s
         typical = model.typical_gap_ms if model is not None and model.typical_gap_ms > 0 else DEFAULT_TYPICAL_GAP_MS
-        return Dormancy(
-            s.dormant_after_ms, s.dormant_after_gaps, int(s.dormant_min_days * DAY_MS), typical, s.silence_checks_ms
-        )
+        # never dormant before the slowest half-life has mostly let go of the user's activity: a quarterly buyer's
+        # model (half-lives of months) is not lapsed after a few quiet weeks
+        slowest = max(model.space.half_lives_ms if model is not None else self.provisional)
+        floor = max(int(s.dormant_min_days * DAY_MS), int(slowest))
+        return Dormancy(s.dormant_after_ms, s.dormant_after_gaps, floor, typical, s.silence_checks_ms)
 
     def rebuild(self, owned: set[int], watermarks: dict[int, int]) -> None:
         """Re-derive in-memory indexes (silence timers, persona counts) from the store after (re)assignment."""
@@ -202,6 +224,7 @@ class Segmenter:
                 state = None
             if state is None:
                 state = UserState(len(self.half_lives))
+                state.half_lives = self._scale_mark
             elif state.seen(rec.src_partition, rec.src_offset):
                 res.duplicates += 1
                 continue
@@ -255,7 +278,17 @@ class Segmenter:
 
     def _current(self, res: BatchResult, uid: str, wiped: set[str]) -> UserState | None:
         """The user's state as of this point of the batch (one erased or withdrawn in it is not read back)."""
-        return res.dirty.get(uid) or (None if uid in wiped else self.store.get(uid))
+        state = res.dirty.get(uid)
+        if state is None and uid not in wiped:
+            state = self._load(uid)
+        return state
+
+    def _load(self, uid: str) -> UserState | None:
+        """The stored state, under the half-lives in use (kept under a model's older ones: converted)."""
+        state = self.store.get(uid)
+        if state is not None and state.half_lives != self._scale_mark and not state.opted_out:
+            to_scale(state, self.provisional, self.half_lives)
+        return state
 
     def _leave(
         self,
@@ -312,7 +345,8 @@ class Segmenter:
         evals: list[_Eval] = []
         for uid, n, segment, _ in self._summaries():
             if segment in (None, NEW) and n >= self.s.min_events and self.partition_of(uid) in owned:
-                state = self.store[uid]
+                state = self._load(uid)
+                assert state is not None
                 t, source = state.last_ts, (state.source[0], state.source[1])
                 evals.append(_Eval(uid, state, t, state.n, "event", source, now_mono, row=model.space.row(state, t)))
                 res.dirty[uid] = state
@@ -338,6 +372,10 @@ class Segmenter:
                 # as of now: a newer model's typical gap may have moved the threshold since the check was planned
                 limit = self.dormancy.after_ms(state)
                 state.due = self.dormancy.next_check(state, t - state.last_ts)
+                if self.model is None and self.s.dormant_after_ms is None:
+                    # the stream's rhythm is not known before the first model: a silence is no lapse yet (a
+                    # quarterly buyer is not dormant after the provisional two weeks); checked again later
+                    limit, state.due = 0, t + self.dormancy.floor_ms
                 if state.due:
                     self.silence.schedule(p, uid, state.due)
                 res.dirty[uid] = state
@@ -438,7 +476,7 @@ class Segmenter:
 
     def _check_rules(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
         """Custom segments: a membership event for each one the user enters or leaves as of event time ``t``."""
-        feats = rule_features(state, t, self.half_lives)
+        feats = rule_features(state, t, self.provisional, self.half_lives)
         self._set_rule_segments(res, uid, state, t, sorted(r.name for r in self.segment_rules if r.test(feats)), feats)
 
     def _set_rule_segments(

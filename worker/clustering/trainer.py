@@ -11,7 +11,6 @@ that is clearly better. Persona ids survive updates through :func:`worker.person
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Iterable
 
 import numpy as np
@@ -20,13 +19,13 @@ from worker.clustering.batch import Fit, add_center, choose_k, fit_score, lloyd,
 from worker.clustering.online import OnlineModel, make_model
 from worker.clustering.snapshot import ModelSnapshot
 from worker.features.space import FeatureSpace, choose_vocabulary
-from worker.features.state import UserState
+from worker.features.state import UserState, to_scale
+from worker.features.timescale import Rhythm, learned_half_lives
 from worker.personas import load_name_overrides, match_ids, name_personas
 from worker.personas.registry import persona_id
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-GAP_MEMORY = 5000  # sampled users' gaps between events the typical gap is the median of
 # a stream too small to reach WARMUP_SAMPLES users is fitted once its samples span this many slowest half-lives
 LONG_WARMUP_HALF_LIVES = 4
 
@@ -45,7 +44,7 @@ class Trainer:
         self.since_publish = 0
         self.since_recheck = 0
         self.seen = 0
-        self.gaps: deque[float] = deque(maxlen=GAP_MEMORY)  # sampled users' mean gaps between their events
+        self.rhythm = Rhythm()  # the sampled users' gaps between their events
         if current is not None:
             self.resume(current)
 
@@ -73,16 +72,18 @@ class Trainer:
         """Learn from ``(user_id, state, evaluated_at)`` samples; returns a new snapshot when one is due."""
         published: ModelSnapshot | None = None
         rows: list[list[float]] = []
+        provisional = self.settings.half_lives_ms
         for uid, state, t in samples:
-            if state.n >= 2:
-                self.gaps.append((state.last_ts - state.first_ts) / (state.n - 1))
+            self.rhythm.add(state, t)
             if self.current is None:
                 self.warmup[uid] = (state, t)
                 self._warm_span = (min(self._warm_span[0], t), max(self._warm_span[1], t))
                 if self._warm_enough():
                     published = self._fit_first()
                 continue
-            rows.append(self.current.space.row(state, t))
+            space = self.current.space
+            to_scale(state, provisional, space.half_lives_ms)  # sent by a worker that had no model yet
+            rows.append(space.row(state, t))
         if rows:
             published = self._learn(rows) or published
         return published
@@ -134,7 +135,10 @@ class Trainer:
         pairs = list(self.warmup.values())
         # users sampled long before the newest sample are stale views: evaluate everyone at their own time
         states = [st for st, _ in pairs]
-        space = FeatureSpace(tuple(choose_vocabulary(states, s.vocabulary_size)), s.half_lives_ms)
+        half_lives = self.half_lives()
+        for st in states:
+            to_scale(st, s.half_lives_ms, half_lives)
+        space = FeatureSpace(tuple(choose_vocabulary(states, s.vocabulary_size)), half_lives)
         x = space.matrix(states, [t for _, t in pairs])
         mean = x.mean(0)
         scale = np.maximum(x.std(0), space.scale_floor())
@@ -146,7 +150,14 @@ class Trainer:
         self.resume(snap, np.bincount(choice.fit.labels, minlength=choice.k).astype(np.float64))
         for row in xs:
             self._remember(row)
-        log.info("first model: k=%d of silhouette scores %s, vocabulary %s", choice.k, choice.scores, space.vocabulary)
+        log.info(
+            "first model: k=%d of silhouette scores %s, vocabulary %s, half-lives %s days, typical gap %.3g days",
+            choice.k,
+            choice.scores,
+            space.vocabulary,
+            [round(h / 86_400_000, 4) for h in half_lives],
+            snap.typical_gap_ms / 86_400_000,
+        )
         return snap
 
     def _snapshot(
@@ -180,11 +191,19 @@ class Trainer:
             typical_gap_ms=self.typical_gap_ms(),
         )
 
+    def half_lives(self) -> tuple[float, ...]:
+        """The operator's half-lives, or those the stream's rhythm calls for (worker.features.timescale)."""
+        s = self.settings
+        if not s.learn_half_lives:
+            return s.half_lives_ms
+        return learned_half_lives(s.half_lives_ms, self.rhythm.pooled_gap_ms())
+
     def typical_gap_ms(self) -> float:
         """The median of the sampled users' mean gaps between events (the last model's when none was sampled
         since the trainer started)."""
-        if self.gaps:
-            return float(np.median(np.fromiter(self.gaps, dtype=np.float64)))
+        gap = self.rhythm.median_gap_ms()
+        if gap:
+            return gap
         return self.current.typical_gap_ms if self.current is not None else 0.0
 
     def _publish_update(self) -> ModelSnapshot:

@@ -69,12 +69,12 @@ def _replay(pop: Population, s: Settings, snap: ModelSnapshot, queries: Mapping[
     for uid, evs in by_user.items():
         evs.sort(key=lambda ev: ev.ts)
         times[uid] = [ev.ts for ev in evs]
-        state = UserState(len(s.half_lives_ms))
+        state = UserState(len(snap.space.half_lives_ms))
         pending = sorted(set(queries.get(uid, ())))
         i = 0
         for t in pending:
             while i < len(evs) and evs[i].ts <= t:
-                apply_event(state, evs[i], s.half_lives_ms, s.max_types_per_user, gap)
+                apply_event(state, evs[i], snap.space.half_lives_ms, s.max_types_per_user, gap)
                 i += 1
             rows[uid, t] = snap.space.row(state, t)
     return _Replay(rows, times)

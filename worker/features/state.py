@@ -29,6 +29,7 @@ class UserState:
         "daypart",
         "due",
         "first_ts",
+        "half_lives",
         "history",
         "last_session",
         "last_ts",
@@ -61,6 +62,8 @@ class UserState:
         self.last_ts = 0  # newest event time
         self.max_gap = 0  # longest gap between an event and the newest one before it, as they arrived
         self.ref_ts = 0  # time the decayed values below are expressed at
+        # the half-lives the decayed values are kept under; None: the provisional ones (Settings.half_lives_ms)
+        self.half_lives: tuple[float, ...] | None = None
         self.rates: dict[str, list[float]] = {}  # event type -> decayed counts, one per half-life
         self.spend = [0.0] * n_half_lives  # decayed sums of `value`
         self.value_total = 0.0
@@ -110,6 +113,8 @@ class UserState:
             setattr(state, name, value)
         state.opted_out = False
         state.origin = state.origin or state.first_ts
+        if state.half_lives is not None:
+            state.half_lives = tuple(state.half_lives)
         return state
 
     # --- dedupe fence --------------------------------------------------------------------------------
@@ -137,6 +142,7 @@ _ADDED: tuple[tuple[str, Any], ...] = (
     ("rule_seq", int),
     ("origin", int),
     ("max_gap", int),
+    ("half_lives", lambda: None),
 )
 _NOT_WIRED = ("opted_out",)  # a marker has a form of its own
 _WIRE = (
@@ -246,6 +252,80 @@ def _fold_smallest(rates: dict[str, list[float]]) -> None:
     other = rates.setdefault(OTHER, [0.0] * len(counts))
     for i, c in enumerate(counts):
         other[i] += c
+
+
+def spread_weight(span_ms: float, half_life_ms: float) -> float:
+    """Mean weight, as of the end of ``span_ms``, of events spread evenly over it under ``half_life_ms``."""
+    x = _LN2 * span_ms / half_life_ms
+    return 1.0 if x < 1e-9 else (1.0 - math.exp(-x)) / x
+
+
+def to_scale(state: UserState, provisional: tuple[float, ...], target: tuple[float, ...]) -> None:
+    """Bring ``state`` to half-lives ``target`` (see :func:`rescale`) and mark it so; ``provisional`` are the
+    half-lives an unmarked state is kept under."""
+    current = state.half_lives or provisional
+    if current != target:
+        rescale(state, current, target)
+    state.half_lives = None if target == provisional else target
+
+
+def rescale(state: UserState, old: tuple[float, ...], new: tuple[float, ...]) -> None:
+    """Express the decayed values kept under half-lives ``old`` under ``new`` instead (a model that learned the
+    stream's time scales), in place and without the events.
+
+    A half-life in both is copied. Any other is estimated from its old neighbours, each re-weighted as if the
+    user's events were spread evenly between the first event and ``ref_ts`` (exact for a steady user): between
+    two old half-lives, the geometric interpolation of both estimates (which recovers a sparse user's last event
+    from the faster one and the rest from the slower); beyond them, the nearest one's. A half-life longer than
+    any old one never gives more than the user has ever done (the event count, shared out by the slowest counts,
+    and the value total), so a recent burst is not extrapolated backwards. The quantities kept under the slowest
+    half-life only (sessions, daypart, weekend) scale with the slowest counts."""
+    if old == new:
+        return
+    span = max(0, state.ref_ts - state.first_ts)
+    slow_total = state.slow_total
+    plan = [_rung(span, old, h) for h in new]
+    for etype, counts in state.rates.items():
+        cap = state.n * counts[-1] / slow_total if slow_total > 0 else 0.0
+        state.rates[etype] = [_convert(counts, terms, cap) for terms in plan]
+    state.spend = [_convert(state.spend, terms, max(0.0, state.value_total)) for terms in plan]
+    f = state.slow_total / slow_total if slow_total > 0 else 1.0
+    state.sessions *= f
+    state.weekend *= f
+    state.daypart = [x * f for x in state.daypart]
+
+
+def _rung(span: float, old: tuple[float, ...], h: float) -> tuple[tuple[int, float, float], ...] | None:
+    """How new half-life ``h`` is derived: (old index, steady-user ratio, weight) terms; None when beyond the
+    slowest old half-life (then capped by the totals)."""
+    order = sorted(range(len(old)), key=lambda j: old[j])
+    if h in old:
+        return ((old.index(h), 1.0, 1.0),)
+    below = [j for j in order if old[j] < h]
+    above = [j for j in order if old[j] > h]
+    if below and above:
+        lo, hi = below[-1], above[0]
+        w = math.log(h / old[lo]) / math.log(old[hi] / old[lo])
+        return ((lo, _steady(span, old[lo], h), 1.0 - w), (hi, _steady(span, old[hi], h), w))
+    if above:
+        return ((above[0], _steady(span, old[above[0]], h), 1.0),)
+    return None if not below else ((below[-1], _steady(span, old[below[-1]], h), -1.0),)
+
+
+def _steady(span: float, old_h: float, new_h: float) -> float:
+    return spread_weight(span, new_h) / spread_weight(span, old_h)
+
+
+def _convert(values: list[float], terms: tuple[tuple[int, float, float], ...] | None, cap: float) -> float:
+    assert terms is not None
+    if len(terms) == 1:
+        i, ratio, weight = terms[0]
+        v = values[i] * ratio
+        return min(v, cap) if weight < 0 else v  # a negative weight marks a half-life beyond the old ones
+    estimates = [(values[i] * ratio, w) for i, ratio, w in terms]
+    if any(v <= 0.0 for v, _ in estimates):
+        return sum(v * w for v, w in estimates)
+    return math.exp(sum(w * math.log(v) for v, w in estimates))
 
 
 def features_at(state: UserState, t: int, half_lives_ms: tuple[float, ...]) -> dict[str, Any]:

@@ -126,6 +126,8 @@ def encode(state: UserState) -> bytes:
         extra["g"] = state.origin - first
     if state.max_gap:
         extra["x"] = state.max_gap
+    if state.half_lives is not None:
+        extra["s"] = [int(h) if h == int(h) else h for h in state.half_lives]
     history = codec.dumps(extra) if extra else b""
     return b"".join(
         (
@@ -270,5 +272,7 @@ def _decode(buf: bytes) -> UserState:
     s.rule_seq = tail.get("q", 0)
     s.origin = first + tail.get("g", 0)
     s.max_gap = tail.get("x", 0)
+    scale = tail.get("s")
+    s.half_lives = None if scale is None else tuple(float(h) for h in scale)
     s.opted_out = False
     return s

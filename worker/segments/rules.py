@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from worker.errors import ConfigError
-from worker.features.state import UserState, decay_factors
+from worker.features.state import UserState, decay_factors, rescale
 
 _DAY_MS = 86_400_000
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -73,8 +73,15 @@ def feature_names(half_lives_ms: tuple[float, ...]) -> tuple[str, ...]:
     return (*_STATIC, *(f"spend_{_days(h)}d" for h in half_lives_ms))
 
 
-def rule_features(state: UserState, t: int, half_lives_ms: tuple[float, ...]) -> dict[str, float]:
-    """The features conditions see, as of event time ``t``."""
+def rule_features(
+    state: UserState, t: int, half_lives_ms: tuple[float, ...], kept_under: tuple[float, ...] | None = None
+) -> dict[str, float]:
+    """The features conditions see, as of event time ``t``, under the rules' ``half_lives_ms`` (the names they
+    were compiled with); a state ``kept_under`` other half-lives (a model learned the stream's) is converted in a
+    copy first (worker.features.state.rescale: exact for the half-lives in both)."""
+    if kept_under is not None and kept_under != half_lives_ms:
+        state = UserState.from_wire(state.to_wire())
+        rescale(state, kept_under, half_lives_ms)
     f = decay_factors(max(0, t - state.ref_ts), half_lives_ms)
     slow = f[-1]
     dp_total = sum(state.daypart) or 1.0
