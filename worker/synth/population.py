@@ -27,6 +27,8 @@ class PersonaSpec:
     spend: float = 0.0  # mean value of a purchase
     weekend_boost: float = 1.0
     valued: frozenset[str] = frozenset({"purchase"})  # event types that carry a monetary value
+    # one event in all (of the first type), in the first quarter of the span: a cohort's one-time customers
+    once: bool = False
 
 
 PERSONAS: tuple[PersonaSpec, ...] = (
@@ -84,6 +86,7 @@ class World:
     emerge_at: float = 0.45  # share of the span
     switch_window: tuple[float, float] = (0.35, 0.55)  # share of the span where switches happen
     silent_window: tuple[float, float] = (0.30, 0.45)
+    span: float = 1.0  # the world's event time is this many times the days asked for (a slower rhythm)
 
 
 def generate(
@@ -107,6 +110,7 @@ def generate_world(
 ) -> Population:
     rng = np.random.default_rng(seed)
     personas = world.personas
+    days *= world.span
     end_ms = start_ms + int(days * _DAY_MS)
     span = days * _DAY_MS
     shares = np.array([p.share for p in personas])
@@ -145,6 +149,9 @@ def generate_world(
         platform = platforms[int(rng.integers(len(platforms)))]
         for spec, lo, hi in segments:
             pop.events.extend(_events(rng, uid, spec, lo, hi, activity, tz, platform))
+    # a user who never did anything does not exist for the stream (a slow persona may draw no event in the span)
+    active = {e["user_id"] for e in pop.events}
+    pop.truth = {uid: t for uid, t in pop.truth.items() if uid in active}
     pop.events.sort(key=lambda e: (e["_t"], e["user_id"]))
     for i, e in enumerate(pop.events):
         t = e.pop("_t")
@@ -165,11 +172,12 @@ def _events(
 ) -> Iterator[dict[str, Any]]:
     span_days = (hi - lo) / _DAY_MS
     offset_h = {"UTC": 0, "Europe/Berlin": -1, "America/New_York": 5, "Asia/Tokyo": -9}[tz]
-    for etype, per_day in spec.rates.items():
-        n = int(rng.poisson(per_day * activity * span_days))
+    for i, (etype, per_day) in enumerate(spec.rates.items()):
+        n = int(i == 0) if spec.once else int(rng.poisson(per_day * activity * span_days))
         if n == 0:
             continue
-        day = rng.integers(0, max(1, int(np.ceil(span_days))), size=n)
+        days = span_days / 4 if spec.once else span_days
+        day = rng.integers(0, max(1, int(np.ceil(days))), size=n)
         # weekend boost: re-draw some weekday events onto the weekend
         hour = rng.integers(spec.hours[0], spec.hours[1], size=n)
         t = lo + day * _DAY_MS + ((hour + offset_h) % 24) * _HOUR_MS + rng.integers(0, _HOUR_MS, size=n)

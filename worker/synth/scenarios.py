@@ -194,6 +194,70 @@ def _lapsing(rng: np.random.Generator) -> World:
     return World(tuple(personas), switch_share=0.0, silent_share=0.10)
 
 
+def _monthly(rng: np.random.Generator) -> World:
+    # a shop over a year: repeat buyers every few weeks to months with their own basket sizes, and many customers
+    # who buy once (early, like a cohort) and never again
+    def buyer(name: str, share: float, every_days: float, spend: float, views: float = 0.0) -> PersonaSpec:
+        rates = {"purchase": 1.0 / every_days, **({"view_product": views} if views else {})}
+        start = int(rng.integers(8, 14))
+        return PersonaSpec(name, share, rates, (start, start + 8), spend=spend, valued=frozenset({"purchase"}))
+
+    personas = (
+        buyer("regulars", 0.2, float(rng.uniform(12, 20)), float(rng.uniform(25, 50)), views=0.3),
+        buyer("big baskets", 0.15, float(rng.uniform(40, 60)), float(rng.uniform(200, 350))),
+        buyer("occasional", 0.2, float(rng.uniform(70, 100)), float(rng.uniform(20, 60))),
+        replace(buyer("one-time", 0.45, 1.0, float(rng.uniform(20, 80))), once=True),
+    )
+    return World(personas, switch_share=0.0, silent_share=0.0, span=13.0)
+
+
+def _mixed_rhythm(rng: np.random.Generator) -> World:
+    # daily users and monthly users in one stream (each with their own habits)
+    daily = list(_drawn(rng, 3))
+    monthly = [
+        replace(p, name=f"{p.name}-monthly", rates={t: r / 30.0 for t, r in p.rates.items()}) for p in _drawn(rng, 2)
+    ]
+    return World((*daily, *monthly), switch_share=0.05, silent_share=0.05, span=4.0)
+
+
+def _rare_telling(rng: np.random.Generator) -> World:
+    # everyone does the same frequent things at the same rates; what tells the personas apart is one rare type
+    # each (a few times a month) — below the stream's most frequent types
+    vocab, valued = _domain(rng)
+    order = [vocab[i] for i in rng.permutation(len(vocab))]
+    common = {etype: float(rng.uniform(0.8, 2.5)) for etype in order[:6]}
+    telling = order[6:10]
+    shares = _shares(rng, len(telling), 0.45)
+    start = int(rng.integers(6, 14))
+    personas = tuple(
+        PersonaSpec(
+            f"rare-{etype}",
+            shares[i],
+            {**common, etype: float(rng.uniform(0.1, 0.25))},
+            (start, start + 8),
+            spend=40.0,
+            valued=valued,
+        )
+        for i, etype in enumerate(telling)
+    )
+    return World(personas, switch_share=0.05, silent_share=0.0)
+
+
+def _basket(rng: np.random.Generator) -> World:
+    # the same behaviour at the same rates; only the value of a purchase differs (a factor of four between
+    # neighbours)
+    vocab, valued = DOMAINS["commerce"]
+    base = random_personas(rng, 1, vocab, valued)[0]
+    rates = {**base.rates, "purchase": float(rng.uniform(0.4, 0.8))}
+    spends = (10.0, 40.0, 160.0, 640.0)
+    shares = _shares(rng, len(spends), 0.45)
+    personas = tuple(
+        replace(base, name=f"basket-{spend:g}", share=shares[i], rates=rates, spend=spend)
+        for i, spend in enumerate(spends)
+    )
+    return World(personas, switch_share=0.0, silent_share=0.0)
+
+
 def _reference(rng: np.random.Generator) -> World:
     return World(PERSONAS)
 
@@ -210,6 +274,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("noisy", "30% of users with a fifth of the usual activity", _noisy),
         Scenario("vocabulary", "16 made-up event types, 6 personas, 5% switch, 5% silent", _unseen_vocabulary),
         Scenario("lapsing", "about ten events a day per user, 10% go silent", _lapsing),
+        Scenario("monthly", "a shop over a year: purchases every weeks to months, 45% buy once", _monthly),
+        Scenario("mixed", "daily and monthly users in one stream, 5% switch, 5% silent", _mixed_rhythm),
+        Scenario("rare", "personas told apart only by one rare event type each", _rare_telling),
+        Scenario("basket", "personas told apart only by the value of a purchase", _basket),
         Scenario("reference", "the demo's world: 5 personas, 10% switch, 8% silent", _reference),
     )
 }
