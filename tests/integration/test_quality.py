@@ -4,7 +4,6 @@ public purchase log (CDNOW, shipped in the ``lifetimes`` wheel) through ``replay
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import statistics
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 from tests.helpers import latest_changes, poll_until
 from worker import codec
 from worker.broker import EmbeddedBroker
+from worker.evaluation.predictive import compare, load_cdnow, purchase_events
 from worker.kafkaio import read_all
 from worker.process import WorkerProcess, metric_total
 from worker.settings import Settings
@@ -74,22 +74,13 @@ def test_shadow_reports_identical_and_different_candidates(tmp_path: Path) -> No
 
 def _cdnow_csv(dest: Path) -> dict[str, list[tuple[str, float]]]:
     """CDNOW's 1/10 sample (2,357 customers, 1997-01 to 1998-06) as the CSV that ``replay`` reads."""
-    spec = importlib.util.find_spec("lifetimes")
-    assert spec is not None and spec.submodule_search_locations
-    source = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "CDNOW_sample.txt"
     purchases: dict[str, list[tuple[str, float]]] = defaultdict(list)
     with dest.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["user_id", "event_type", "timestamp", "value", "cds"])
-        for line in source.read_text().splitlines():
-            parts = line.split()
-            if len(parts) != 5 or not parts[2].isdigit():
-                continue
-            _, customer, day, cds, value = parts
-            uid = f"cdnow-{customer}"
-            ts = f"{day[:4]}-{day[4:6]}-{day[6:]}T12:00:00Z"
-            out.writerow([uid, "purchase", ts, value, cds])
-            purchases[uid].append((ts, float(value)))
+        out.writerow(["user_id", "event_type", "timestamp", "value"])
+        for e in purchase_events(load_cdnow()):
+            out.writerow([e["user_id"], e["event_type"], e["timestamp"], e["value"]])
+            purchases[e["user_id"]].append((e["timestamp"], e["value"]))
     return purchases
 
 
@@ -133,3 +124,15 @@ def test_real_purchase_log_with_default_settings(
     counts = [statistics.mean(len(purchases[u]) for u in uids) for uids in by_segment.values()]
     spend = [statistics.mean(sum(v for _, v in purchases[u]) for u in uids) for uids in by_segment.values()]
     assert max(counts) >= 2 * min(counts) or max(spend) >= 2 * min(spend), (counts, spend)
+
+
+def test_segments_predict_who_buys_again_nearly_as_well_as_bg_nbd() -> None:
+    """Segments learned from CDNOW's first 39 weeks with default settings, each customer scored by their segment's
+    share of customers who buy in the next 39: the AUC against BG/NBD's (fitted on the same weeks). Issue 17's
+    target is 0.97 x BG/NBD; measured here 0.944 x on the sample (0.903 x on the whole log), so this holds the
+    line at 0.93 x until the gap is closed."""
+    r = compare(Settings(), load_cdnow())
+    assert r["customers"] == 2357 and r["bgnbd_auc"] == pytest.approx(0.7725, abs=0.002)
+    assert r["recency_auc"] == pytest.approx(0.7714, abs=0.002)
+    assert r["ratio"] >= 0.93, r
+    assert len(r["segments"]) >= 3, r  # more than new and dormant: the model placed customers

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="scenario worlds through the segmentation, scored against ground truth")
     ev.add_argument(
         "--scenarios",
-        default="stable,switching,silent,emerging,weekly,noisy,vocabulary,lapsing",
+        default="stable,switching,silent,emerging,weekly,noisy,vocabulary,lapsing,monthly,mixed,rare,basket",
         help=f"comma list of: {', '.join(SCENARIOS)}",
     )
     ev.add_argument("--seeds", default="1,2", help="comma list of seeds (each draws new personas and users)")

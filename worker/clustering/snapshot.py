@@ -13,7 +13,7 @@ import numpy as np
 from worker import codec
 from worker.clustering.batch import sq_distances
 from worker.errors import ModelError
-from worker.features.space import FeatureSpace
+from worker.features.space import LEGACY_FIXED_FEATURES, FeatureSpace
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class ModelSnapshot:
                 "version": self.version,
                 "vocabulary": list(self.space.vocabulary),
                 "half_lives_ms": list(self.space.half_lives_ms),
+                "fixed_features": list(self.space.fixed),
                 "mean": self.mean,
                 "scale": self.scale,
                 "centroids": self.centroids,
@@ -122,7 +123,11 @@ class ModelSnapshot:
     def from_bytes(cls, data: bytes) -> ModelSnapshot:
         try:
             d: dict[str, Any] = codec.loads(data)
-            space = FeatureSpace(tuple(d["vocabulary"]), tuple(float(h) for h in d["half_lives_ms"]))
+            space = FeatureSpace(
+                tuple(d["vocabulary"]),
+                tuple(float(h) for h in d["half_lives_ms"]),
+                tuple(d.get("fixed_features", LEGACY_FIXED_FEATURES)),
+            )
             return cls(
                 version=int(d["version"]),
                 space=space,

@@ -18,6 +18,7 @@ import numpy as np
 from worker.clustering.batch import Fit, add_center, choose_k, fit_score, lloyd, subsample
 from worker.clustering.online import OnlineModel, make_model
 from worker.clustering.snapshot import ModelSnapshot
+from worker.clustering.weights import telling_weights
 from worker.features.space import FeatureSpace, choose_vocabulary
 from worker.features.state import UserState, to_scale
 from worker.features.timescale import Rhythm, learned_half_lives
@@ -142,6 +143,9 @@ class Trainer:
         x = space.matrix(states, [t for _, t in pairs])
         mean = x.mean(0)
         scale = np.maximum(x.std(0), space.scale_floor())
+        # features that tell users apart weigh more (worker.clustering.weights): a weight divides the scale
+        weights = telling_weights((x - mean) / scale, np.random.default_rng(s.model_seed))
+        scale = scale / np.sqrt(weights)
         xs = (x - mean) / scale
         choice = choose_k(xs, s.k_min, s.k_max, s.model_seed)
         ids, next_number = match_ids([], None, choice.fit.centers, s.new_persona_distance, 1)

@@ -14,6 +14,7 @@ CDNOW (69,659 purchases of 23,570 customers, 1997-01 to 1998-06; a 1/10 sample o
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -106,11 +107,15 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
 
 def bgnbd_auc(data: Split) -> float:
     """AUC of BG/NBD's expected purchases over the horizon, fitted on the calibration part (days as the unit)."""
-    from lifetimes import BetaGeoFitter  # a development dependency, imported only here
-
     freq, recency, age = _summary(data)
-    model = BetaGeoFitter(penalizer_coef=0.0).fit(freq, recency, age)
-    expected = model.conditional_expected_number_of_purchases_up_to_time(data.horizon_ms / DAY_MS, freq, recency, age)
+    # lifetimes 0.11 (2020) sets a pandas option pandas 3 deprecated, on import: its warnings are not ours
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from lifetimes import BetaGeoFitter  # a development dependency, imported only here
+
+        model = BetaGeoFitter(penalizer_coef=0.0).fit(freq, recency, age)
+        horizon_days = data.horizon_ms / DAY_MS
+        expected = model.conditional_expected_number_of_purchases_up_to_time(horizon_days, freq, recency, age)
     return _auc(data.bought_again, np.asarray(expected, dtype=np.float64))
 
 

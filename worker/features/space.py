@@ -21,6 +21,7 @@ SHARE_FLOOR = 0.05
 FIXED_FEATURES = (
     "rate_other",
     "spend",
+    "value_per_event",
     "days_since_last_event",
     "sessions",
     "daypart_night",
@@ -46,16 +47,25 @@ def _label(days: float) -> str:
     return f"{days:g}d"
 
 
+# the fixed features of models fitted before ``value_per_event`` existed (their snapshots still load and assign)
+LEGACY_FIXED_FEATURES = tuple(f for f in FIXED_FEATURES if f != "value_per_event")
+
+
 @dataclass(frozen=True)
 class FeatureSpace:
     vocabulary: tuple[str, ...]
     half_lives_ms: tuple[float, ...]
+    fixed: tuple[str, ...] = FIXED_FEATURES
     names: tuple[str, ...] = field(init=False)
     _zeros: tuple[float, ...] = field(init=False, repr=False)  # counts of a type the user never did
+    _per_event: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         rate_names = [f"rate_{_label(h / _DAY_MS)}:{etype}" for etype in self.vocabulary for h in self.half_lives_ms]
-        object.__setattr__(self, "names", (*rate_names, *FIXED_FEATURES))
+        if self.fixed not in (FIXED_FEATURES, LEGACY_FIXED_FEATURES):
+            raise ValueError(f"unknown fixed features {self.fixed}")
+        object.__setattr__(self, "names", (*rate_names, *self.fixed))
+        object.__setattr__(self, "_per_event", "value_per_event" in self.fixed)
         object.__setattr__(self, "_zeros", (0.0,) * len(self.half_lives_ms))
 
     @property
@@ -69,8 +79,8 @@ class FeatureSpace:
 
     def row(self, state: UserState, t: int) -> list[float]:
         """The raw vector of ``state`` as of event time ``t`` (hot path: plain floats, no logs; see
-        :meth:`transform`). Decayed counts per vocabulary type and half-life, other types, spend, days since the
-        last event, sessions, then daypart and weekend shares."""
+        :meth:`transform`). Decayed counts per vocabulary type and half-life, other types, spend, value per
+        event, days since the last event, sessions, then daypart and weekend shares."""
         dt = t - state.ref_ts
         rates = state.rates
         vocab = self.vocabulary
@@ -92,9 +102,12 @@ class FeatureSpace:
                 other += counts[-1]
         dp = state.daypart
         dp_total = dp[0] + dp[1] + dp[2] + dp[3] + 1.0
+        spend = max(0.0, state.spend[-1])
+        out += (other * slow, spend * slow)
+        if self._per_event:  # decayed value over decayed events: the value of what a user does, not how often
+            total = state.slow_total
+            out.append(spend / total if total > 0 else 0.0)
         out += (
-            other * slow,
-            max(0.0, state.spend[-1]) * slow,
             max(0, t - state.last_ts) / _DAY_MS,
             state.sessions * slow,
             (dp[0] + 0.25) / dp_total,

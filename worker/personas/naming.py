@@ -17,6 +17,7 @@ _MIN_SPREAD = 0.05  # population standard deviation (feature units) a feature ne
 _FIXED_PHRASES = {
     "rate_other": ("varied activity", "focused activity"),
     "spend": ("big spenders", "low spend"),
+    "value_per_event": ("high-value actions", "low-value actions"),
     "days_since_last_event": ("lapsing", "recently active"),
     "sessions": ("many sessions", "few sessions"),
     "daypart_night": ("night owls", None),
