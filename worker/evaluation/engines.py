@@ -45,11 +45,13 @@ class Outcome:
 
 
 def split_phases(events: Sequence[dict[str, Any]], s: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Events of the first 1.5 slowest half-lives (enough for a first model), and the rest."""
+    """Events of the first 1.5 slowest half-lives, or of the first 35 % of a longer world's span (a year of
+    monthly buyers has too few users with enough events after ten days for a first model), and the rest."""
     if not events:
         return [], []
-    start = min(_ts(e) for e in events)
-    learn_until = start + int(1.5 * max(s.half_lives_ms))
+    times = [_ts(e) for e in events]
+    start = min(times)
+    learn_until = start + int(max(1.5 * max(s.half_lives_ms), 0.35 * (max(times) - start)))
     first = [e for e in events if _ts(e) < learn_until]
     rest = [e for e in events if _ts(e) >= learn_until]
     return first, rest
@@ -143,7 +145,7 @@ def run_pipeline(
         started = time.monotonic()
         produce(bootstrap, s.input_topic, encode(first))
         say(
-            f"phase 1: {len(first):,} events of the first {1.5 * max(s.half_lives_ms) / 86_400_000:g} days sent; "
+            f"phase 1: {len(first):,} events of the first part of event time sent; "
             "waiting for the first model"
         )
         _wait(worker, lambda m: m.get("segment_worker_model_version", 0) >= 1, say, deadline, len(first))
