@@ -18,7 +18,7 @@ import numpy as np
 from worker.clustering.batch import Fit, add_center, choose_k, fit_score, lloyd, subsample
 from worker.clustering.online import OnlineModel, make_model
 from worker.clustering.snapshot import ModelSnapshot
-from worker.clustering.weights import telling_weights
+from worker.clustering.weights import RELIABILITY_PAIRS, telling_weights, within_user_reliability
 from worker.features.space import FeatureSpace, choose_vocabulary
 from worker.features.state import UserState, to_scale
 from worker.features.timescale import Rhythm, learned_half_lives
@@ -36,6 +36,7 @@ class Trainer:
         self.settings = settings
         self.overrides = load_name_overrides(settings.persona_names_file)
         self.warmup: dict[str, tuple[UserState, int]] = {}  # newest sample per user until the first fit
+        self.earlier: dict[str, tuple[UserState, int]] = {}  # and the one before it: how much a user varies
         self._warm_span = (2**63, 0)  # oldest and newest sample time seen in warm-up
         self.window = np.zeros((0, 0))
         self._window_len = 0
@@ -77,6 +78,8 @@ class Trainer:
         for uid, state, t in samples:
             self.rhythm.add(state, t)
             if self.current is None:
+                if uid in self.warmup:
+                    self.earlier[uid] = self.warmup[uid]
                 self.warmup[uid] = (state, t)
                 self._warm_span = (min(self._warm_span[0], t), max(self._warm_span[1], t))
                 if self._warm_enough():
@@ -142,15 +145,12 @@ class Trainer:
         space = FeatureSpace(tuple(choose_vocabulary(states, s.vocabulary_size)), half_lives)
         x = space.matrix(states, [t for _, t in pairs])
         mean = x.mean(0)
-        scale = np.maximum(x.std(0), space.scale_floor())
-        # features that tell users apart weigh more (worker.clustering.weights): a weight divides the scale
-        weights = telling_weights((x - mean) / scale, np.random.default_rng(s.model_seed))
-        scale = scale / np.sqrt(weights)
+        scale = self._weighed_scale(space, x, np.maximum(x.std(0), space.scale_floor()))
         xs = (x - mean) / scale
         choice = choose_k(xs, s.k_min, s.k_max, s.model_seed)
         ids, next_number = match_ids([], None, choice.fit.centers, s.new_persona_distance, 1)
         snap = self._snapshot(1, space, mean, scale, choice.fit.centers, ids, next_number, len(x), choice.scores)
-        self.warmup = {}
+        self.warmup, self.earlier = {}, {}
         self.resume(snap, np.bincount(choice.fit.labels, minlength=choice.k).astype(np.float64))
         for row in xs:
             self._remember(row)
@@ -163,6 +163,23 @@ class Trainer:
             snap.typical_gap_ms / 86_400_000,
         )
         return snap
+
+    def _weighed_scale(self, space: FeatureSpace, x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """``scale`` divided by the square root of each feature's weight (worker.clustering.weights): how clumped
+        its values are across users, times how much of its spread is between users rather than a user's own
+        swings from one sample to the next (measured on the users sampled twice in warm-up)."""
+        s = self.settings
+        both = [uid for uid in self.warmup if uid in self.earlier]
+        reliability = None
+        if len(both) >= RELIABILITY_PAIRS:
+            for uid in both:
+                to_scale(self.earlier[uid][0], s.half_lives_ms, space.half_lives_ms)
+            now = space.matrix([self.warmup[u][0] for u in both], [self.warmup[u][1] for u in both])
+            before = space.matrix([self.earlier[u][0] for u in both], [self.earlier[u][1] for u in both])
+            reliability = within_user_reliability((now - before) / scale, (x - x.mean(0)) / scale)
+        weights = telling_weights((x - x.mean(0)) / scale, np.random.default_rng(s.model_seed), reliability)
+        out: np.ndarray = scale / np.sqrt(weights)
+        return out
 
     def _snapshot(
         self,

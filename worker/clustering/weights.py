@@ -21,14 +21,31 @@ import numpy as np
 _NORMAL_KEEPS = {2: 1.0 - 2.0 / np.pi, 3: 0.1902, 4: 0.1175}
 FLOOR = 0.05  # the weight of a feature with no clumps at all
 SAMPLE = 3000  # rows the weights are measured on
+RELIABILITY_PAIRS = 30  # users sampled twice in warm-up before their swings are measured
 
 
-def telling_weights(xs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A weight in [FLOOR, 1] per column of the standardised rows ``xs``."""
+def within_user_reliability(change: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Per feature, the share of its spread across users that is not a user's own swing between two samples:
+    1 - (half the mean squared change of a user's value) / (its variance across users), in [0, 1]. A count under a
+    one-day half-life swings with every event; a user's daypart habit or basket value barely moves."""
+    within = 0.5 * (change**2).mean(0)
+    between = xs.var(0)
+    out: np.ndarray = np.clip(1.0 - within / np.maximum(between, 1e-12), 0.0, 1.0)
+    return out
+
+
+def telling_weights(xs: np.ndarray, rng: np.random.Generator, reliability: np.ndarray | None = None) -> np.ndarray:
+    """A weight in [FLOOR, 1] per column of ``xs``, rows standardised by the model's scale (its spread, or the
+    feature's floor when it spreads less): its clumpiness, times its variance in those units (at most 1), times its
+    ``reliability`` when known (see :func:`within_user_reliability`)."""
     rows = xs if len(xs) <= SAMPLE else xs[rng.choice(len(xs), SAMPLE, replace=False)]
     out = np.empty(xs.shape[1])
     for j in range(xs.shape[1]):
-        out[j] = _clumpiness(rows[:, j])
+        # times the variance in model units: a feature that varies less than its scale floor (a share nobody's
+        # differs by more than a few points) has clumps only because few events make few possible values
+        out[j] = _clumpiness(rows[:, j]) * min(1.0, float(rows[:, j].var()))
+    if reliability is not None:
+        out *= reliability
     peak = out.max()
     return np.maximum(FLOOR, out / peak) if peak > 0 else np.ones(xs.shape[1])
 

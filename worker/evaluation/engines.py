@@ -144,10 +144,7 @@ def run_pipeline(
         say(f"worker up (web API {worker.base})")
         started = time.monotonic()
         produce(bootstrap, s.input_topic, encode(first))
-        say(
-            f"phase 1: {len(first):,} events of the first part of event time sent; "
-            "waiting for the first model"
-        )
+        say(f"phase 1: {len(first):,} events of the first part of event time sent; waiting for the first model")
         _wait(worker, lambda m: m.get("segment_worker_model_version", 0) >= 1, say, deadline, len(first))
         t2 = time.monotonic()
         produce(bootstrap, s.input_topic, [*encode(rest), *extra_records])
