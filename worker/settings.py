@@ -164,6 +164,10 @@ class Settings:
         metadata={"help": "silence, in the user's usual gaps between events, that moves the user to 'dormant'"},
     )
     dormant_min_days: float = field(default=7.0, metadata={"help": "no user goes dormant after less silence"})
+    lapsing_share: float = field(
+        default=0.75,
+        metadata={"help": "share of the silence that makes a user dormant after which they are 'lapsing'; 0: none"},
+    )
     user_history: int = field(
         default=3,
         metadata={"help": "segment changes (with their top reasons) kept per user for /users/{id}; 0 keeps none"},
@@ -192,6 +196,8 @@ class Settings:
             problems.append("warmup_samples must be at least 10 * k_max")
         if self.dormant_after_gaps <= 0 or self.dormant_min_days < 0 or (self.dormant_after_days or 0) < 0:
             problems.append("dormant_after_gaps must be > 0, dormant_min_days and dormant_after_days >= 0")
+        if not 0.0 <= self.lapsing_share < 1.0:
+            problems.append("lapsing_share must be in [0, 1)")
         if self.user_history < 0:
             problems.append("user_history must be >= 0")
         if self.confirmations < 1 or self.min_events < 1:

@@ -15,7 +15,7 @@ from worker.changes.hysteresis import decide
 from worker.changes.segmenter import change_id
 from worker.changes.silence import BUCKET_MS, SilenceIndex
 from worker.clustering import ModelSnapshot
-from worker.events.timefmt import format_rfc3339
+from worker.events.timefmt import format_rfc3339, parse_timestamp
 from worker.features import FeatureSpace, UserState
 from worker.features.wire import MARKER, EncodedStates
 from worker.segments.rules import parse_segment_rules
@@ -122,7 +122,14 @@ def record_factory() -> Callable[..., InputRecord]:
 
 @pytest.mark.parametrize("encoded", [False, True], ids=["objects", "encoded"])
 def test_segmenter_end_to_end_on_a_known_model(encoded: bool) -> None:
-    s = Settings(min_events=3, confirmations=2, min_margin=0.0, dormant_after_days=5, silence_checks_days=(2.0,))
+    s = Settings(
+        min_events=3,
+        confirmations=2,
+        min_margin=0.0,
+        dormant_after_days=5,
+        silence_checks_days=(2.0,),
+        lapsing_share=0.5,
+    )
     model = two_persona_model(s)
     store: MutableMapping[str, UserState] = EncodedStates({}) if encoded else {}
     seg = Segmenter(s, store, lambda _u: 0)
@@ -135,7 +142,8 @@ def test_segmenter_end_to_end_on_a_known_model(encoded: bool) -> None:
         changes += step(seg, [rec("u", "view", T0 + i * hour)]).changes
     for i in range(10, 40):
         changes += step(seg, [rec("u", "purchase", T0 + i * hour, 80.0)]).changes
-    # another user's events push the watermark 10 days on: u is re-evaluated by the silence timer, goes dormant
+    # another user's events push the watermark 10 days on: u is re-evaluated by the silence timer, is lapsing
+    # after half the dormancy silence (2.5 days), dormant after 5
     changes += step(seg, [rec("w", "view", T0 + 10 * DAY)]).changes
     docs = [codec.loads(c) for _, c, _ in changes if codec.loads(c)["user_id"] == "u"]
     for d in docs:
@@ -144,23 +152,27 @@ def test_segmenter_end_to_end_on_a_known_model(encoded: bool) -> None:
         (None, "new"),
         ("new", "p1"),
         ("p1", "p2"),
-        ("p2", "dormant"),
+        ("p2", "lapsing"),
+        ("lapsing", "dormant"),
     ]
-    assert [d["sequence"] for d in docs] == [1, 2, 3, 4]
+    assert [d["sequence"] for d in docs] == [1, 2, 3, 4, 5]
     assert docs[0]["trigger"] == "event" and docs[0]["reasons"] == [] and docs[0]["changed_at"] == format_rfc3339(T0)
     assert docs[2]["reasons"] and docs[2]["reasons"][0]["direction"] in ("up", "down")
-    assert docs[3]["trigger"] == "silence" and docs[3]["reasons"][0]["feature"] == "days_since_last_event"
+    last = T0 + 39 * hour
+    assert [parse_timestamp(d["changed_at"]) - last for d in docs[3:]] == [int(2.5 * DAY), 5 * DAY]
+    for d in docs[3:]:
+        assert d["trigger"] == "silence" and d["reasons"][0]["feature"] == "days_since_last_event"
     assert store["u"].n == 40 and store["u"].segment == "dormant"
-    assert seg.counts["dormant"] == 1
-    # the recent history the API shows: the same moves, with when, why and how they were triggered
+    assert seg.counts["dormant"] == 1 and seg.counts["lapsing"] == 0
+    # the recent history the API shows (USER_HISTORY=3): the newest moves, with when, why and how triggered
     history = store["u"].history
     assert [(h[0], h[1], h[2], h[4]) for h in history] == [
-        (2, "new", "p1", "event"),
         (3, "p1", "p2", "event"),
-        (4, "p2", "dormant", "silence"),
+        (4, "p2", "lapsing", "silence"),
+        (5, "lapsing", "dormant", "silence"),
     ]
-    assert [format_rfc3339(h[3]) for h in history] == [d["changed_at"] for d in docs[1:]]
-    assert history[1][5] == [[r["feature"], r["direction"]] for r in docs[2]["reasons"][:2]]
+    assert [format_rfc3339(h[3]) for h in history] == [d["changed_at"] for d in docs[2:]]
+    assert history[0][5] == [[r["feature"], r["direction"]] for r in docs[2]["reasons"][:2]]
     assert history[2][5] == [["days_since_last_event", "up"]]
     # indexes rebuilt from the store (after a rebalance) agree with the ones kept along the way
     counts = dict(seg.counts)
@@ -291,9 +303,9 @@ def test_history_keeps_the_newest_changes_only() -> None:
         step(seg, [rec("u", "view", T0 + i * hour)])
     for i in range(6, 30):
         step(seg, [rec("u", "purchase", T0 + i * hour, 80.0)])
-    step(seg, [rec("w", "view", T0 + 10 * DAY)])  # u goes dormant: a fourth change (new, p1, p2, dormant)
-    assert store["u"].seq == 4
-    assert [h[0] for h in store["u"].history] == [3, 4]
+    step(seg, [rec("w", "view", T0 + 10 * DAY)])  # u goes dormant: five changes (new, p1, p2, lapsing, dormant)
+    assert store["u"].seq == 5
+    assert [h[0] for h in store["u"].history] == [4, 5]
     off = Settings(min_events=3, confirmations=1, min_margin=0.0, user_history=0)
     seg = Segmenter(off, store := {}, lambda _u: 0)
     seg.set_model(two_persona_model(off))
@@ -430,26 +442,52 @@ def chain_of(changes: list[tuple[str, bytes, float]], uid: str) -> list[dict[str
 
 
 @pytest.mark.parametrize("with_model", [False, True], ids=["no-model", "model"])
-def test_a_one_event_user_is_new_then_dormant_whether_or_not_a_model_exists(with_model: bool) -> None:
-    s = Settings(min_events=3, dormant_after_days=5)
+def test_a_one_event_user_is_new_then_lapsing_then_dormant_whether_or_not_a_model_exists(with_model: bool) -> None:
+    s = Settings(min_events=3, dormant_after_days=5, lapsing_share=0.5)
     seg = Segmenter(s, {}, lambda _u: 0)
     if with_model:
         seg.set_model(two_persona_model(s))
     rec = record_factory()
     changes = step(seg, [rec("once", "purchase", T0, 20.0)]).changes
-    changes += step(seg, [rec("w", "view", T0 + 4 * DAY)]).changes  # not yet 5 days of silence
+    changes += step(seg, [rec("w1", "view", T0 + 2 * DAY)]).changes  # not yet 2.5 days of silence
     assert [(d["from_segment"], d["to_segment"]) for d in chain_of(changes, "once")] == [(None, "new")]
-    changes += step(seg, [rec("w", "view", T0 + 6 * DAY)]).changes
+    changes += step(seg, [rec("w2", "view", T0 + 4 * DAY)]).changes  # lapsing, not yet dormant
+    assert seg.counts["lapsing"] == 1
+    changes += step(seg, [rec("w3", "view", T0 + 6 * DAY)]).changes
     once = chain_of(changes, "once")
     assert [(d["from_segment"], d["to_segment"], d["trigger"]) for d in once] == [
         (None, "new", "event"),
-        ("new", "dormant", "silence"),
+        ("new", "lapsing", "silence"),
+        ("lapsing", "dormant", "silence"),
     ]
     assert once[0]["model_version"] == (1 if with_model else 0) and once[0]["to_segment_name"] == "new"
-    assert once[1]["changed_at"] == format_rfc3339(T0 + 5 * DAY)
+    assert [d["changed_at"] for d in once[1:]] == [format_rfc3339(T0 + int(2.5 * DAY)), format_rfc3339(T0 + 5 * DAY)]
     assert seg.counts["dormant"] == 1 and seg.store["once"].segment == "dormant"
-    assert [(d["from_segment"], d["to_segment"]) for d in chain_of(changes, "w")] == [(None, "new")]
-    assert seg.counts["new"] == 1
+    assert seg.counts["lapsing"] == 1 and seg.store["w1"].segment == "lapsing"  # silent for four days by now
+    # back with one event, too few for the model: new again (the model places the user from MIN_EVENTS on)
+    back = chain_of(step(seg, [rec("once", "view", T0 + 7 * DAY)]).changes, "once")
+    assert [(d["from_segment"], d["to_segment"], d["trigger"]) for d in back] == [("dormant", "new", "event")]
+    assert seg.counts["dormant"] == 0
+
+
+def test_a_jump_of_the_watermark_runs_every_check_it_passed_in_order() -> None:
+    s = Settings(min_events=3, dormant_after_days=5, lapsing_share=0.5)
+    seg = Segmenter(s, {}, lambda _u: 0)
+    rec = record_factory()
+    changes = step(seg, [rec("once", "purchase", T0, 20.0)]).changes
+    changes += step(seg, [rec("w", "view", T0 + 30 * DAY)]).changes  # a month of event time in one batch
+    once = chain_of(changes, "once")
+    assert [d["to_segment"] for d in once] == ["new", "lapsing", "dormant"]
+    assert [d["changed_at"] for d in once[1:]] == [format_rfc3339(T0 + int(2.5 * DAY)), format_rfc3339(T0 + 5 * DAY)]
+
+
+def test_no_lapsing_stage_when_its_share_is_zero() -> None:
+    s = Settings(min_events=3, dormant_after_days=5, lapsing_share=0.0)
+    seg = Segmenter(s, {}, lambda _u: 0)
+    rec = record_factory()
+    changes = step(seg, [rec("once", "purchase", T0, 20.0)]).changes
+    changes += step(seg, [rec("w", "view", T0 + 6 * DAY)]).changes
+    assert [d["to_segment"] for d in chain_of(changes, "once")] == ["new", "dormant"]
 
 
 def test_a_user_erased_or_withdrawn_before_any_model_still_gets_a_final_change() -> None:

@@ -65,3 +65,30 @@ def test_a_new_typical_gap_applies_to_a_state_as_it_is() -> None:
     assert short < long and state.to_wire() == before
     assert cadence(20 * DAY_MS, (DAY_MS,)).next_check(state, 0) == state.last_ts + DAY_MS
     assert cadence(20 * DAY_MS, (DAY_MS,)).next_check(state, DAY_MS) == state.last_ts + long
+
+
+def test_lapsing_comes_at_its_share_of_the_dormancy_silence_and_after_the_longest_gap() -> None:
+    rule = Dormancy(None, 8.0, 7 * DAY_MS, DEFAULT_TYPICAL_GAP_MS, (), lapsing_share=0.75)
+    once = user([T0])
+    assert rule.lapsing_ms(once, rule.after_ms(once)) == int(0.75 * 14 * DAY_MS)
+    weekends = [T0 + w * 7 * DAY_MS + d * DAY_MS + h * HOUR for w in range(3) for d in (5, 6) for h in range(10, 20, 2)]
+    state = user(weekends)
+    lapse = rule.lapsing_ms(state, rule.after_ms(state))
+    assert lapse >= 1.25 * state.max_gap > 5 * DAY_MS  # not lapsing over the week between two weekends
+    checks = []
+    silence = 0
+    while due := rule.next_check(state, silence):
+        checks.append(due - state.last_ts)
+        silence = checks[-1]
+    assert checks == [lapse, rule.after_ms(state)]  # lapsing, then dormant
+    assert Dormancy(None, 8.0, 7 * DAY_MS, DEFAULT_TYPICAL_GAP_MS).lapsing_ms(once, 14 * DAY_MS) == 0  # share 0
+    assert rule.lapsing_ms(once, 0) == 0  # nobody goes dormant: nobody lapses
+
+
+def test_a_user_dormant_after_the_minimum_silence_has_no_lapsing_stage() -> None:
+    rule = Dormancy(None, 8.0, 7 * DAY_MS, 0.1 * DAY_MS, (), lapsing_share=0.75, lapsing_floor_ms=7 * DAY_MS)
+    busy = user([T0 + i * HOUR for i in range(50)])
+    assert rule.after_ms(busy) == 7 * DAY_MS and rule.lapsing_ms(busy, 7 * DAY_MS) == 0
+    sparse = Dormancy(None, 8.0, 7 * DAY_MS, 30 * DAY_MS, (), lapsing_share=0.75, lapsing_floor_ms=7 * DAY_MS)
+    once = user([T0])
+    assert sparse.lapsing_ms(once, sparse.after_ms(once)) == int(0.75 * 240 * DAY_MS)

@@ -7,7 +7,7 @@ import pytest
 
 from worker import codec
 from worker.clustering import ModelSnapshot
-from worker.clustering.weights import FLOOR, telling_weights
+from worker.clustering.weights import FLOOR, telling_weights, within_user_reliability
 from worker.events.ingest import UserEvent
 from worker.features.space import LEGACY_FIXED_FEATURES, FeatureSpace
 from worker.features.state import UserState, apply_event
@@ -68,3 +68,19 @@ def test_a_snapshot_from_before_value_per_event_still_loads() -> None:
     state = UserState(2)
     apply_event(state, UserEvent("a", "buy", 1_767_225_600_000, 5.0, None, None), (DAY, 7.0 * DAY), 12, 1_800_000)
     assert len(back.space.row(state, 1_767_225_600_000)) == d
+
+
+def test_a_feature_that_swings_within_each_user_weighs_less_than_a_steady_one() -> None:
+    rng = np.random.default_rng(5)
+    n = 600
+    groups = rng.choice([0.0, 3.0], size=n)
+    steady_now, steady_before = groups + rng.normal(0, 0.1, n), groups + rng.normal(0, 0.1, n)
+    # clumped across users too, but each user's value is redrawn from one sample to the next
+    swinging_now, swinging_before = rng.choice([0.0, 3.0], size=n), rng.choice([0.0, 3.0], size=n)
+    now = np.column_stack([steady_now, swinging_now])
+    before = np.column_stack([steady_before, swinging_before])
+    scale = now.std(0)
+    r = within_user_reliability((now - before) / scale, (now - now.mean(0)) / scale)
+    assert r[0] > 0.95 and r[1] < 0.2
+    w = telling_weights(standardised(now), np.random.default_rng(0), r)
+    assert w[0] == pytest.approx(1.0) and w[1] < 0.1

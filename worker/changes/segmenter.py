@@ -44,7 +44,7 @@ from worker.events.timefmt import format_rfc3339, time_zone
 from worker.features.state import UserState, apply_event, to_scale
 from worker.features.watermark import Watermarks
 from worker.features.wire import EncodedStates
-from worker.personas.registry import DORMANT, NEW, RESERVED
+from worker.personas.registry import DORMANT, LAPSING, NEW, QUIET, RESERVED
 from worker.segments.rules import SegmentRule, rule_features
 from worker.settings import Settings
 
@@ -99,7 +99,7 @@ class _Eval:
     trigger: str  # "event", "silence", "erased" or "consent_withdrawn"
     source: tuple[int, int]
     consumed_at: float
-    dormant: bool = False  # a dormancy check: the model is not asked
+    quiet: str | None = None  # a silence that moves the user to `lapsing` or `dormant`: the model is not asked
     row: list[float] | None = None  # the user's raw feature vector, for the model (None for a dormancy check)
 
 
@@ -157,6 +157,7 @@ class Segmenter:
                 else f"the longest of {d.floor_ms / DAY_MS:g} days, {d.gaps:g} of the user's usual gaps "
                 "(shrunk towards the typical gap) and twice the longest silence the user came back from"
             ),
+            "lapsing_after": f"{d.lapsing_share:g} of that" if d.lapsing_share else None,
         }
 
     def _dormancy(self, model: ModelSnapshot | None) -> Dormancy:
@@ -166,7 +167,9 @@ class Segmenter:
         # model (half-lives of months) is not lapsed after a few quiet weeks
         slowest = max(model.space.half_lives_ms if model is not None else self.provisional)
         floor = max(int(s.dormant_min_days * DAY_MS), int(slowest))
-        return Dormancy(s.dormant_after_ms, s.dormant_after_gaps, floor, typical, s.silence_checks_ms)
+        minimum = int(s.dormant_min_days * DAY_MS)
+        checks = s.silence_checks_ms
+        return Dormancy(s.dormant_after_ms, s.dormant_after_gaps, floor, typical, checks, s.lapsing_share, minimum)
 
     def rebuild(self, owned: set[int], watermarks: dict[int, int]) -> None:
         """Re-derive in-memory indexes (silence timers, persona counts) from the store after (re)assignment."""
@@ -237,8 +240,10 @@ class Segmenter:
             res.processed += 1
             res.partitions.add(owner)
             self.watermarks.observe(owner, ev.ts)
-            if state.segment is None:  # the first event of a profile: the user is known, in segment `new`
-                self._welcome(res, uid, state, rec)
+            if state.segment is None or (state.segment in QUIET and state.n < s.min_events):
+                # the first event of a profile (the user is known), or a quiet user back with too few events for
+                # the model: segment `new`
+                self._to_new(res, uid, state, rec)
             # an event resets the silence clock
             state.due = self.dormancy.next_check(state, 0)
             if state.n >= s.min_events:
@@ -322,13 +327,16 @@ class Segmenter:
             res.erased.discard(uid)
             res.withdrawals += 1
 
-    def _welcome(self, res: BatchResult, uid: str, state: UserState, rec: InputRecord) -> None:
-        """The first change of a profile: ``null → new``, as of its first event."""
+    def _to_new(self, res: BatchResult, uid: str, state: UserState, rec: InputRecord) -> None:
+        """A move to ``new`` as of the user's newest event: ``null → new`` at a profile's first event, or from
+        ``lapsing``/``dormant`` for a user back with fewer than ``min_events`` events."""
         e = _Eval(uid, state, state.last_ts, state.n, "event", (rec.src_partition, rec.src_offset), rec.consumed_at)
         version = self.model.version if self.model is not None else 0
-        res.changes.append((uid, self._emit(version, e, None, NEW, 1.0, []), rec.consumed_at))
-        self._remember(state, None, NEW, e, [])
-        res.transitions.append(("none", NEW))
+        before = state.segment
+        state.pending, state.pending_n = None, 0
+        res.changes.append((uid, self._emit(version, e, before, NEW, 1.0, []), rec.consumed_at))
+        self._remember(state, before, NEW, e, [])
+        res.transitions.append((before or "none", NEW))
 
     def _sample(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
         key = hashlib.blake2b(uid.encode("utf-8", "surrogatepass"), key=self._sample_key, digest_size=8).hexdigest()
@@ -361,35 +369,51 @@ class Segmenter:
         return (r == 0 and q & (q - 1) == 0) or self._rng.random() < self.s.sample_rate
 
     def _collect_silent(self, res: BatchResult, evals: list[_Eval], now: float, wiped: set[str]) -> None:
-        space = self.model.space if self.model else None
         for p in sorted(res.partitions):
             wm = self.watermarks.get(p)
             for uid in self.silence.pop_due(p, wm):
                 state = self._current(res, uid, wiped)
                 if state is None or not state.due or state.due > wm:
                     continue  # erased, rescheduled by a newer event, or a stale entry
-                t = state.due
-                # as of now: a newer model's typical gap may have moved the threshold since the check was planned
-                limit = self.dormancy.after_ms(state)
-                state.due = self.dormancy.next_check(state, t - state.last_ts)
-                if self.model is None and self.s.dormant_after_ms is None:
-                    # the stream's rhythm is not known before the first model: a silence is no lapse yet (a
-                    # quarterly buyer is not dormant after the provisional two weeks); checked again later
-                    limit, state.due = 0, t + self.dormancy.floor_ms
+                while state.due and state.due <= wm:  # every check the watermark passed, in order
+                    e = self._silence_check(res, uid, state, now)
+                    if e is not None:
+                        evals.append(e)
                 if state.due:
                     self.silence.schedule(p, uid, state.due)
-                res.dirty[uid] = state
-                if self.segment_rules:
-                    self._check_rules(res, uid, state, t)
-                dormant = bool(limit) and t - state.last_ts >= limit
-                e = _Eval(uid, state, t, state.n, "silence", (state.source[0], state.source[1]), now, dormant)
-                if state.n >= self.s.min_events and not dormant:  # a lapsed user's faded state is no persona
-                    self._sample(res, uid, state, t)
-                if dormant:  # the model is not asked: a user below `min_events` goes dormant too
-                    evals.append(e)
-                elif state.n >= self.s.min_events and space is not None:
-                    e.row = space.row(state, t)
-                    evals.append(e)
+
+    def _silence_check(self, res: BatchResult, uid: str, state: UserState, now: float) -> _Eval | None:
+        """A user's silence check that fell due: the quiet segment the silence calls for (lapsing, dormant), or
+        the model's re-evaluation (SILENCE_CHECKS_DAYS); the next check planned (``state.due``)."""
+        t = state.due
+        # as of now: a newer model's typical gap may have moved the thresholds since the check was planned
+        quiet = self._quiet_segment(state, t - state.last_ts)
+        state.due = self.dormancy.next_check(state, t - state.last_ts)
+        if self.model is None and self.s.dormant_after_ms is None:
+            # the stream's rhythm is not known before the first model: a silence is no lapse yet (a quarterly
+            # buyer is not dormant after the provisional two weeks); checked again later
+            quiet, state.due = None, t + self.dormancy.floor_ms
+        res.dirty[uid] = state
+        if self.segment_rules:
+            self._check_rules(res, uid, state, t)
+        e = _Eval(uid, state, t, state.n, "silence", (state.source[0], state.source[1]), now, quiet)
+        if quiet is not None:  # the model is not asked: a user below `min_events` lapses too
+            return e if state.segment != quiet and state.segment != DORMANT else None
+        if state.n < self.s.min_events or state.segment in QUIET:
+            return None
+        self._sample(res, uid, state, t)  # (a quiet user's faded state is no persona to learn)
+        if self.model is None:
+            return None
+        e.row = self.model.space.row(state, t)
+        return e
+
+    def _quiet_segment(self, state: UserState, silence_ms: int) -> str | None:
+        """``dormant`` or ``lapsing`` when ``silence_ms`` of silence makes the user so (see worker.changes.dormancy)."""
+        limit = self.dormancy.after_ms(state)
+        if limit and silence_ms >= limit:
+            return DORMANT
+        lapse = self.dormancy.lapsing_ms(state, limit)
+        return LAPSING if lapse and silence_ms >= lapse else None
 
     def _evaluate(self, model: ModelSnapshot | None, evals: list[_Eval], res: BatchResult) -> None:
         """Each evaluation in order: the model's persona for its row (every row in one vectorised call), or
@@ -405,11 +429,11 @@ class Segmenter:
         j = -1  # the row of the current evaluation
         for e in evals:
             state = e.state
-            if e.dormant:
-                if state.segment == DORMANT:
+            if e.quiet is not None:
+                if state.segment == e.quiet:
                     continue
                 state.pending, state.pending_n = None, 0
-                before, after, confidence = state.segment, DORMANT, 1.0
+                before, after, confidence = state.segment, e.quiet, 1.0
                 reasons = silence_reason((e.t - state.last_ts) / DAY_MS)
             else:
                 assert model is not None
@@ -462,7 +486,7 @@ class Segmenter:
                 "changed_at": format_rfc3339(e.t),
                 "model_version": version,
                 "trigger": e.trigger,
-                "confidence": round(1.0 if e.dormant or after is None else min(1.0, max(0.0, margin)), 4),
+                "confidence": round(1.0 if e.quiet or after is None else min(1.0, max(0.0, margin)), 4),
                 "sequence": state.seq,
                 "timezone": zone if time_zone(zone := state.context.get("timezone")) else None,
                 "reasons": reasons,

@@ -21,6 +21,7 @@ import numpy as np
 _NORMAL_KEEPS = {2: 1.0 - 2.0 / np.pi, 3: 0.1902, 4: 0.1175}
 FLOOR = 0.05  # the weight of a feature with no clumps at all
 SAMPLE = 3000  # rows the weights are measured on
+RELIABILITY_POWER = 2.0  # squared: a feature half of whose spread is a user's own swings keeps a quarter
 RELIABILITY_PAIRS = 30  # users sampled twice in warm-up before their swings are measured
 
 
@@ -45,7 +46,7 @@ def telling_weights(xs: np.ndarray, rng: np.random.Generator, reliability: np.nd
         # differs by more than a few points) has clumps only because few events make few possible values
         out[j] = _clumpiness(rows[:, j]) * min(1.0, float(rows[:, j].var()))
     if reliability is not None:
-        out *= reliability
+        out *= reliability**RELIABILITY_POWER
     peak = out.max()
     return np.maximum(FLOOR, out / peak) if peak > 0 else np.ones(xs.shape[1])
 

@@ -32,7 +32,7 @@ from worker.evaluation.engines import Outcome
 from worker.events.ingest import EventParser
 from worker.events.timefmt import parse_timestamp
 from worker.features.state import UserState, apply_event
-from worker.personas.registry import DORMANT, NEW
+from worker.personas.registry import DORMANT, NEW, QUIET
 from worker.settings import Settings
 from worker.synth.population import Population, Truth
 
@@ -164,7 +164,7 @@ def score(pop: Population, outcome: Outcome, s: Settings) -> dict[str, Any]:
 
 
 def _is_model_move(c: dict[str, Any]) -> bool:
-    return c["from_segment"] not in (None, NEW, DORMANT) and c["to_segment"] != DORMANT and c.get("trigger") == "event"
+    return c["from_segment"] not in (None, NEW, *QUIET) and c["to_segment"] not in QUIET and c.get("trigger") == "event"
 
 
 def _switches(

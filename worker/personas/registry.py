@@ -12,9 +12,11 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-DORMANT = "dormant"  # reserved id: users silent for longer than `dormant_after_days`
+DORMANT = "dormant"  # reserved id: users silent for long enough to be taken as lapsed (worker.changes.dormancy)
+LAPSING = "lapsing"  # reserved id: users silent for part of that, on their way to dormant
 NEW = "new"  # reserved id: a user from the first event until the model places them (below `min_events`)
-RESERVED = (NEW, DORMANT)  # segments that are not personas of a model: the same in every model
+RESERVED = (NEW, LAPSING, DORMANT)  # segments that are not personas of a model: the same in every model
+QUIET = (LAPSING, DORMANT)  # the segments silence moves a user to
 
 
 def persona_id(number: int) -> str:
