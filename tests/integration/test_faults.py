@@ -120,7 +120,8 @@ def _check_outcome(s: Settings, pop: Population, worker: WorkerProcess) -> None:
         assert worker.proc.poll() is None, f"worker died, see {worker.log_path}"
         users = {uid: _user(worker, uid) for uid in counts}
         behind = [u for u, v in users.items() if v["event_count"] < counts[u]]
-        waiting = [u for u, v in users.items() if v["segment"] is None and counts[u] >= s.min_events]
+        # (every known user is in a segment since `new` exists: waiting means still `new` with enough events)
+        waiting = [u for u, v in users.items() if v["segment"] in (None, "new") and counts[u] >= s.min_events]
         if (not behind and not waiting) or time.monotonic() > deadline:
             break
         time.sleep(1.0)
