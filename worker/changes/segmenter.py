@@ -11,8 +11,8 @@ unit-tested without a broker or an event loop. One batch:
 3. re-evaluate users whose silence timer the partition's watermark has passed (dormancy included).
 
 Every known user is in a segment: ``new`` from the first event (a ``null → new`` change) until the model places
-them once they have ``min_events`` events, a persona, or ``dormant`` after the silence that makes a user dormant
-(whether or not they ever had a persona).
+them once they have ``min_events`` events, a persona, then ``lapsing`` and ``dormant`` as their silence grows
+(whether or not they ever had a persona; see worker.changes.dormancy), and back.
 
 Users can leave: an erasure request (a record of kind ``erasure``) deletes the user's state, an event withdrawing
 consent replaces it by a marker. Either way the user (in a segment since the first event, ``new`` at least) gets one
@@ -100,7 +100,7 @@ class _Eval:
     source: tuple[int, int]
     consumed_at: float
     quiet: str | None = None  # a silence that moves the user to `lapsing` or `dormant`: the model is not asked
-    row: list[float] | None = None  # the user's raw feature vector, for the model (None for a dormancy check)
+    row: list[float] | None = None  # the user's raw feature vector, for the model (None for a quiet check)
 
 
 class Segmenter:
@@ -166,8 +166,8 @@ class Segmenter:
         # never dormant before the slowest half-life has mostly let go of the user's activity: a quarterly buyer's
         # model (half-lives of months) is not lapsed after a few quiet weeks
         slowest = max(model.space.half_lives_ms if model is not None else self.provisional)
-        floor = max(int(s.dormant_min_days * DAY_MS), int(slowest))
         minimum = int(s.dormant_min_days * DAY_MS)
+        floor = max(minimum, int(slowest))
         checks = s.silence_checks_ms
         return Dormancy(s.dormant_after_ms, s.dormant_after_gaps, floor, typical, checks, s.lapsing_share, minimum)
 
