@@ -41,8 +41,10 @@ def evaluate(plan: Plan, settings: Settings, environ: dict[str, str], say: Say, 
     jobs = [(name, seed) for name in plan.scenarios for seed in plan.seeds]
 
     def one(name: str, seed: int, run: Any) -> None:
-        pop = generate_world(world(name, seed), plan.users, plan.days, seed)
-        say(f"{name} (seed {seed}): {len(pop.events):,} events of {plan.users:,} users over {plan.days:g} days")
+        w = world(name, seed)
+        pop = generate_world(w, plan.users, plan.days, seed)
+        days = plan.days * w.span
+        say(f"{name} (seed {seed}): {len(pop.events):,} events of {len(pop.truth):,} users over {days:g} days")
         outcome: Outcome = run(name, seed, pop)
         row = {"scenario": name, "seed": seed, "engine": outcome.engine, **score(pop, outcome, s)}
         row["seconds"] = round(outcome.seconds, 1)
