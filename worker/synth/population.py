@@ -86,7 +86,7 @@ class World:
     emerge_at: float = 0.45  # share of the span
     switch_window: tuple[float, float] = (0.35, 0.55)  # share of the span where switches happen
     silent_window: tuple[float, float] = (0.30, 0.45)
-    span: float = 1.0  # the world's event time is this many times the days asked for (a slower rhythm)
+    span: float = 1.0  # the world's event time is this many times the days asked for, ending where others end
 
 
 def generate(
@@ -110,6 +110,9 @@ def generate_world(
 ) -> Population:
     rng = np.random.default_rng(seed)
     personas = world.personas
+    # a slower world reaches further back, so it ends where the others do (in the past: a worker dead-letters
+    # events stamped beyond tomorrow, and a year from 2026-01-01 is not all past yet)
+    start_ms -= int(days * (world.span - 1.0) * _DAY_MS)
     days *= world.span
     end_ms = start_ms + int(days * _DAY_MS)
     span = days * _DAY_MS
