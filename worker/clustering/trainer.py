@@ -169,6 +169,7 @@ class Trainer:
         its values are across users, times how much of its spread is between users rather than a user's own
         swings from one sample to the next (measured on the users sampled twice in warm-up)."""
         s = self.settings
+        centred = (x - x.mean(0)) / scale
         both = [uid for uid in self.warmup if uid in self.earlier]
         reliability = None
         if len(both) >= RELIABILITY_PAIRS:
@@ -176,8 +177,8 @@ class Trainer:
                 to_scale(self.earlier[uid][0], s.half_lives_ms, space.half_lives_ms)
             now = space.matrix([self.warmup[u][0] for u in both], [self.warmup[u][1] for u in both])
             before = space.matrix([self.earlier[u][0] for u in both], [self.earlier[u][1] for u in both])
-            reliability = within_user_reliability((now - before) / scale, (x - x.mean(0)) / scale)
-        weights = telling_weights((x - x.mean(0)) / scale, np.random.default_rng(s.model_seed), reliability)
+            reliability = within_user_reliability((now - before) / scale, centred)
+        weights = telling_weights(centred, np.random.default_rng(s.model_seed), reliability)
         out: np.ndarray = scale / np.sqrt(weights)
         return out
 

@@ -52,9 +52,6 @@ class Rhythm:
         gap = (state.last_ts - state.first_ts) / repeats if repeats else 0.0
         self._seen.append(_Seen(repeats, max(0, t - state.first_ts), gap))
 
-    def __len__(self) -> int:
-        return len(self._seen)
-
     def median_gap_ms(self) -> float:
         """The median of the users' mean gaps (users with two events or more; 0 when none)."""
         gaps = sorted(s.mean_gap for s in self._seen if s.repeats)
