@@ -139,7 +139,7 @@ class Settings:
     model_memory: int = field(default=5000, metadata={"help": "minibatch: samples a centroid remembers"})
     model_halflife: float = field(default=0.01, metadata={"help": "kmeans: River KMeans step towards each sample"})
     publish_every: int = field(default=2000, metadata={"help": "trainer publishes a model every N samples"})
-    recheck_every: int = field(default=2_000, metadata={"help": "samples between re-choosing the persona count"})
+    recheck_every: int = field(default=1_000, metadata={"help": "samples between re-choosing the persona count"})
     recheck_gain: float = field(
         default=0.05, metadata={"help": "silhouette gain another persona count needs to replace the current one"}
     )

@@ -141,3 +141,31 @@ def test_a_small_stream_is_fitted_once_its_samples_span_four_slowest_half_lives(
     del legacy["typical_gap_ms"]
     assert ModelSnapshot.from_bytes(codec.dumps(legacy)).typical_gap_ms == 0.0
     assert Trainer(s).add(population(38, 1_767_225_600_000 + 20 * DAY) + late) is None  # 39 users: under 10 x K_MAX
+
+
+def _fill_window(tr: Trainer, centres: np.ndarray, seed: int) -> None:
+    """The trainer's window of recent samples: rows around ``centres`` (model units)."""
+    rng = np.random.default_rng(seed)
+    for i in range(len(tr.window)):
+        tr.window[i] = centres[i % len(centres)] + rng.normal(0.0, 0.05, centres.shape[1])
+    tr._window_len = len(tr.window)
+
+
+def test_a_persona_count_change_is_adopted_only_when_two_rechecks_in_a_row_call_for_it() -> None:
+    s = Settings(warmup_samples=100, k_max=4, publish_every=10**6, recheck_every=10**6)
+    t_end = 1_767_225_600_000 + 20 * DAY
+    tr = Trainer(s)
+    first = tr.add(population(100, t_end))
+    assert first is not None and len(first.persona_ids) == 2
+    two = tr.model.centroids() if tr.model is not None else first.centroids
+    three = np.vstack([two, two[0] + 4.0 * (two[1] - two[0])])  # a third behaviour, far from both
+    _fill_window(tr, three, 1)
+    assert tr._recheck() is None  # one window calling for it is not enough
+    _fill_window(tr, two, 2)
+    assert tr._recheck() is None  # the next did not: the proposal lapses
+    _fill_window(tr, three, 3)
+    assert tr._recheck() is None
+    _fill_window(tr, three, 4)
+    adopted = tr._recheck()
+    assert adopted is not None and adopted.version == 2
+    assert adopted.persona_ids == (*first.persona_ids, "p3")

@@ -5,7 +5,7 @@ exactly one worker of the group runs the trainer. It fits the first model in bat
 the persona count by silhouette within bounds), warm-starts the online model (:mod:`worker.clustering.online`)
 from it, learns from every later sample and publishes a new snapshot every ``publish_every`` samples. Every
 ``recheck_every`` samples it tries one persona more and one fewer on a window of recent samples and switches when
-that is clearly better. Persona ids survive updates through :func:`worker.personas.match_ids`.
+that is clearly better on two re-checks in a row. Persona ids survive updates through :func:`worker.personas.match_ids`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Trainer:
         self.model: OnlineModel | None = None
         self.since_publish = 0
         self.since_recheck = 0
+        self.proposed: tuple[str, ...] | None = None  # the persona ids a re-check would switch to, once confirmed
         self.seen = 0
         self.rhythm = Rhythm()  # the sampled users' gaps between their events
         if current is not None:
@@ -271,9 +272,13 @@ class Trainer:
             return None
         scores = [fit_score(xs, sub, fit) for fit, _ in candidates]
         best = int(np.argmax(scores))
+        fit, new_ids = candidates[best]
+        proposed, self.proposed = self.proposed, None
         if scores[best] < current_score + s.recheck_gain:
             return None
-        fit, new_ids = candidates[best]
+        if proposed != tuple(new_ids):  # a change must win two re-checks in a row, on two windows of samples
+            self.proposed = tuple(new_ids)
+            return None
         next_number = cur.next_persona + (len(new_ids) > k)
         log.info("persona count %d -> %d (silhouette %.3f -> %.3f)", k, len(fit.centers), current_score, scores[best])
         snap = self._snapshot(
