@@ -151,7 +151,10 @@ def generate_world(
         tz = zones[u % len(zones)]
         platform = platforms[int(rng.integers(len(platforms)))]
         for spec, lo, hi in segments:
-            pop.events.extend(_events(rng, uid, spec, lo, hi, activity, tz, platform))
+            events = list(_events(rng, uid, spec, lo, hi, activity, tz, platform))
+            pop.events.extend(events)
+            if spec.once and events:  # a one-time customer has stopped after their purchase: dormant in the end
+                truth.final, truth.silent_at = "dormant", max(e["_t"] for e in events)
     # a user who never did anything does not exist for the stream (a slow persona may draw no event in the span)
     active = {e["user_id"] for e in pop.events}
     pop.truth = {uid: t for uid, t in pop.truth.items() if uid in active}
