@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from worker.errors import ConfigError
-from worker.personas import load_name_overrides, match_ids, name_personas
+from worker.personas import ids_by_members, load_name_overrides, match_ids, name_personas
 from worker.personas.naming import describe
 
 
@@ -56,3 +56,17 @@ def test_override_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_name_overrides(str(bad))
     assert load_name_overrides("") == {}
+
+
+def test_a_split_gives_the_fresh_id_to_the_part_that_left_not_to_the_larger_part() -> None:
+    old = np.zeros(10, dtype=np.int64)  # everyone in p4
+    new = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 1])  # cluster 1 kept seven of them
+    assert ids_by_members(["p4"], old, new, 2, 5) == (["p5", "p4"], 6)
+
+
+def test_a_merge_keeps_the_id_that_keeps_most_users_and_retires_the_other() -> None:
+    old = np.array([0, 0, 0, 1, 1, 2])
+    new = np.array([0, 0, 0, 0, 0, 1])
+    assert ids_by_members(["p1", "p2", "p3"], old, new, 2, 4) == (["p1", "p3"], 4)
+    # the same partition numbered the other way round keeps the same ids for the same users
+    assert ids_by_members(["p1", "p2", "p3"], old, 1 - new, 2, 4) == (["p3", "p1"], 4)

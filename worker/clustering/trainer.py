@@ -22,8 +22,7 @@ from worker.clustering.weights import RELIABILITY_PAIRS, telling_weights, within
 from worker.features.space import FeatureSpace, choose_vocabulary
 from worker.features.state import UserState, to_scale
 from worker.features.timescale import Rhythm, learned_half_lives
-from worker.personas import load_name_overrides, match_ids, name_personas
-from worker.personas.registry import persona_id
+from worker.personas import ids_by_members, load_name_overrides, match_ids, name_personas
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ class Trainer:
         self.model: OnlineModel | None = None
         self.since_publish = 0
         self.since_recheck = 0
-        self.proposed: tuple[str, ...] | None = None  # the persona ids a re-check would switch to, once confirmed
+        self.proposed: frozenset[str] | None = None  # the persona ids a re-check would switch to, once confirmed
         self.seen = 0
         self.rhythm = Rhythm()  # the sampled users' gaps between their events
         if current is not None:
@@ -247,8 +246,11 @@ class Trainer:
         return snap
 
     def _recheck(self) -> ModelSnapshot | None:
-        """Try one persona more and one fewer on the recent window, each refined from the current centroids so
-        the personas that stay keep their place (and their ids); switch only when clearly better."""
+        """Try one persona more and one fewer on the recent window, each refined from the current centroids;
+        switch when that is clearly better (``RECHECK_GAIN``) and still better on the next re-check (half the
+        gain: one window of samples can catch a weekly rhythm at one phase). The personas that stay keep their ids
+        by the users they keep (:func:`worker.personas.ids_by_members`), so a split gives the new id to the part
+        that moved, not to the larger part."""
         cur = self.current
         assert cur is not None
         self.since_recheck = 0
@@ -256,30 +258,27 @@ class Trainer:
         rng = np.random.default_rng(s.model_seed + cur.version)
         xs = self.window[: self._window_len]
         sub = subsample(xs, rng)
-        centroids = self._centroids()
-        k = len(centroids)
-        current_score = fit_score(xs, sub, lloyd(xs, centroids, iters=0))
-        # each candidate refines the current centroids, so identity follows by construction: one persona more
-        # keeps every id and gets a new one, one fewer drops the id of the centroid taken out
-        candidates: list[tuple[Fit, list[str]]] = []
-        ids = list(cur.persona_ids)
+        now = lloyd(xs, self._centroids(), iters=0)
+        k = len(now.centers)
+        current_score = fit_score(xs, sub, now)
+        candidates: list[Fit] = []
         if k < s.k_max:
-            new_id = persona_id(cur.next_persona)
-            candidates += [(lloyd(xs, add_center(xs, centroids, rng)), [*ids, new_id]) for _ in range(3)]
+            candidates += [lloyd(xs, add_center(xs, now.centers, rng)) for _ in range(3)]
         if k > max(1, s.k_min):
-            candidates += [(lloyd(xs, np.delete(centroids, j, axis=0)), ids[:j] + ids[j + 1 :]) for j in range(k)]
+            candidates += [lloyd(xs, np.delete(now.centers, j, axis=0)) for j in range(k)]
         if not candidates:
             return None
-        scores = [fit_score(xs, sub, fit) for fit, _ in candidates]
+        scores = [fit_score(xs, sub, fit) for fit in candidates]
         best = int(np.argmax(scores))
-        fit, new_ids = candidates[best]
-        proposed, self.proposed = self.proposed, None
-        if scores[best] < current_score + s.recheck_gain:
+        fit = candidates[best]
+        ids, next_number = ids_by_members(cur.persona_ids, now.labels, fit.labels, len(fit.centers), cur.next_persona)
+        confirming = self.proposed == frozenset(ids)
+        self.proposed = None
+        if scores[best] < current_score + s.recheck_gain * (0.5 if confirming else 1.0):
             return None
-        if proposed != tuple(new_ids):  # a change must win two re-checks in a row, on two windows of samples
-            self.proposed = tuple(new_ids)
+        if not confirming:
+            self.proposed = frozenset(ids)
             return None
-        next_number = cur.next_persona + (len(new_ids) > k)
         log.info("persona count %d -> %d (silhouette %.3f -> %.3f)", k, len(fit.centers), current_score, scores[best])
         snap = self._snapshot(
             cur.version + 1,
@@ -287,7 +286,7 @@ class Trainer:
             cur.mean,
             cur.scale,
             fit.centers,
-            new_ids,
+            ids,
             next_number,
             self.seen,
             {**cur.k_scores, len(fit.centers): scores[best]},

@@ -38,6 +38,26 @@ def match_ids(
         for r, c in zip(rows, cols, strict=True):
             if cost[r, c] <= cap:
                 ids[r] = old_ids[c]
+    return _fresh_ids(ids, next_number)
+
+
+def ids_by_members(
+    old_ids: Sequence[str], old_labels: np.ndarray, new_labels: np.ndarray, k_new: int, next_number: int
+) -> tuple[list[str], int]:
+    """Ids for ``k_new`` clusters that re-divide the same users (labels before and after, per user), and the next
+    free persona number: each old id goes to the new cluster that keeps most of its users (one assignment for all,
+    most users kept in total); a cluster left without one gets a fresh id, an old id left without one retires."""
+    kept = np.zeros((k_new, len(old_ids)))
+    np.add.at(kept, (new_labels, old_labels), 1.0)
+    rows, cols = linear_sum_assignment(kept, maximize=True)
+    ids: list[str | None] = [None] * k_new
+    for r, c in zip(rows, cols, strict=True):
+        ids[r] = old_ids[c]
+    return _fresh_ids(ids, next_number)
+
+
+def _fresh_ids(ids: Sequence[str | None], next_number: int) -> tuple[list[str], int]:
+    """``ids`` with a fresh id for each gap, and the next free persona number."""
     out: list[str] = []
     for pid in ids:
         if pid is None:
