@@ -189,3 +189,26 @@ def test_before_the_first_model_a_silence_is_no_lapse_when_dormancy_follows_the_
         "lapsing",
         "dormant",
     ]
+
+
+def test_the_first_model_after_a_replay_runs_the_silence_checks_the_log_has_passed() -> None:
+    """A log replayed before the first model: the model places every waiting customer as of their last purchase,
+    then moves on those whose silence the log already passed (no batch comes later to do it)."""
+    s = Settings(partitions=1, min_events=2)
+    store: dict[str, UserState] = {}
+    seg = Segmenter(s, store, lambda _u: 0)
+    early = [record("gone", T0 + i * DAY, i) for i in range(3)]
+    late = [record("here", T0 + (300 + i) * DAY, 3 + i) for i in range(3)]
+    res = seg.process([*early, *late], 2**62, 0.0)
+    store.update(res.dirty)
+    assert {codec.loads(c)["to_segment"] for _, c, _ in res.changes} == {"new"}
+    seg.set_model(model_under((32.0 * DAY, 224.0 * DAY)))
+    res = seg.sweep({0}, 0.0)
+    store.update(res.dirty)
+    chains: dict[str, list[str]] = {}
+    for _, c, _ in res.changes:
+        doc = codec.loads(c)
+        chains.setdefault(doc["user_id"], []).append(doc["to_segment"])
+    assert chains["gone"][-2:] == ["lapsing", "dormant"] and chains["gone"][0].startswith("p")
+    assert len(chains["here"]) == 1 and chains["here"][0].startswith("p")
+    assert store["gone"].segment == "dormant" and store["here"].segment == chains["here"][0]

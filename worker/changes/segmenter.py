@@ -345,7 +345,10 @@ class Segmenter:
 
     def sweep(self, owned: set[int], now_mono: float) -> BatchResult:
         """Give a first persona to every owned user still waiting for one (after the first model arrives),
-        evaluated as of the user's newest event, exactly as if the model had been there then."""
+        evaluated as of the user's newest event, exactly as if the model had been there then; then run the silence
+        checks the partitions' watermarks have already passed (a log replayed before the first model was fitted
+        has no batch left to run them: its customers silent for months would keep the persona of their last
+        purchase until they came back)."""
         res = BatchResult()
         model = self.model
         if model is None:
@@ -358,6 +361,12 @@ class Segmenter:
                 t, source = state.last_ts, (state.source[0], state.source[1])
                 evals.append(_Eval(uid, state, t, state.n, "event", source, now_mono, row=model.space.row(state, t)))
                 res.dirty[uid] = state
+                # silence as of the newest event again: before a model, checks were only put off
+                state.due = self.dormancy.next_check(state, 0)
+                if state.due:
+                    self.silence.schedule(self.partition_of(uid), uid, state.due)
+        res.partitions.update(owned)
+        self._collect_silent(res, evals, now_mono, set())
         if evals:
             self._evaluate(model, evals, res)
         return res
