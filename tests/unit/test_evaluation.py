@@ -14,10 +14,14 @@ def test_core_engine_and_scores_on_the_reference_world() -> None:
     out = run_core(s, encode(pop.events))
     assert out.processed == len(pop.events) and out.dead_letters == 0 and out.snapshots
     r = score(pop, out, s)
-    assert r["assigned"] == 1.0 and r["ari"] > 0.6 and r["batch_ari"] > 0.6
-    assert r["switchers"] > 0 and r["switch_detected"] is not None
-    assert r["silent"] > 0 and r["silent_moved"] >= 0.8
-    assert 0.0 <= r["id_stability"] <= 1.0 if "id_stability" in r else True
+    assert r["assigned"] == 1.0 and r["model_versions"] >= 2
+    assert (r["switchers"], r["silent"], r["silent_moved"], r["id_stability"]) == (36, 25, 1.0, 1.0)
+    # every target met but two, both from README's known weak spot of this (the demo's) world: its two shopping
+    # personas are one, so switches between them are missed and the ARI stays under the batch bound's
+    assert (r["personas_found"], r["personas_true"]) == (4, 5)
+    missed = {m for m, ok in verdicts(r).items() if not ok}
+    assert missed == {"switch_detected", "ari_ratio"}, r
+    assert r["ari"] >= 0.85 and r["switch_detected"] >= 0.8 and r["ari_ratio"] >= 0.85
     # the table marks what misses a target, and the summary says so
     bad = {**r, "scenario": "x", "seed": 1, "ari": 0.5, "seconds": 1.0}
     assert "0.50!" in table([bad])

@@ -11,7 +11,7 @@ from typing import Any
 
 from worker.errors import ConfigError, SegmentWorkerError
 from worker.settings import ENV_PREFIX, Settings
-from worker.synth.scenarios import SCENARIOS
+from worker.synth.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="scenario worlds through the segmentation, scored against ground truth")
     ev.add_argument(
         "--scenarios",
-        default="stable,switching,silent,emerging,weekly,noisy,vocabulary,lapsing,monthly,mixed,rare,basket",
+        default=",".join(DEFAULT_SCENARIOS),
         help=f"comma list of: {', '.join(SCENARIOS)}",
     )
     ev.add_argument("--seeds", default="1,2", help="comma list of seeds (each draws new personas and users)")

@@ -286,3 +286,21 @@ SCENARIOS: dict[str, Scenario] = {
 def world(name: str, seed: int) -> World:
     """The world of scenario ``name`` drawn with ``seed`` (the population is drawn with the same seed)."""
     return SCENARIOS[name].build(np.random.default_rng([seed, 7919]))
+
+
+# the worlds `segment-worker evaluate` runs unless told otherwise, and README's Quality tables show (`twins` and
+# `reference` on request)
+DEFAULT_SCENARIOS = (
+    "stable",
+    "switching",
+    "silent",
+    "emerging",
+    "weekly",
+    "noisy",
+    "vocabulary",
+    "lapsing",
+    "monthly",
+    "mixed",
+    "rare",
+    "basket",
+)

@@ -1,0 +1,52 @@
+"""Every synthetic world scored against README's targets, with default settings (the core engine: the same pure
+code as the worker, in-process, deterministic; seed 1 of each world, about three minutes).
+
+A default that misses a target on a world is listed in ``KNOWN_MISSES`` with README's reason. The test asserts
+that it still misses, so fixing one fails here until the entry (and README's explanation) is removed: a target is
+never loosened silently.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.evaluation.engines import encode, run_core
+from worker.evaluation.run import sized
+from worker.evaluation.score import TARGETS, score, verdicts
+from worker.settings import Settings
+from worker.synth.population import generate_world
+from worker.synth.scenarios import DEFAULT_SCENARIOS, world
+
+pytestmark = pytest.mark.quality
+
+USERS, DAYS, SEED = 1_000, 28.0, 1  # README's Quality table, seed 1
+
+_FLAPS = "README Quality, monthly: one set of half-lives for purchases every 12-20 days swings their rates"
+_TWO_RHYTHMS = "README Quality, mixed: one stream, two rhythms, one set of half-lives"
+_RARE = "README Quality, rare: a rare type a few times a month only shows under the slow half-life"
+_BASKET = "README Quality, basket: value per event splits cheap from dear baskets, not four steps"
+_NOISY = "README Quality, noisy s1: low-activity users between personas; a split after the first fit"
+KNOWN_MISSES: dict[str, dict[str, str]] = {
+    "noisy": {"spurious_per_user": _NOISY, "id_stability": _NOISY},
+    "monthly": {m: _FLAPS for m in ("ari", "ari_ratio", "spurious_per_user", "id_stability")},
+    "mixed": {m: _TWO_RHYTHMS for m in ("ari", "ari_ratio", "switch_detected", "spurious_per_user", "id_stability")}
+    | {"personas": _TWO_RHYTHMS},
+    "rare": {m: _RARE for m in ("ari", "switch_detected", "spurious_per_user", "id_stability", "personas")},
+    "basket": {m: _BASKET for m in ("ari", "ari_ratio", "spurious_per_user", "personas")},
+}
+
+
+@pytest.mark.parametrize("name", DEFAULT_SCENARIOS)
+def test_world_meets_the_targets_or_misses_as_documented(name: str) -> None:
+    pop = generate_world(world(name, SEED), USERS, DAYS, SEED)
+    s = sized(Settings(), USERS)
+    r = score(pop, run_core(s, encode(pop.events)), s)
+    met = {m: ok for m, ok in verdicts(r).items() if r.get(m) is not None}
+    met["personas"] = r["personas_found"] == r["personas_true"]
+    known = KNOWN_MISSES.get(name, {})
+    unexpected = {
+        m: r.get(m, (r["personas_found"], r["personas_true"])) for m, ok in met.items() if not ok and m not in known
+    }
+    fixed = sorted(m for m in known if met.get(m, True))
+    assert not unexpected, f"{name}: misses {unexpected} (targets {TARGETS})"
+    assert not fixed, f"{name}: {fixed} now met - remove them from KNOWN_MISSES and README's list of misses"
