@@ -49,7 +49,7 @@ def test_snapshot_assign_margin_and_round_trip() -> None:
     x[1, 0] = 4.0
     x[2, 0] = 2.0
     a = snap.assign(x)
-    assert a.index.tolist() == [0, 1, 0] or a.index.tolist()[:2] == [0, 1]
+    assert a.index.tolist() == [0, 1, 0]  # a row halfway between two centroids goes to the first
     assert a.margin[0] == pytest.approx(1.0) and a.margin[2] == pytest.approx(0.0)
     back = ModelSnapshot.from_bytes(snap.to_bytes())
     assert back.persona_ids == snap.persona_ids and np.allclose(back.centroids, snap.centroids)

@@ -166,6 +166,8 @@ def test_every_record_is_applied_or_dead_lettered_exactly_once(records: list[Inp
     assert res.erasures <= len(erasures)
     assert len({id(d.record) for d in res.dead}) == len(res.dead)  # never twice
     assert all(d.reason in REASONS for d in res.dead), [d.reason for d in res.dead]
+    # an event applied on an empty store always leaves a first change, and a state unless its user was erased
+    assert res.processed == 0 or (res.changes and (res.dirty or res.erased))
     for state in res.dirty.values():  # what would go to the changelog survives the round trip
         raw = encode(state)
         assert encode(decode(raw)) == raw

@@ -37,6 +37,10 @@ def test_every_kind_learns_and_returns_centroids_in_the_same_space(kind: str) ->
     for part in np.array_split(x, 25):
         model.learn(part)
     c = model.centroids()
-    assert c.ndim == 2 and c.shape[1] == 3 and len(c) >= 1
-    # every centroid lies where the data is
+    assert c.ndim == 2 and c.shape[1] == 3
+    # every centroid lies where the data is, and every blob has a centroid near its centre
     assert np.sqrt(((c[:, None, :] - x[None, :, :]) ** 2).sum(-1)).min(1).max() < 2.0
+    nearest = np.sqrt(((centers[:, None, :] - c[None, :, :]) ** 2).sum(-1)).min(1)
+    assert nearest.max() < 2.0, (kind, nearest)  # a third of the distance between blobs (River's STREAMKMeans: 1.6)
+    if model.keeps_order:  # centroid i is still blob i
+        assert len(c) == 3 and np.abs(c - centers).max() < 1.0
