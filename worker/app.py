@@ -18,6 +18,7 @@ import functools
 import gc
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -838,8 +839,13 @@ def create_app(settings: Settings) -> faust.App:
             positions.append((p, stage(part_meta, meta_keys[p], codec.dumps(meta))))
         consumed = [consumed_at for _, _, consumed_at in res.changes]
         transitions = res.transitions
+        per_topic = Counter(topic for topic, *_ in outputs)
+        applied = res.processed
 
         def outputs_delivered() -> None:
+            for topic, count in per_topic.items():
+                metrics.OUTPUTS_DELIVERED.labels(topic).inc(count)
+            metrics.EVENTS_SETTLED.inc(applied)
             now = time.monotonic()
             for consumed_at in consumed:
                 metrics.EVENT_TO_CHANGE.observe(max(0.0, now - consumed_at))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_worker import wait_for
+from tests.integration.test_worker import delivered, wait_for
 from worker import codec
 from worker.kafkaio import produce, read_all
 from worker.process import metric_total
@@ -73,6 +73,8 @@ def test_a_fuzz_run_applies_or_dead_letters_every_record_once(worker_settings: S
 
     m = wait_for(worker, lambda m: accounted(m) >= len(records), timeout=180)
     assert accounted(m) == len(records)
+    dead_count = metric_total(m, "segment_worker_events_dead_lettered_total")
+    m = wait_for(worker, delivered(s.dlq_topic, int(dead_count)), timeout=60)  # on the topic, not just counted
     assert metric_total(m, "segment_worker_events_duplicate_total") == 0
     assert metric_total(m, "segment_worker_events_dead_lettered_total|reason=internal_error") == 0
     assert m["process_resident_memory_bytes"] < 600 * 2**20

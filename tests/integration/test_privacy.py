@@ -5,12 +5,12 @@ id reaches the outputs or the state."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import poll_until
 from tests.integration.test_triggers import service_setup, start_service
 from tests.integration.test_worker import CHANGE_SCHEMA, processed, read_chains, send, wait_for
 from worker import codec
@@ -50,8 +50,13 @@ def test_erasure_consent_and_pseudonyms(worker_settings: Settings, start_worker:
     try:
         wait_for(worker, lambda m: processed(len(pop.events))(m) and m.get("segment_worker_model_version", 0) >= 1)
         wait_for(worker, lambda m: metric_total(m, "segment_worker_persona_users") >= 150)
-        time.sleep(2)
-        chains = read_chains(bootstrap, s.output_topic, CHANGE_SCHEMA)
+        # the first model's sweep places users after their events were delivered: wait for it on the topic
+        chains = poll_until(
+            lambda: read_chains(bootstrap, s.output_topic, CHANGE_SCHEMA),
+            lambda chains: sum(_last(c)["to_segment"] not in (None, "new") for c in chains.values()) >= 150,
+            60,
+            "150 users in a persona on the change topic",
+        )
         raw_ids = {e["user_id"] for e in pop.events}
         assert set(chains) <= {p(u) for u in raw_ids}  # outputs name users by pseudonym only
         assert all(len(u) == 32 for u in chains)
@@ -86,8 +91,13 @@ def test_erasure_consent_and_pseudonyms(worker_settings: Settings, start_worker:
             assert worker.get(f"/users/{u}") == {"user_id": p(u), "consent": {"segmentation": False}}
         assert worker.get(f"/users/{kept}")["user_id"] == p(kept)  # asked by raw id, answered by pseudonym
 
-        time.sleep(1.5)
-        after = read_chains(bootstrap, s.output_topic, CHANGE_SCHEMA)
+        leaving = [p(u) for u in (*erased, *withdrawn)]
+        after = poll_until(
+            lambda: read_chains(bootstrap, s.output_topic, CHANGE_SCHEMA),
+            lambda chains: all(_last(chains[u])["to_segment"] is None for u in leaving),
+            60,
+            "the final change of every erased and withdrawn user on the topic",
+        )
         for u, why in [*((u, "erased") for u in erased), *((u, "consent_withdrawn") for u in withdrawn)]:
             last = after[p(u)][-1]
             assert (last["to_segment"], last["trigger"]) == (None, why)
@@ -117,9 +127,11 @@ def test_erasure_consent_and_pseudonyms(worker_settings: Settings, start_worker:
     for u in erased:
         assert worker.status(f"/users/{u}") == 404
     send(s, [{"user_id": erased[0], "event_type": "post", "timestamp": t + 5000}])
-    wait_for(worker, lambda m: metric_total(m, "segment_worker_events_processed_total") >= 1, 60)
-    deadline = time.monotonic() + 30
-    while worker.status(f"/users/{erased[0]}") == 404 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert worker.get(f"/users/{erased[0]}")["event_count"] == 1
+    wait_for(worker, processed(1), 60)
+    fresh = poll_until(lambda: worker.status(f"/users/{erased[0]}"), lambda status: status == 200, 30, "a new profile")
+    assert fresh == 200 and worker.get(f"/users/{erased[0]}")["event_count"] == 1
     assert worker.get(f"/users/{withdrawn[0]}")["consent"] == {"segmentation": False}
+
+
+def _last(chain: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(chain, key=lambda c: c["sequence"])

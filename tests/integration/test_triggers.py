@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.helpers import poll_until, wait_for_records
 from worker import codec
 from worker.broker import free_port
 from worker.changes.segmenter import change_id
@@ -230,10 +231,10 @@ def test_webhook_sink_retries_and_dead_letters_what_it_cannot_deliver(
     service = start_service(s, rules_file, tmp_path / "triggers.log")
     try:
         notifications(service, s, len(want))
-        deadline = time.monotonic() + 60
-        while len(Receiver.taken) < len(treated) - len(failing) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        dead = read_all(s.bootstrap_servers, f"{s.notifications_topic}-dlq")
+        poll_until(lambda: len(Receiver.taken), lambda n: n >= len(treated) - len(failing), 60, "webhook posts taken")
+        dead = wait_for_records(
+            s.bootstrap_servers, f"{s.notifications_topic}-dlq", lambda rs: len(rs) >= len(failing), 60, "dead letters"
+        )
     finally:
         service.stop()
         server.shutdown()

@@ -152,17 +152,15 @@ def run_pipeline(
         say(f"phase 2: {len(rest):,} more events{extra} sent")
         m = _wait(
             worker,
-            lambda m: (
-                metric_total(m, "segment_worker_events_processed_total") >= total
-                and metric_total(m, "segment_worker_events_dead_lettered_total") >= len(extra_records)
+            lambda m: (  # applied and their outputs acknowledged by the broker, not merely queued
+                metric_total(m, "segment_worker_events_settled_total") >= total
+                and m.get(f"segment_worker_outputs_delivered_total|topic={s.dlq_topic}", 0) >= len(extra_records)
             ),
             say,
             deadline,
             total,
         )
         done = time.monotonic()
-        time.sleep(1.0)  # the last changes are sent right after their batch
-        m = worker.metrics()
         personas = worker.get("/personas")
     finally:
         worker.stop()

@@ -12,6 +12,13 @@ EVENTS_PROCESSED = Counter(PREFIX + "events_processed", "Valid events applied to
 EVENTS_DEAD_LETTERED = Counter(
     PREFIX + "events_dead_lettered", "Input records sent to the dead-letter topic, by reason.", ["reason"]
 )
+EVENTS_SETTLED = Counter(
+    PREFIX + "events_settled",
+    "Valid events applied whose outputs (segment changes, memberships, re-routed records) the broker has acknowledged.",
+)
+OUTPUTS_DELIVERED = Counter(
+    PREFIX + "outputs_delivered", "Output records the broker acknowledged, by topic.", ["topic"]
+)
 EVENTS_DUPLICATE = Counter(PREFIX + "events_duplicate", "Re-delivered records skipped by the per-user offset fence.")
 EVENTS_FORWARDED = Counter(PREFIX + "events_forwarded", "Records re-routed to the partition that owns their user_id.")
 SEGMENT_CHANGES = Counter(PREFIX + "segment_changes", "Segment-change events emitted.", ["from_segment", "to_segment"])
