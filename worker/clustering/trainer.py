@@ -5,7 +5,8 @@ exactly one worker of the group runs the trainer. It fits the first model in bat
 the persona count by silhouette within bounds), warm-starts the online model (:mod:`worker.clustering.online`)
 from it, learns from every later sample and publishes a new snapshot every ``publish_every`` samples. Every
 ``recheck_every`` samples it tries one persona more and one fewer on a window of recent samples and switches when
-that is clearly better on two re-checks in a row. Persona ids survive updates through :func:`worker.personas.match_ids`.
+that is clearly better on two re-checks in a row. Persona ids survive updates through
+:func:`worker.personas.match_ids` (centroids), and a re-check's through :func:`worker.personas.ids_by_members`.
 """
 
 from __future__ import annotations
