@@ -224,3 +224,11 @@ def verdicts(scores: Mapping[str, Any]) -> dict[str, bool]:
             continue
         out[name] = value >= threshold if op == ">=" else value <= threshold
     return out
+
+
+def misses(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """The targets a run misses, each with its value; ``personas`` as (found, true) when the count is wrong."""
+    out: dict[str, Any] = {name: scores[name] for name, ok in verdicts(scores).items() if not ok}
+    if scores["personas_found"] != scores["personas_true"]:
+        out["personas"] = (scores["personas_found"], scores["personas_true"])
+    return out
