@@ -56,6 +56,6 @@ def test_memberships_enter_at_the_flipping_event_and_match_the_api(
         assert all(c["action"] == "entered" for c in unique)
         got.update({(u, c["segment"]): c["at"] for c in unique})
     assert got == expected
-    for u in list(count)[:40]:
+    for u in count:  # every user: 120 requests, well under a second
         doc = worker.get(f"/users/{u}")
         assert doc["rule_segments"] == sorted(seg for (user, seg) in expected if user == u)
