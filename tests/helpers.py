@@ -7,8 +7,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from confluent_kafka.admin import AdminClient, ConfigResource
+
 from worker import codec
 from worker.kafkaio import Record, read_all
+from worker.process import WorkerProcess
+from worker.topics import TopicSpec
 
 
 def wait_for_records(
@@ -46,6 +50,25 @@ def holds_for(get: Callable[[], Any], holds: Callable[[Any], bool], seconds: flo
         if time.monotonic() > deadline:
             return value
         time.sleep(0.5)
+
+
+def serving_metrics(process: WorkerProcess) -> dict[str, float]:
+    """The process's metrics, or none while it is not serving yet."""
+    try:
+        return process.metrics()
+    except OSError:
+        return {}
+
+
+def assert_topic_configs(bootstrap: str, specs: tuple[TopicSpec, ...]) -> None:
+    """Each topic as the broker describes it (read by a third-party client, librdkafka) holds the configs its spec
+    asks for: ``cleanup.policy=compact`` for state topics, ``retention.ms`` where one is set."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.describe_configs([ConfigResource("topic", spec.name) for spec in specs])
+    got = {res.name: {k: v.value for k, v in f.result(timeout=30).items()} for res, f in futures.items()}
+    wanted = {spec.name: spec.configs for spec in specs}
+    assert {name: {k: got[name].get(k) for k in configs} for name, configs in wanted.items()} == wanted
+    assert sum(1 for configs in wanted.values() if configs.get("cleanup.policy") == "compact") >= 1
 
 
 def latest_changes(records: list[Record]) -> dict[str, dict[str, Any]]:

@@ -167,8 +167,10 @@ def test_every_dashboard_expression_and_alert_query_returns_data_from_a_real_pro
         send(s, [{"user_id": u, "event_type": "view", "timestamp": last + step * 1000} for u in users])
         time.sleep(1.0)
         scrapes = prom.query('up{job="segment-worker"}[30s]')
-        if (scrapes and len(scrapes[0]["values"]) >= 12) or time.monotonic() > deadline:
+        seen = len(scrapes[0]["values"]) if scrapes else 0
+        if seen >= 12:
             break
+        assert time.monotonic() < deadline, f"Prometheus scraped the worker {seen} times in 30 s windows; 12 wanted"
     queries = dashboard_queries() + alert_queries()
     assert len(dashboard_queries()) >= 20 and len(alert_queries()) >= 7
     try:

@@ -3,7 +3,6 @@ it or with a wrong one, and the probes and /metrics stay open."""
 
 from __future__ import annotations
 
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import poll_until, serving_metrics
 from worker.broker import free_port
 from worker.process import WorkerProcess
 from worker.settings import Settings
@@ -47,15 +47,12 @@ def test_the_token_guards_the_apis_and_leaves_probes_and_metrics_open(
         assert status(base + path) == 200
     rules = tmp_path / "rules.yaml"
     rules.write_text('campaigns: [{name: c, when: {from: "*", to: "*"}}]\n')
-    triggers = WorkerProcess(s, {}, tmp_path / "triggers.log", command=("triggers", "--rules", str(rules)))
+    triggers = WorkerProcess(
+        s, {}, tmp_path / "triggers.log", command=("triggers", "--rules", str(rules)), port=s.triggers_web_port
+    )
     try:
         url = f"http://127.0.0.1:{s.triggers_web_port}"
-        for _ in range(100):  # until it serves
-            try:
-                status(url + "/metrics")
-                break
-            except OSError:
-                time.sleep(0.2)
+        poll_until(lambda: serving_metrics(triggers), bool, 30, "the trigger service serving its metrics")
         assert status(url + "/campaigns") == 401
         assert status(url + "/campaigns", TOKEN) == 200
         assert status(url + "/metrics") == 200

@@ -8,7 +8,6 @@ import http.server
 import json
 import random
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,13 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.helpers import poll_until, wait_for_records
+from tests.helpers import poll_until, serving_metrics, wait_for_records
 from worker import codec
 from worker.broker import free_port
 from worker.changes.segmenter import change_id
 from worker.events.timefmt import format_rfc3339
 from worker.kafkaio import create_topics, produce, read_all
-from worker.process import WorkerProcess
+from worker.process import WorkerProcess, metric_total
 from worker.settings import Settings
 from worker.triggers import Plan, TriggerState, parse_rules, plan
 
@@ -111,15 +110,12 @@ def start_service(s: Settings, rules_file: Path, log: Path) -> WorkerProcess:
 def notifications(service: WorkerProcess, s: Settings, written: int, timeout: float = 90.0) -> list[dict[str, Any]]:
     """The notification records, once the running service says it has written ``written`` (its counter; polled
     instead of the topic: each read of the topic is a new client)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            m = service.metrics()
-        except OSError:  # not serving yet
-            m = {}
-        if sum(v for k, v in m.items() if k.startswith("segment_worker_triggers_notifications_total")) >= written:
-            break
-        time.sleep(0.5)
+    poll_until(
+        lambda: serving_metrics(service),
+        lambda m: metric_total(m, "segment_worker_triggers_notifications_total") >= written,
+        timeout,
+        f"{written} notifications written",
+    )
     return [codec.loads(r.value) for r in read_all(s.bootstrap_servers, s.notifications_topic)]
 
 
@@ -294,17 +290,15 @@ def test_campaign_effectiveness_finds_the_uplift_of_a_world_where_treated_users_
     produce(s.bootstrap_servers, s.input_topic, [(e["user_id"].encode(), codec.dumps(e)) for e in events[600:]])
     service = start_service(s, rules_file, tmp_path / "triggers.log")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                m = service.metrics()
-            except OSError:  # not serving yet
-                m = {}
-            goals = m.get("segment_worker_triggers_goal_events_total", 0)
-            applied = m.get("segment_worker_triggers_changes_total|outcome=applied", 0)
-            if (goals >= 600 and applied >= 600) or time.monotonic() > deadline:  # every purchase and change read
-                break
-            time.sleep(0.5)
+        poll_until(  # every purchase and change read
+            lambda: serving_metrics(service),
+            lambda m: (
+                m.get("segment_worker_triggers_goal_events_total", 0) >= 600
+                and m.get("segment_worker_triggers_changes_total|outcome=applied", 0) >= 600
+            ),
+            90,
+            "600 purchases and 600 changes read",
+        )
         (row,) = service.get("/campaigns")["campaigns"]
     finally:
         service.stop()
