@@ -5,12 +5,15 @@ id reaches the outputs or the state."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import poll_until
+from tests.helpers import assert_topic_configs, poll_until
 from tests.integration.test_triggers import service_setup, start_service
 from tests.integration.test_worker import CHANGE_SCHEMA, processed, read_chains, send, wait_for
 from worker import codec
@@ -20,6 +23,7 @@ from worker.kafkaio import produce, read_all
 from worker.process import metric_total
 from worker.settings import Settings
 from worker.synth import generate
+from worker.topics import trigger_topics
 
 pytestmark = pytest.mark.integration
 
@@ -64,13 +68,14 @@ def test_erasure_consent_and_pseudonyms(worker_settings: Settings, start_worker:
         erased, withdrawn, kept = with_persona[:4], with_persona[4:6], with_persona[6]
         wait_for(service, lambda m: metric_total(m, "segment_worker_triggers_users") >= len(chains), timeout=60)
 
-        # four erasure requests (one keyed wrongly: re-routed), one that is not one; two users withdraw consent
+        # four erasure requests: three by `segment-worker erase` as an operator runs it, one produced keyed wrongly
+        # (re-routed), and one that is not a request; two users withdraw consent
         t = max(parse_timestamp(e["timestamp"]) for e in pop.events)
-        requests = [
-            (b"wrong-key" if i == 0 else u.encode(), codec.dumps({"user_id": u, "requested_at": format_rfc3339(t)}))
-            for i, u in enumerate(erased)
-        ]
-        produce(bootstrap, s.erasure_topic, [*requests, (b"x", b'{"requested_at": 0}')])
+        erase = [sys.executable, "-m", "worker", "erase", *erased[1:], "--request-id", "ticket-7"]
+        proc = subprocess.run(erase, env={**os.environ, **s.to_env()}, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and f"3 erasure requests to {s.erasure_topic}" in proc.stderr, proc.stderr
+        request = codec.dumps({"user_id": erased[0], "requested_at": format_rfc3339(t)})
+        produce(bootstrap, s.erasure_topic, [(b"wrong-key", request), (b"x", b'{"requested_at": 0}')])
         withdraw = {"event_type": "view", "timestamp": t, "context": {"consent": {"segmentation": False}}}
         send(s, [{**withdraw, "user_id": u} for u in withdrawn])
         wait_for(
@@ -115,6 +120,7 @@ def test_erasure_consent_and_pseudonyms(worker_settings: Settings, start_worker:
         assert not {codec.dumps(u) for u in raw_ids} & set(changelog)
         # the trigger service deleted their trigger state
         wait_for(service, lambda m: metric_total(m, "segment_worker_triggers_changes_total|outcome=left") >= 6, 60)
+        assert_topic_configs(bootstrap, trigger_topics(s, goals=False))  # a compacted trigger-state topic
         trigger_states = latest_per_key(bootstrap, f"{s.app_id}-triggers-state")
         assert all(trigger_states[p(u).encode()] is None for u in [*erased, *withdrawn])
         assert trigger_states[p(kept).encode()] is not None

@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import Consumer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from tests.helpers import holds_for, latest_changes, poll_until, wait_for_records
+from tests.helpers import assert_topic_configs, holds_for, latest_changes, poll_until, wait_for_records
 from worker import codec
 from worker.kafkaio import create_topics, partition_counts, read_all
 from worker.process import WorkerProcess, metric_total
@@ -120,6 +120,7 @@ def test_empty_broker_worker_first_then_a_plain_producer(bare_settings: Settings
     counts = partition_counts(bootstrap, [spec.name for spec in specs])
     assert counts == {spec.name: spec.partitions for spec in specs}
     assert worker.get("/readyz")["topic_problems"] == []
+    assert_topic_configs(bootstrap, specs)  # state topics compacted, training samples with their retention
 
     events = cdnow_master()
     users = {codec.loads(e)["user_id"] for e in events}

@@ -10,11 +10,23 @@ from aiohttp import web
 
 from worker import codec
 from worker.broker import free_port
+from worker.settings import Settings
 from worker.triggers.webhook import WebhookSink
 
 
 def record(user: str) -> dict[str, Any]:
     return {"notification_id": f"{abs(hash(user)):032x}"[:32], "user_id": user, "campaign": "c"}
+
+
+async def serve(handle: Any) -> tuple[web.AppRunner, str]:
+    """A local HTTP server posting to ``handle``; its runner (to clean up) and the hook's URL."""
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}/hook"
 
 
 async def scenario() -> tuple[list[Any], Counter[str], list[float], dict[str, list[str]], Counter[str]]:
@@ -36,12 +48,7 @@ async def scenario() -> tuple[list[Any], Counter[str], list[float], dict[str, li
             await asyncio.sleep(1.0)  # beyond the client's timeout
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, url = await serve(handle)
     delays: list[float] = []
     attempts: Counter[str] = Counter()
 
@@ -49,7 +56,7 @@ async def scenario() -> tuple[list[Any], Counter[str], list[float], dict[str, li
         delays.append(seconds)
 
     sink = WebhookSink(
-        f"http://127.0.0.1:{port}/hook",
+        url,
         max_attempts=4,
         backoff=0.25,
         timeout=0.5,
@@ -78,3 +85,51 @@ def test_retries_with_backoff_then_gives_up_and_refusals_are_final() -> None:
     assert sorted(delays) == sorted([0.25, 0.5, 0.25, 0.5, 1.0, 0.25])
     assert all(len(set(k)) == 1 for k in keys.values())  # the same idempotency key on every attempt
     assert attempts == {"ok": 3, "retry": 6, "failed": 2}
+
+
+class Clock:
+    """Time that passes only when the sink waits: the default backoff's seconds without spending them."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+async def with_defaults() -> dict[str, tuple[Any, list[float]]]:
+    """One receiver that fails twice and one that is down, each posted alone through a sink made as the trigger
+    service makes it, from default settings: each one's outcome and the waits between its attempts."""
+    calls: Counter[str] = Counter()
+
+    async def handle(request: web.Request) -> web.Response:
+        user = codec.loads(await request.read())["user_id"]
+        calls[user] += 1
+        return web.Response(status=204 if user == "flaky" and calls[user] > 2 else 503)
+
+    runner, url = await serve(handle)
+    out = {}
+    try:
+        for user in ("flaky", "down"):
+            clock = Clock()
+            sink = WebhookSink.from_settings(Settings(webhook_url=url), sleep=clock.sleep)
+            assert sink is not None
+            try:
+                (outcome,) = await sink.deliver([record(user)])
+            finally:
+                await sink.close()
+            out[user] = (outcome, clock.waits)
+    finally:
+        await runner.cleanup()
+    return out
+
+
+def test_default_settings_try_five_times_over_seven_and_a_half_seconds() -> None:
+    assert (Settings().webhook_max_attempts, Settings().webhook_backoff) == (5, 0.5)  # README's defaults
+    assert WebhookSink.from_settings(Settings()) is None  # no WEBHOOK_URL: nothing is posted
+    got = asyncio.run(with_defaults())
+    flaky, flaky_waits = got["flaky"]
+    assert (flaky.delivered, flaky.attempts, flaky_waits) == (True, 3, [0.5, 1.0])
+    down, down_waits = got["down"]
+    assert (down.delivered, down.attempts, down.error) == (False, 5, "HTTP 503")
+    assert down_waits == [0.5, 1.0, 2.0, 4.0]  # 7.5 s of backoff before a notification is dead-lettered

@@ -67,16 +67,8 @@ class TriggerService:
         self.by_user = internal_topic(settings, REROUTING)  # the worker's topic of re-routed input records
         self.part = partitioner(settings.partitions)
         self.pseudonym = pseudonymizer(settings.pseudonym_key)  # goal events carry raw ids; changes the worker's
-        self.sink = (
-            WebhookSink(
-                settings.webhook_url,
-                settings.webhook_max_attempts,
-                settings.webhook_backoff,
-                settings.webhook_timeout,
-                on_attempt=lambda outcome: metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc(),
-            )
-            if settings.webhook_url
-            else None
+        self.sink = WebhookSink.from_settings(
+            settings, on_attempt=lambda outcome: metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc()
         )
 
     async def run(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from worker import codec
+from worker.settings import Settings
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -34,9 +35,9 @@ class WebhookSink:
     def __init__(
         self,
         url: str,
-        max_attempts: int = 5,
-        backoff: float = 0.5,
-        timeout: float = 5.0,
+        max_attempts: int,
+        backoff: float,
+        timeout: float,
         concurrency: int = 16,
         on_attempt: Callable[[str], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -49,6 +50,19 @@ class WebhookSink:
         self._on_attempt = on_attempt  # called with "ok", "retry" or "failed" per attempt
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        s: Settings,
+        on_attempt: Callable[[str], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> WebhookSink | None:
+        """The sink ``WEBHOOK_URL`` and its attempts, backoff and timeout settings describe; None without a URL."""
+        if not s.webhook_url:
+            return None
+        attempts, backoff, timeout = s.webhook_max_attempts, s.webhook_backoff, s.webhook_timeout
+        return cls(s.webhook_url, attempts, backoff, timeout, on_attempt=on_attempt, sleep=sleep)
 
     async def deliver(self, records: list[dict[str, Any]]) -> list[Outcome]:
         """Post every record (concurrently, bounded); returns each one's outcome, in order."""
