@@ -4,17 +4,38 @@ sets and worker processes. Integration tests never mock Kafka and never skip: no
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from worker.broker import EmbeddedBroker, free_port
 from worker.kafkaio import create_topics
 from worker.process import WorkerProcess
 from worker.settings import Settings
+
+# The property tests' profile: no example database (a clean clone has none, and a failure must replay from the
+# seed alone), no per-example deadline (two shared cores), the failing example printed as a blob too.
+hypothesis_settings.register_profile("ci", database=None, deadline=None, print_blob=True)
+
+
+@pytest.hookimpl(tryfirst=True)  # before hypothesis' own plugin reads the options
+def pytest_configure(config: pytest.Config) -> None:
+    """Every run draws one hypothesis seed unless given one, and says it in the report header: a failure is
+    replayed with ``pytest --hypothesis-seed=N``."""
+    if config.getoption("hypothesis_seed") is None:
+        config.option.hypothesis_seed = str(random.SystemRandom().randrange(1 << 32))
+    if config.getoption("hypothesis_profile") is None:
+        config.option.hypothesis_profile = "ci"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed = config.getoption("hypothesis_seed")
+    return f"hypothesis seed {seed} (replay a failure: pytest --hypothesis-seed={seed})"
 
 
 @pytest.fixture(scope="session")
