@@ -12,6 +12,7 @@ import pytest
 
 from worker import codec
 from worker.broker import EmbeddedBroker
+from worker.evaluation.score import TARGETS
 from worker.kafkaio import create_topics, read_all
 from worker.settings import Settings
 
@@ -35,9 +36,15 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     agree = summary["agreement"]
     assert agree["assigned"] == agree["users"] == 240
     assert summary["dead_letters"] == 5
-    assert len(summary["personas"]) >= 3
-    assert agree["ari"] > 0.4
-    assert agree["silent_moved"] >= 0.8 * agree["silent"]
+    # README's targets for what this world lets the demo meet: ARI and silent users moved. Each non-shopping
+    # persona is found; README's demo section names the miss: the two shopping personas often come out as one
+    # (so switches between them go unseen: 16-17 of 19 detected in three runs here, under the 0.90 target, which the
+    # deterministic core test in tests/unit/test_evaluation.py asserts as a miss on this world).
+    assert agree["ari"] >= TARGETS["ari"][1]
+    assert agree["silent_moved"] >= TARGETS["silent_moved"][1] * agree["silent"] > 0
+    found = {p["truth"] for p in agree["purity"].values()}
+    assert {"creators", "readers", "social consumers", "dormant"} <= found
+    assert found & {"big spenders", "bargain hunters"}
 
 
 def readme_examples() -> list[str]:
