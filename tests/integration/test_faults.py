@@ -186,7 +186,7 @@ def test_sigkill_twice_at_random_points_loses_and_doubles_nothing(
         point = rng.uniform(0.15, 0.4) * total
         _run_until(worker, point)
         time.sleep(rng.uniform(0.0, 0.5))  # a kill between batches as well as inside one
-        # the first model comes after 1,500 users' samples, well before 15% of the input: ids to keep exist
+        # the first model comes after the fixture's 150 warm-up samples, long before 15% of the input: ids exist
         ids_before = poll_until(lambda w=worker: _persona_ids(w), bool, 60, "a model before the kill")
         worker.kill()
         worker = start_worker(s)
