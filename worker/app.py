@@ -33,7 +33,6 @@ from faust.web.exceptions import ServiceUnavailable
 
 from worker import codec, metrics
 from worker.changes import BatchResult, InputRecord, Segmenter
-from worker.changes.gate import OffsetGate
 from worker.clustering import ModelSnapshot, Trainer
 from worker.events.timefmt import format_rfc3339
 from worker.features import wire
@@ -44,6 +43,8 @@ from worker.outbox import Outbox, Record
 from worker.personas.registry import RESERVED
 from worker.refetch import RangeReader
 from worker.routing import partition_keys, partitioner
+from worker.runtime.positions import Positions
+from worker.runtime.records import BY_USER, ERASURES, INPUT, OutputEncoder, OutputTopics, input_record
 from worker.segments.rules import load_segment_rules
 from worker.settings import Settings
 from worker.topics import (
@@ -70,15 +71,7 @@ _RECOVERED_BY_WORKER = 2**62
 # broker may report an end offset before it, so only a fetch can tell; a false "missing" costs a full read)
 VERIFY_IDLE = 5
 FREEZE_AFTER = 100_000  # changelog records read at once beyond which the collector leaves them alone (read_changelog)
-H_SRC_PARTITION = "sw.src.partition"
-H_SRC_OFFSET = "sw.src.offset"
-H_KIND = "sw.kind"  # a re-routed erasure request says so (events carry no kind header)
-# the consumed streams (metric label, key of their positions in state)
-INPUT, BY_USER, ERASURES = "input", "by_user", "erasures"
-PROBE_AFTER = 5.0  # seconds a partition's position may stand still before the broker is asked for what follows
-PROBE_MAX = 30.0  # longest wait between probes of a partition that has nothing new
 TOPIC_CHECK_SECONDS = 10.0  # between checks of the topics' partition counts (worker.topics.TopicWatch)
-SAMPLES_PER_RECORD = 500  # training samples per record on the samples topic (about 300 kB)
 
 
 class _KeyRoutedTable(faust.Table):  # type: ignore[misc]
@@ -207,23 +200,6 @@ def _raw_topic(
     )
 
 
-def _input_record(
-    stream: str, partition: int, offset: int, key: Any, value: Any, headers: Any, n: int, now: float
-) -> InputRecord:
-    """An input record as the core wants it, from a Faust message or a broker record of any consumed stream."""
-    if stream == INPUT:
-        return InputRecord(value, key, partition, offset, partition, offset, now)
-    if stream == ERASURES:
-        return InputRecord(value, key, partition, offset, partition, offset, now, "erasure")
-    h = dict(headers or ())
-    try:
-        src_p, src_o = int(h[H_SRC_PARTITION]), int(h[H_SRC_OFFSET])
-    except (KeyError, ValueError):  # written by someone else: fence on this topic's coordinates
-        src_p, src_o = partition + n, offset
-    kind = "erasure" if h.get(H_KIND) == b"erasure" else "event"
-    return InputRecord(value, key, partition, offset, src_p, src_o, now, kind)
-
-
 def create_app(settings: Settings) -> faust.App:
     s = settings
     n = s.partitions
@@ -340,10 +316,14 @@ def create_app(settings: Settings) -> faust.App:
     segment_rules = load_segment_rules(s.segment_rules, s.half_lives_ms) if s.segment_rules else ()
     membership_name = _raw_topic(app, s.membership_topic, n).get_topic_name() if segment_rules else ""
     segmenter = Segmenter(s, user_states, owner_of, segment_rules=segment_rules)
+    out_topics = OutputTopics(
+        by_user_name, dlq_name, output_name, membership_name, samples_name, s.input_topic, s.erasure_topic
+    )
+    encoder = OutputEncoder(out_topics, partition_of)
     pseudonym = segmenter.parser.pseudonym
     # per consumed stream: its topic and the gate holding each owned partition's position (kept in part_meta)
     streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name(), ERASURES: erasures.get_topic_name()}
-    gates = {stream: OffsetGate() for stream in streams}
+    positions = Positions(streams)
     isolation = "read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted"
     kafka_auth = aiokafka_config(s)  # TLS/SASL of the worker's own aiokafka clients (Faust's get broker_credentials)
     # the topic set as planned (``run`` created and checked it before the app started), checked again while running
@@ -357,11 +337,6 @@ def create_app(settings: Settings) -> faust.App:
     filler = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # holes in a batch, under the core lock
     prober = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # partitions standing still, from the timer
     sampler = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # the training samples, for the trainer
-    moved: dict[tuple[str, int], float] = {}  # when each partition's position last moved or was probed
-    probe_wait: dict[tuple[str, int], float] = {}
-    probed: dict[tuple[str, int], int] = {}  # the position at which a probe last found records
-    durable: dict[tuple[str, int], int] = {}  # positions delivered to the changelog, to commit to the group
-    committed: dict[tuple[str, int], int] = {}
     owned: set[int] = set()
     model_bytes: list[bytes | None] = [None]
 
@@ -546,8 +521,7 @@ def create_app(settings: Settings) -> faust.App:
         async with core_lock:
             await outbox.drain()
             await commit_positions()
-            for gate in gates.values():
-                gate.close(list(gate.next))
+            positions.close_all()
             # A rebalance may hand back the same partitions, possibly after another member wrote to them: every
             # partition is read again from the changelog, and the indexes rebuilt, on the next batch.
             owned.clear()
@@ -592,17 +566,13 @@ def create_app(settings: Settings) -> faust.App:
                 models_recovered[0] = True
             metas = {p: codec.loads(raw) for p in current if (raw := part_meta.get(meta_keys[p])) is not None}
             segmenter.rebuild(set(current), {p: int(meta["max_ts"]) for p, meta in metas.items()})
-            for stream, gate in gates.items():
-                gate.close(set(gate.next) - current)
-                for key in [k for k in durable if k[0] == stream and k[1] not in current]:
-                    durable.pop(key)
-                    committed.pop(key, None)
+            positions.keep(current)
+            for stream, topic in streams.items():
                 stored = {p: int(metas[p][stream]) for p in gained if stream in metas.get(p, {})}
                 if gained - set(stored):  # never consumed here: from the start of the log
-                    stored.update(await filler.beginning(streams[stream], sorted(gained - set(stored))))
+                    stored.update(await filler.beginning(topic, sorted(gained - set(stored))))
                 for p, position in stored.items():
-                    gate.open(p, position)
-                    moved[(stream, p)] = time.monotonic()
+                    positions.open(stream, p, position, time.monotonic())
             owned.update(current)
             log.info(
                 "owning partitions %s: %d users in state (%.1fs)", sorted(current), len(users), time.monotonic() - began
@@ -634,7 +604,7 @@ def create_app(settings: Settings) -> faust.App:
         if held(stream, len(batch) + len(fetched)):  # catching up found the assignment beyond the plan
             return
         started = time.perf_counter()
-        gate, topic = gates[stream], streams[stream]
+        gate, topic = positions.gates[stream], streams[stream]
         try:
             for p, start, stop in gate.holes(batch):
                 records, reached = await filler.read(topic, p, start, stop)
@@ -650,7 +620,7 @@ def create_app(settings: Settings) -> faust.App:
                 confirmed.append((p, start, reached))
             now = time.monotonic()
             batch.extend(
-                _input_record(stream, r.partition, r.offset, r.key, r.value, r.headers, n, now) for r in fetched
+                input_record(stream, r.partition, r.offset, r.key, r.value, r.headers, n, now) for r in fetched
             )
             before = dict(gate.next)
             admitted = gate.admit(batch, confirmed)
@@ -664,9 +634,7 @@ def create_app(settings: Settings) -> faust.App:
             await app.crash(exc)
             raise
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        for p in advanced:
-            moved[(stream, p)] = now
-            probe_wait.pop((stream, p), None)
+        positions.advanced(stream, advanced, now)
         metrics.RECORDS_REDELIVERED.labels(stream).inc(admitted.duplicates)
         metrics.RECORDS_HELD.labels(stream).inc(admitted.held)
         metrics.RECORDS_REFETCHED.labels(stream).inc(len(fetched))
@@ -715,13 +683,12 @@ def create_app(settings: Settings) -> faust.App:
         no longer owned are removed (another worker reports them)."""
         now = time.time()
         current: set[tuple[str, int]] = set()
-        for stream, gate in gates.items():
+        for stream, p, position in positions.current():
             topic = streams[stream]
-            for p, position in gate.next.items():
-                current.add((topic, p))
-                end = app.consumer.highwater(TP(topic, p))
-                if end is not None:  # known once the consumer fetched from the partition
-                    metrics.CONSUMER_LAG.labels(topic, str(p)).set(max(0, end - position))
+            current.add((topic, p))
+            end = app.consumer.highwater(TP(topic, p))
+            if end is not None:  # known once the consumer fetched from the partition
+                metrics.CONSUMER_LAG.labels(topic, str(p)).set(max(0, end - position))
         for p in owned:
             current.add(("", p))
             watermark = segmenter.watermarks.get(p) / 1000
@@ -741,7 +708,7 @@ def create_app(settings: Settings) -> faust.App:
     async def commit_positions() -> None:
         """Commit to the consumer group the positions the changelog holds. The group's offsets only say where a
         restarted consumer starts reading (the gate skips what is applied and reads what is missing)."""
-        todo = {key: pos for key, pos in durable.items() if committed.get(key) != pos}
+        todo = positions.to_commit()
         if not todo:
             return
         try:
@@ -749,43 +716,36 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as exc:  # a rebalance under way: the next owner commits
             log.info("commit of %s not taken: %s", todo, exc)
             return
-        committed.update(todo)
+        positions.was_committed(todo)
 
     async def probe() -> None:
         """Ask the broker what follows a position that stood still. Records the consumer dropped and never
         re-delivers show no hole when nothing comes after them (the end of a partition, a restart behind a commit
         that skipped them); here they are found and applied: those a probe saw that the consumer still has not
         delivered by the next probe. Backs off while a partition has nothing new."""
-        for stream, gate in gates.items():
-            for p, position in list(gate.next.items()):
-                key = (stream, p)
-                now = time.monotonic()
-                if now - moved.get(key, now) < probe_wait.get(key, PROBE_AFTER):
-                    continue
-                records, reached = await prober.read(streams[stream], p, position, None)
-                moved[key] = time.monotonic()
-                if not records:
-                    probe_wait[key] = min(PROBE_MAX, 2 * probe_wait.get(key, PROBE_AFTER))
-                elif probed.get(key) != position:  # new since the last probe: the consumer may be on its way
-                    probed[key] = position
-                elif settled():  # seen a probe ago and still not delivered
-                    tp = TP(streams[stream], p)
-                    consumer = app.consumer
-                    log.info(
-                        "%s partition %d: records from offset %d not delivered by the consumer after %.0f s "
-                        "(fetching paused for a full buffer: %s, paused: %s); reading them from the broker",
-                        stream,
-                        p,
-                        position,
-                        probe_wait.get(key, PROBE_AFTER),
-                        tp in getattr(consumer, "_buffered_partitions", ()),
-                        tp in getattr(consumer, "_paused_partitions", ()),
-                    )
-                    # Faust takes a partition out of fetching while its stream buffer is full and puts it back
-                    # when the buffer drains; a rebalance in between can lose the put-back for good
-                    consumer.on_buffer_drop(tp)
-                    async with core_lock:
-                        await handle_locked(stream, [], records, [(p, position, reached)])
+        for stream, p, position in positions.current():
+            if not positions.probe_due(stream, p, time.monotonic()):
+                continue
+            records, reached = await prober.read(streams[stream], p, position, None)
+            if positions.probed(stream, p, position, bool(records), time.monotonic()) and settled():
+                # seen a probe ago and still not delivered
+                tp = TP(streams[stream], p)
+                consumer = app.consumer
+                log.info(
+                    "%s partition %d: records from offset %d not delivered by the consumer after %.0f s "
+                    "(fetching paused for a full buffer: %s, paused: %s); reading them from the broker",
+                    stream,
+                    p,
+                    position,
+                    positions.waited(stream, p),
+                    tp in getattr(consumer, "_buffered_partitions", ()),
+                    tp in getattr(consumer, "_paused_partitions", ()),
+                )
+                # Faust takes a partition out of fetching while its stream buffer is full and puts it back
+                # when the buffer drains; a rebalance in between can lose the put-back for good
+                consumer.on_buffer_drop(tp)
+                async with core_lock:
+                    await handle_locked(stream, [], records, [(p, position, reached)])
 
     async def publish(res: BatchResult, advanced: Iterable[int]) -> None:
         """Queue a batch's writes in the outbox, snapshotted now: its outputs, then its user states, then the
@@ -794,49 +754,29 @@ def create_app(settings: Settings) -> faust.App:
         changelog before its change record would, after a crash, drop the re-delivered event and never re-emit the
         change (seen in the rebalance test: users with a persona and no change on the topic). A position ahead of
         the states it covers would skip their records after a crash."""
-        outputs: list[Record] = []
-        for owner, uid, rec in res.forward:
-            headers = [(H_SRC_PARTITION, str(rec.src_partition).encode()), (H_SRC_OFFSET, str(rec.src_offset).encode())]
-            if rec.kind == "erasure":
-                headers.append((H_KIND, b"erasure"))
-            outputs.append((by_user_name, uid.encode(), rec.value or b"", owner, headers))
+        outputs = encoder.encode(res)
         for d in res.dead:
             r = d.record
-            source_topic = s.erasure_topic if r.kind == "erasure" else s.input_topic
-            headers = [
-                ("dlq.reason", d.reason.encode()),
-                ("dlq.detail", d.detail.encode()),
-                ("dlq.source.topic", source_topic.encode()),
-                ("dlq.source.partition", str(r.src_partition).encode()),
-                ("dlq.source.offset", str(r.src_offset).encode()),
-            ]
-            outputs.append((dlq_name, r.key, r.value or b"", None, headers))
             metrics.EVENTS_DEAD_LETTERED.labels(d.reason).inc()
             log.warning(  # the problem, never the record: at most log_max_chars of it
                 "dead letter %s at %s/%d/%d: %s",
                 d.reason,
-                source_topic,
+                s.erasure_topic if r.kind == "erasure" else s.input_topic,
                 r.src_partition,
                 r.src_offset,
                 d.detail[: s.log_max_chars],
             )
-        outputs.extend((output_name, uid.encode(), change, partition_of(uid), None) for uid, change, _ in res.changes)
-        for uid, segment, action, membership in res.memberships:
-            outputs.append((membership_name, uid.encode(), membership, None, None))  # any count: by key
+        for _, segment, action, _ in res.memberships:
             metrics.MEMBERSHIPS.labels(segment, action).inc()
-        for i in range(0, len(res.samples), SAMPLES_PER_RECORD):  # a large batch stays under the record size limit
-            chunk = b"[" + b",".join(res.samples[i : i + SAMPLES_PER_RECORD]) + b"]"
-            outputs.append((samples_name, None, chunk, 0, None))
         states = [(uid, stage(users, uid, wire.encode(state))) for uid, state in res.dirty.items()]
         states += [(uid, stage(users, uid, None)) for uid in res.erased]  # tombstones: compaction drops the user
-        positions = []
+        metas = []
         durable_after: dict[tuple[str, int], int] = {}
         for p in res.partitions.union(advanced):
-            meta = {"max_ts": segmenter.watermarks.max_ts.get(p, 0)}
-            for stream, gate in gates.items():
-                if p in gate.next:
-                    meta[stream] = durable_after[(stream, p)] = gate.next[p]
-            positions.append((p, stage(part_meta, meta_keys[p], codec.dumps(meta))))
+            at = positions.state_of(p)
+            durable_after.update({(stream, p): position for stream, position in at.items()})
+            meta = {"max_ts": segmenter.watermarks.max_ts.get(p, 0), **at}
+            metas.append((p, stage(part_meta, meta_keys[p], codec.dumps(meta))))
         consumed = [consumed_at for _, _, consumed_at in res.changes]
         transitions = res.transitions
         per_topic = Counter(topic for topic, *_ in outputs)
@@ -853,9 +793,9 @@ def create_app(settings: Settings) -> faust.App:
                 metrics.SEGMENT_CHANGES.labels(before, after).inc()
 
         def all_delivered() -> None:  # the group may be told these positions now
-            durable.update(durable_after)
+            positions.stored(durable_after)
 
-        await outbox.add(outputs, states, positions, outputs_delivered, all_delivered)
+        await outbox.add(outputs, states, metas, outputs_delivered, all_delivered)
         metrics.EVENTS_PROCESSED.inc(res.processed)
         metrics.EVENTS_DUPLICATE.inc(res.duplicates)
         metrics.EVENTS_FORWARDED.inc(len(res.forward))
@@ -874,7 +814,7 @@ def create_app(settings: Settings) -> faust.App:
             async for events in stream.take_events(s.batch_size, within=s.batch_window):
                 now = time.monotonic()
                 batch = [
-                    _input_record(stream_name, m.partition, m.offset, m.key, m.value, m.headers, n, now)
+                    input_record(stream_name, m.partition, m.offset, m.key, m.value, m.headers, n, now)
                     for m in (e.message for e in events)
                 ]
                 await handle(stream_name, batch)

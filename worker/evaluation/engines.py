@@ -102,8 +102,8 @@ def run_core(settings: Settings, records: Iterable[tuple[bytes, bytes]]) -> Outc
                     changes.extend(codec.loads(c) for _, c, _ in swept.changes)
             # records that arrived on another partition than their user's: on to the owner, as the worker does
             batch = [
-                InputRecord(r.value, r.key, owner, r.offset, r.src_partition, r.src_offset, 0.0)
-                for owner, _, r in res.forward
+                InputRecord(r.value, r.key, owner, r.offset, r.src_partition, r.src_offset, 0.0, r.kind)
+                for owner, _, r in res.forward  # an erasure request stays one
             ]
 
     chunk: list[InputRecord] = []

@@ -33,6 +33,7 @@ from worker.kafkasecurity import aiokafka_config
 from worker.metrics import triggers as metrics
 from worker.refetch import RangeReader
 from worker.routing import partitioner
+from worker.runtime.records import dead_letter_headers
 from worker.settings import Settings
 from worker.topics import REROUTING, TRIGGERS_STATE, internal_topic, prepare_topics, trigger_topics
 from worker.topics import notifications_dlq_topic as dlq_topic
@@ -143,13 +144,7 @@ class TriggerService:
                         r.offset,
                         detail[: s.log_max_chars],
                     )
-                    headers = [
-                        ("dlq.reason", b"invalid_change"),
-                        ("dlq.detail", detail.encode()),
-                        ("dlq.source.topic", tp.topic.encode()),
-                        ("dlq.source.partition", str(tp.partition).encode()),
-                        ("dlq.source.offset", str(r.offset).encode()),
-                    ]
+                    headers = dead_letter_headers("invalid_change", detail, tp.topic, tp.partition, r.offset)
                     dead.append((dlq_topic(s), r.key, r.value or b"", None, headers))
                     continue
                 metrics.CHANGES.labels("duplicate" if result.duplicate else "applied").inc()

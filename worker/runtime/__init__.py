@@ -1,0 +1,9 @@
+"""The worker's runtime: the parts ``worker.app`` builds and wires around the pure core (:mod:`worker.changes`).
+
+- :mod:`.records` (pure) — broker records in as :class:`~worker.changes.InputRecord`, a batch's result out as the
+  outbox's records; header names.
+- :mod:`.positions` (pure) — each consumed partition's position: gates, what the changelog holds, what the group
+  was told, when to probe the broker.
+- :mod:`.faust_internals` — every touch of Faust's private API, with the version range it was checked against.
+- :mod:`.recovery` — reading a table's changelog to its real end, with the local copy.
+"""
