@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import gc
 import logging
 import time
 from collections import Counter
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError
 from faust.exceptions import SameNode
 from faust.types import TP
@@ -38,13 +36,16 @@ from worker.events.timefmt import format_rfc3339
 from worker.features import wire
 from worker.features.state import UserState, features_at
 from worker.kafkasecurity import aiokafka_config, faust_credentials, kafka_python_config
-from worker.localstore import LocalStore, Marker, digest
+from worker.localstore import LocalStore
 from worker.outbox import Outbox, Record
 from worker.personas.registry import RESERVED
 from worker.refetch import RangeReader
 from worker.routing import partition_keys, partitioner
+from worker.runtime import faust_internals as fi
+from worker.runtime.faust_internals import SelfRecoveredTable, SinglePartitionGlobalTable
 from worker.runtime.positions import Positions
 from worker.runtime.records import BY_USER, ERASURES, INPUT, OutputEncoder, OutputTopics, input_record
+from worker.runtime.recovery import ChangelogReader
 from worker.segments.rules import load_segment_rules
 from worker.settings import Settings
 from worker.topics import (
@@ -64,98 +65,13 @@ from worker.web.auth import auth_middleware
 log = logging.getLogger("worker")
 
 MODEL_KEY = "current"
-TAIL_RECORDS = 5000  # model changelog records re-read after Faust's recovery (see read_changelog)
-# what the per-partition tables tell Faust's recovery they hold already: it skips them (see _SelfRecoveredTable)
-_RECOVERED_BY_WORKER = 2**62
-# empty fetches (of 0.2 s) after which the record a local copy ends at counts as missing from the changelog (the
-# broker may report an end offset before it, so only a fetch can tell; a false "missing" costs a full read)
-VERIFY_IDLE = 5
-FREEZE_AFTER = 100_000  # changelog records read at once beyond which the collector leaves them alone (read_changelog)
+TAIL_RECORDS = 5000  # model changelog records re-read after Faust's recovery (see worker.runtime.recovery)
 TOPIC_CHECK_SECONDS = 10.0  # between checks of the topics' partition counts (worker.topics.TopicWatch)
-
-
-class _KeyRoutedTable(faust.Table):  # type: ignore[misc]
-    """A table whose changelog partition is computed from the key by our own partitioner.
-
-    Writes happen outside per-event iteration (batches, timers), so Faust cannot take the partition from the
-    current event; and asking the producer's partitioner needs topic metadata it does not always hold. Routing by
-    :func:`worker.routing.partition_for` is exact and agrees with how input records are routed.
-    """
-
-    route: Any = None
-
-    def partition_for_key(self, key: Any) -> int:
-        return int(self.route(key))
-
-
-class _SelfRecoveredTable(_KeyRoutedTable):
-    """A per-partition table the worker recovers itself, on gaining a partition (``read_changelog``).
-
-    Faust's recovery passes each changelog record through a queue, a timeout task and debug logging: about 2,400
-    records/s here, seven minutes for a million users. Reporting every partition as persisted up to an offset
-    no changelog reaches makes it skip them (the partitions stay paused in its consumer); the worker reads them
-    with a plain consumer in large fetches instead.
-    """
-
-    def persisted_offset(self, tp: Any) -> int:
-        return _RECOVERED_BY_WORKER
-
-
-def _values(table: Any) -> dict[Any, bytes]:
-    """Key → value of a table in memory: the memory store's dict. Every table here holds its values as the bytes
-    its changelog has (user states in their wire form, decoded on access: :class:`worker.features.wire.EncodedStates`),
-    so recovering a record copies bytes."""
-    data: dict[Any, bytes] = table.data.data
-    return data
-
-
-def _key_partition_map(table: Any) -> dict[Any, int]:
-    """Key → changelog partition of a table's keys: the memory store's own record (Faust drops the keys of revoked
-    partitions with it after a recovery; the worker keeps it for every key it sets or recovers)."""
-    where: dict[Any, int] = table.data._key_partition
-    return where
-
-
-def _changelog_key_decoder(app: faust.App, table: Any) -> Any:
-    """The key decoder of a table's changelog records: the direct one for JSON string keys (half the cost of Faust's
-    serializer registry, which counts at a million records), Faust's for any other."""
-    key_ser = table.key_serializer or app.conf.key_serializer
-    if key_ser == "json" and table.key_type is str:
-        return codec.loads
-    return functools.partial(app.serializers.loads_key, table.key_type, serializer=key_ser)
 
 
 def _remove_labels(metric: Any, *labels: str) -> None:
     with contextlib.suppress(KeyError):  # never set
         metric.remove(*labels)
-
-
-class _SinglePartitionGlobalTable(faust.GlobalTable):  # type: ignore[misc]
-    def partition_for_key(self, key: Any) -> int:
-        return 0
-
-
-def _direct_delivery(consumer_class: type) -> type:
-    """The transport's consumer, handing each fetched message to the streams without a task race per message.
-
-    Faust's fetch loop awaits ``wait_first(deliver(message), suspend_flow.wait())``: two tasks and an
-    ``asyncio.wait`` per message, which capped a no-op Faust agent at about 3,800 events/s here (7,700 without).
-    While the flow runs, delivering directly is the same outcome; when a rebalance has suspended it, Faust's own
-    race decides, as before (the records it drops are read again: the offset gate, :mod:`worker.changes.gate`).
-    """
-
-    def _is_event_wait(coro: Any) -> bool:  # the fetch loop's race: (deliver, suspend_flow.wait())
-        return getattr(coro, "__qualname__", "") == "Event.wait"
-
-    class Consumer(consumer_class):  # type: ignore[misc,valid-type]
-        async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
-            if len(coros) == 2 and not self.suspend_flow.is_set() and _is_event_wait(coros[1]):
-                coros[1].close()
-                await coros[0]
-                return None
-            return await super().wait_first(*coros, timeout=timeout)
-
-    return Consumer
 
 
 def _table(
@@ -165,7 +81,7 @@ def _table(
     partitions: int,
     **kwargs: Any,
 ) -> Any:
-    extra = {"standby_buffer_size": 1, "is_global": True} if cls is _SinglePartitionGlobalTable else {}
+    extra = {"standby_buffer_size": 1, "is_global": True} if cls is SinglePartitionGlobalTable else {}
     table = cls(
         app,
         name=name,
@@ -228,13 +144,13 @@ def create_app(settings: Settings) -> faust.App:
         # Faust compares the changelog offset its last recovery reached with the end offset the broker reports
         # now, and crashes when the first is higher. A broker that reports the start of the last record batch
         # (Tansu does) trips it when a rebalance hands a partition back. The check guards persisted stores
-        # against a deleted topic; the worker's own reads go to the real end (``read_changelog``).
+        # against a deleted topic; the worker's own reads go to the real end (worker.runtime.recovery).
         recovery_consistency_check=False,
         # no standby copies: the per-partition tables are recovered by the worker from the changelog (standbys
         # would be read at Faust's recovery pace and never used); the global model table is on every worker anyway
         table_standby_replicas=0,
     )
-    app.transport.Consumer = _direct_delivery(app.transport.Consumer)
+    app.transport.Consumer = fi.direct_delivery(app.transport.Consumer)
     if s.api_token:  # before the web server starts: aiohttp freezes its middlewares then
         app.web.web_app.middlewares.append(auth_middleware(s.api_token, s.api_open_paths))
     # the consumed streams: their offsets are the worker's own (the offset gate's positions, kept in state and
@@ -253,11 +169,11 @@ def create_app(settings: Settings) -> faust.App:
     output_name, dlq_name = output.get_topic_name(), dlq.get_topic_name()
     partition_of = partitioner(n)
     # user states in their compact binary form (worker.features.wire), in memory as in the changelog
-    users = _table(app, _SelfRecoveredTable, USERS_TABLE, n, key_type=str)
-    part_meta = _table(app, _SelfRecoveredTable, META_TABLE, n, key_type=str)
+    users = _table(app, SelfRecoveredTable, USERS_TABLE, n, key_type=str)
+    part_meta = _table(app, SelfRecoveredTable, META_TABLE, n, key_type=str)
     users.route = part_meta.route = partition_of
-    models = _table(app, _SinglePartitionGlobalTable, MODELS_TABLE, 1, key_type=str)
-    user_states = wire.EncodedStates(_values(users))  # decoded on access
+    models = _table(app, SinglePartitionGlobalTable, MODELS_TABLE, 1, key_type=str)
+    user_states = wire.EncodedStates(fi.values(users))  # decoded on access
     # the local copy of the per-partition tables (worker.localstore), if configured
     local = LocalStore(Path(s.data_dir) / f"{s.app_id}-state.rocksdb") if s.state_store == "rocksdb" else None
     kept_locally = {t.changelog_topic.get_topic_name(): t.name for t in (users, part_meta)}
@@ -272,11 +188,11 @@ def create_app(settings: Settings) -> faust.App:
         """
         partition = table.partition_for_key(key)
         if value is None:
-            _values(table).pop(key, None)
-            _key_partition_map(table).pop(key, None)
+            fi.values(table).pop(key, None)
+            fi.key_partitions(table).pop(key, None)
         else:
-            _values(table)[key] = value
-            _key_partition_map(table)[key] = partition
+            fi.values(table)[key] = value
+            fi.key_partitions(table)[key] = partition
         key_bytes = app.serializers.dumps_key(table.key_type, key, serializer=table.key_serializer)
         return (table.changelog_topic.get_topic_name(), key_bytes, value, partition, None)
 
@@ -304,9 +220,9 @@ def create_app(settings: Settings) -> faust.App:
 
     meta_keys = partition_keys(n, "__partition-meta-")
     # The changelog partition of every key in a per-partition table, as the memory store records it for Faust
-    # (kept by ``stage`` and ``read_changelog`` here): looking it up is much cheaper than the murmur2 partitioner,
+    # (kept by ``stage`` and the changelog reader): looking it up is much cheaper than the murmur2 partitioner,
     # which the cache does not cover beyond 65k users (a scan of a million took nine seconds).
-    users_partition = _key_partition_map(users)
+    users_partition = fi.key_partitions(users)
 
     def owner_of(uid: str) -> int:
         p = users_partition.get(uid)
@@ -334,6 +250,9 @@ def create_app(settings: Settings) -> faust.App:
         by_user_name,
         n,
     )
+    changelog = ChangelogReader(
+        app, s.bootstrap_servers, isolation, local, frozenset((USERS_TABLE, META_TABLE)), **kafka_auth
+    )
     filler = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # holes in a batch, under the core lock
     prober = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # partitions standing still, from the timer
     sampler = RangeReader(s.bootstrap_servers, isolation, **kafka_auth)  # the training samples, for the trainer
@@ -360,128 +279,6 @@ def create_app(settings: Settings) -> faust.App:
         if before is None or before.space.half_lives_ms != snap.space.half_lives_ms:
             log.info("time scales: %s", segmenter.time_scales())
         return before is None
-
-    async def read_changelog(table: Any, partitions: set[int], tail: int | None = None) -> tuple[int, int]:
-        """Bring a table's partitions in memory up to the end of its changelog (the last record per key wins): from
-        the local copy and the changelog after it, when the worker keeps one (:mod:`worker.localstore`), else all
-        of each changelog partition; or its last ``tail`` records. Returns (records from the local copy, records
-        from the changelog).
-
-        The per-partition tables are recovered here in full (:class:`_SelfRecoveredTable`). The model table is
-        recovered by Faust, which stops at the broker's reported end offset; a broker that reports the start of
-        the last record batch instead (the embedded Tansu broker does) would make a restart miss the newest
-        model, so its tail is read again here, to the real end.
-        """
-        if not partitions:
-            return 0, 0
-        topic = table.changelog_topic.get_topic_name()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            enable_auto_commit=False,
-            group_id=None,
-            isolation_level="read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted",
-            max_partition_fetch_bytes=16 * 2**20,
-            fetch_max_bytes=64 * 2**20,
-            **kafka_auth,
-        )
-        await consumer.start()
-        data, where = _values(table), _key_partition_map(table)
-        loads_key = _changelog_key_decoder(app, table)
-        keep = local if local is not None and isinstance(table, _SelfRecoveredTable) else None
-        from_local: dict[int, int] = {}
-        applied = 0
-        # Millions of long-lived objects can arrive here; the cyclic collector would rescan all of them on every
-        # full collection (pauses of seconds that stall the event loop). Off while reading; after a large read,
-        # one collection, then everything alive goes to the permanent generation (reference counting still frees
-        # them).
-        gc.disable()
-        try:
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            starts = await consumer.beginning_offsets(tps)
-            pending = {tp for tp in tps if ends[tp] > starts[tp]}
-            verify: dict[TopicPartition, Marker] = {}  # partitions read from a local copy: the record it ends at
-
-            def read_all(tp: TopicPartition) -> None:
-                consumer.seek(tp, starts[tp])
-                pending.add(tp)
-
-            def discard_local(tp: TopicPartition, why: str) -> None:
-                assert keep is not None
-                log.warning(
-                    "%s partition %d: local copy discarded (%s); reading the changelog in full",
-                    table.name,
-                    tp.partition,
-                    why,
-                )
-                for key in [k for k, p in where.items() if p == tp.partition]:
-                    data.pop(key, None)
-                    del where[key]
-                keep.forget(table.name, tp.partition)
-                from_local.pop(tp.partition, None)
-                verify.pop(tp, None)
-                read_all(tp)
-
-            for tp in tps:
-                marker = keep.marker(table.name, tp.partition) if keep is not None else None
-                if marker is not None and starts[tp] < marker.next_offset:
-                    count = 0
-                    for k, v in keep.items(table.name, tp.partition):  # type: ignore[union-attr]
-                        key = loads_key(k)
-                        data[key] = v
-                        where[key] = tp.partition
-                        count += 1
-                    from_local[tp.partition] = count
-                    # from the record the copy ends at: it must be there, the same (the copy is this log's prefix)
-                    verify[tp] = marker
-                    consumer.seek(tp, marker.next_offset - 1)
-                    pending.add(tp)
-                elif marker is not None:
-                    discard_local(tp, f"the changelog starts at {starts[tp]}, after the copy's end")
-                else:
-                    consumer.seek(tp, starts[tp] if tail is None else max(starts[tp], ends[tp] - tail))
-            # to the real end: past the reported end (a whole batch comes with each fetch, so a broker reporting
-            # the start of the last batch is covered), then until a fetch comes back empty
-            idle = 0
-            while True:
-                batches = await consumer.getmany(*tps, timeout_ms=200, max_records=20_000)
-                idle = 0 if batches else idle + 1
-                for tp, records in batches.items():
-                    marker = verify.pop(tp, None)
-                    if marker is not None and (
-                        records[0].offset != marker.next_offset - 1
-                        or digest(records[0].key, records[0].value) != marker.digest
-                    ):
-                        discard_local(tp, f"offset {marker.next_offset - 1} of the changelog is another record")
-                        continue
-                    for r in records:
-                        key = loads_key(r.key)
-                        if r.value is None:
-                            data.pop(key, None)
-                            where.pop(key, None)
-                        else:
-                            data[key] = r.value
-                            where[key] = r.partition
-                    applied += len(records)
-                    if keep is not None:
-                        keep.write((table.name, r.partition, r.offset, r.key, r.value) for r in records)
-                for tp in list(pending):
-                    if await consumer.position(tp) >= ends[tp]:
-                        pending.discard(tp)
-                if not pending and idle >= 1 and not verify:
-                    break
-                if not pending and idle >= VERIFY_IDLE:  # nothing at a copy's last offset: the changelog is shorter
-                    for tp in list(verify):
-                        discard_local(tp, f"the changelog ends before offset {verify[tp].next_offset - 1}")
-                    idle = 0
-        finally:
-            if applied + sum(from_local.values()) >= FREEZE_AFTER:
-                gc.collect()
-                gc.freeze()
-            gc.enable()
-            await consumer.stop()
-        return sum(from_local.values()), applied
 
     models_recovered = [False]
 
@@ -547,12 +344,9 @@ def create_app(settings: Settings) -> faust.App:
             owned.intersection_update(current)  # a partition counts as owned once its state is read (see user_view)
             await outbox.drain()  # what the changelog holds includes every write of ours
             for table in (users, part_meta):  # keys of partitions no longer ours go; gained ones are read whole
-                where = _key_partition_map(table)
-                for key in [k for k, p in where.items() if p not in current]:
-                    table.data.pop(key, None)
-                    del where[key]
+                fi.drop_partitions(table, current)
                 started = time.monotonic()
-                from_local, applied = await read_changelog(table, gained)
+                from_local, applied = await changelog.read(table, gained)
                 log.info(
                     "%s: %d changelog records of partitions %s read in %.1fs%s",
                     table.name,
@@ -562,7 +356,7 @@ def create_app(settings: Settings) -> faust.App:
                     f" after {from_local} from the local copy" if local is not None else "",
                 )
             if not models_recovered[0]:  # every worker holds the whole (one-partition) model table
-                await read_changelog(models, {0}, tail=TAIL_RECORDS)
+                await changelog.read(models, {0}, tail=TAIL_RECORDS)
                 models_recovered[0] = True
             metas = {p: codec.loads(raw) for p in current if (raw := part_meta.get(meta_keys[p])) is not None}
             segmenter.rebuild(set(current), {p: int(meta["max_ts"]) for p, meta in metas.items()})
@@ -712,7 +506,7 @@ def create_app(settings: Settings) -> faust.App:
         if not todo:
             return
         try:
-            await app.consumer._commit_offsets({TP(streams[stream], p): pos for (stream, p), pos in todo.items()})
+            await fi.commit_offsets(app.consumer, {TP(streams[stream], p): pos for (stream, p), pos in todo.items()})
         except Exception as exc:  # a rebalance under way: the next owner commits
             log.info("commit of %s not taken: %s", todo, exc)
             return
@@ -730,7 +524,6 @@ def create_app(settings: Settings) -> faust.App:
             if positions.probed(stream, p, position, bool(records), time.monotonic()) and settled():
                 # seen a probe ago and still not delivered
                 tp = TP(streams[stream], p)
-                consumer = app.consumer
                 log.info(
                     "%s partition %d: records from offset %d not delivered by the consumer after %.0f s "
                     "(fetching paused for a full buffer: %s, paused: %s); reading them from the broker",
@@ -738,12 +531,9 @@ def create_app(settings: Settings) -> faust.App:
                     p,
                     position,
                     positions.waited(stream, p),
-                    tp in getattr(consumer, "_buffered_partitions", ()),
-                    tp in getattr(consumer, "_paused_partitions", ()),
+                    *fi.fetching_state(app.consumer, tp),
                 )
-                # Faust takes a partition out of fetching while its stream buffer is full and puts it back
-                # when the buffer drains; a rebalance in between can lose the put-back for good
-                consumer.on_buffer_drop(tp)
+                fi.resume_fetching(app.consumer, tp)
                 async with core_lock:
                     await handle_locked(stream, [], records, [(p, position, reached)])
 
@@ -860,7 +650,7 @@ def create_app(settings: Settings) -> faust.App:
         """Read the next samples and learn from them; publish a model when one is due. False when none came."""
         current = trainer[0]
         if current is None:
-            await read_changelog(models, {0}, tail=TAIL_RECORDS)  # the newest model, whoever published it
+            await changelog.read(models, {0}, tail=TAIL_RECORDS)  # the newest model, whoever published it
             raw = models.get(MODEL_KEY)
             snap = ModelSnapshot.from_bytes(raw) if raw is not None else None
             current = trainer[0] = Trainer(s, snap)
@@ -886,7 +676,7 @@ def create_app(settings: Settings) -> faust.App:
             snap.samples_seen,
         )
         try:  # the group's offset (lag monitoring; where the unused Faust stream starts after a rebalance)
-            await app.consumer._commit_offsets({samples_tp: samples_from[0]})
+            await fi.commit_offsets(app.consumer, {samples_tp: samples_from[0]})
         except Exception as exc:  # a rebalance under way: taken with the next model
             log.info("commit of the samples offset not taken: %s", exc)
         return True

@@ -11,8 +11,8 @@ done (the state's offset fence would drop the re-delivered event, and its change
 With each partition goes a marker: the next changelog offset and a digest of the record just before it. Recovery
 reads the changelog from that record: when it is there with the same content, the copy is a prefix of this
 changelog and reading goes on from there; when it is not (the topic was deleted and created again, retention
-removed records the copy lacks), the copy is discarded and the partition read in full (see ``read_changelog`` in
-:mod:`worker.app`).
+removed records the copy lacks), the copy is discarded and the partition read in full (see
+:mod:`worker.runtime.recovery`).
 
 Layout: one database per worker (RocksDB locks it: two workers cannot share a data directory). Key = table name,
 0x00, the partition (4 bytes big-endian), then ``k`` and the record's key as the changelog has it, or ``m`` for the
