@@ -24,21 +24,16 @@ from typing import Any
 
 import faust
 from aiokafka.errors import ConsumerStoppedError
-from faust.exceptions import SameNode
 from faust.types import TP
-from faust.web import Request, Response, View
-from faust.web.exceptions import ServiceUnavailable
 
 from worker import codec, metrics
 from worker.changes import BatchResult, InputRecord, Segmenter
 from worker.clustering import ModelSnapshot, Trainer
-from worker.events.timefmt import format_rfc3339
 from worker.features import wire
-from worker.features.state import UserState, features_at
+from worker.features.state import UserState
 from worker.kafkasecurity import aiokafka_config, faust_credentials, kafka_python_config
 from worker.localstore import LocalStore
 from worker.outbox import Outbox, Record
-from worker.personas.registry import RESERVED
 from worker.refetch import RangeReader
 from worker.routing import partition_keys, partitioner
 from worker.runtime import faust_internals as fi
@@ -60,6 +55,7 @@ from worker.topics import (
     internal_topic,
     worker_topics,
 )
+from worker.web import views
 from worker.web.auth import auth_middleware
 
 log = logging.getLogger("worker")
@@ -236,7 +232,6 @@ def create_app(settings: Settings) -> faust.App:
         by_user_name, dlq_name, output_name, membership_name, samples_name, s.input_topic, s.erasure_topic
     )
     encoder = OutputEncoder(out_topics, partition_of)
-    pseudonym = segmenter.parser.pseudonym
     # per consumed stream: its topic and the gate holding each owned partition's position (kept in part_meta)
     streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name(), ERASURES: erasures.get_topic_name()}
     positions = Positions(streams)
@@ -682,117 +677,19 @@ def create_app(settings: Settings) -> faust.App:
         return True
 
     # --- HTTP API --------------------------------------------------------------------------------------
-    def json_response(view: View, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-        return view.bytes(codec.dumps(obj), content_type="application/json", status=status, headers=headers)
-
-    def retry_later(view: View, error: str, user_id: str) -> Response:
-        """503 with Retry-After: the user's state is momentarily out of reach (a rebalance, a recovery)."""
-        return json_response(view, {"error": error, "user_id": user_id}, status=503, headers={"Retry-After": "1"})
-
-    @app.page("/metrics")
-    class MetricsView(View):
-        async def get(self, request: Request) -> Response:
-            body, ctype = metrics.exposition()
-            return self.bytes(body, content_type=ctype.split(";")[0])
-
-    @app.page("/healthz")
-    class Health(View):
-        async def get(self, request: Request) -> Response:
-            model = segmenter.model
-            return json_response(
-                self,
-                {
-                    "status": "ok",
-                    "model_version": model.version if model else None,
-                    "partitions": sorted(owned),
-                    "users": len(users),
-                },
-            )
-
-    @app.page("/readyz")
-    class Ready(View):
-        async def get(self, request: Request) -> Response:
-            ready = is_ready()
-            body = {
-                "ready": ready,
-                "partitions": sorted(owned),
-                "assigned": sorted(assigned()),
-                "topic_problems": topics.found,
-            }
-            return json_response(self, body, status=200 if ready else 503)
-
-    @app.page("/personas")
-    class Personas(View):
-        async def get(self, request: Request) -> Response:
-            model = segmenter.model
-            out = []
-            if model is not None:
-                for i, (pid, name) in enumerate(zip(model.persona_ids, model.persona_names, strict=True)):
-                    out.append(
-                        {"id": pid, "name": name, "size": segmenter.counts.get(pid, 0), "profile": model.profile(i)}
-                    )
-            for segment in RESERVED:  # new and dormant: segments of every model, without a profile
-                if segmenter.counts.get(segment):
-                    out.append({"id": segment, "name": segment, "size": segmenter.counts[segment], "profile": None})
-            return json_response(
-                self,
-                {
-                    "model_version": model.version if model else None,
-                    "time_scales": segmenter.time_scales(),
-                    "sizes_cover_partitions": sorted(owned),
-                    "personas": out,
-                },
-            )
-
-    @app.page("/users/{user_id}")
-    async def user_view(web: View, request: Request, user_id: str) -> Response:
-        user_id = pseudonym(user_id)  # asked by raw id: the state is kept under the pseudonym, if configured
-        try:  # the worker holding the user's partition answers
-            return await app.router.route_req(users.name, user_id, web.web, request)
-        except SameNode:
-            pass
-        except (ServiceUnavailable, OSError, TimeoutError) as exc:  # aiohttp connection errors are OSErrors
-            # between a member leaving and the rebalance, the old owner may still be named
-            return retry_later(web, f"the worker holding this user is not reachable: {exc}", user_id)
-        if partition_of(user_id) not in owned:  # ours, but its state is not read yet (start-up, rebalance)
-            return retry_later(web, "the state of this user's partition is being recovered", user_id)
-        state = user_states.get(user_id)
-        if state is None:  # never seen, or erased
-            return json_response(web, {"error": "unknown user", "user_id": user_id}, status=404)
-        if state.opted_out:  # nothing is kept beyond the fact
-            return json_response(web, {"user_id": user_id, "consent": {"segmentation": False}})
-        as_of = max(state.last_ts, segmenter.watermarks.get(partition_of(user_id)))
-        return json_response(
-            web,
-            {
-                "user_id": user_id,
-                "segment": state.segment,
-                "segment_name": segmenter.segment_name(state.segment),
-                "segment_since": format_rfc3339(state.segment_since) if state.segment else None,
-                "pending_segment": state.pending,
-                "event_count": state.n,
-                "value_total": state.value_total,
-                "first_event_at": format_rfc3339(state.first_ts),
-                "last_event_at": format_rfc3339(state.last_ts),
-                "changes": state.seq,
-                "rule_segments": state.rule_segments,
-                "recent_changes": [
-                    {
-                        "sequence": seq,
-                        "from_segment": before,
-                        "to_segment": after,
-                        "from_segment_name": segmenter.segment_name(before),
-                        "to_segment_name": segmenter.segment_name(after),
-                        "changed_at": format_rfc3339(t),
-                        "trigger": trigger,
-                        "reasons": [{"feature": f, "direction": d} for f, d in why],
-                    }
-                    for seq, before, after, t, trigger, why in reversed(state.history)
-                ],
-                "model_version": state.model_version if state.model_version >= 0 else None,
-                "features_as_of": format_rfc3339(as_of),
-                "features": features_at(state, as_of, state.half_lives or s.half_lives_ms),
-            },
-        )
+    views.register(
+        app,
+        views.Sources(
+            segmenter,
+            users,
+            user_states,
+            owned,
+            assigned,
+            is_ready,
+            lambda: topics.found,
+            partition_of,
+            s.half_lives_ms,
+        ),
+    )
 
     return app

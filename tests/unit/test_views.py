@@ -1,0 +1,56 @@
+"""The API's documents, pure: a user's and the personas'."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from worker.features.state import UserState
+from worker.web.views import personas_document, user_document
+
+DAY = 86_400_000
+
+
+def names(segment: str | None) -> str | None:
+    return {"p1": "creators", "p2": "readers"}.get(segment or "", segment)
+
+
+def test_user_document_names_segments_and_lists_recent_changes_newest_first() -> None:
+    state = UserState(2)
+    state.n, state.value_total, state.first_ts, state.last_ts = 4, 12.5, DAY, 3 * DAY
+    state.segment, state.segment_since, state.seq, state.model_version = "p2", 2 * DAY, 2, 3
+    state.history = [
+        (1, None, "p1", DAY, "event", [("count_7d_post", "up")]),
+        (2, "p1", "p2", 2 * DAY, "event", [("count_7d_read", "up"), ("count_7d_post", "down")]),
+    ]
+    doc = user_document("u1", state, names, 3 * DAY, (DAY, 7 * DAY))
+    assert {k: doc[k] for k in ("user_id", "segment", "segment_name", "event_count", "value_total", "changes")} == {
+        "user_id": "u1",
+        "segment": "p2",
+        "segment_name": "readers",
+        "event_count": 4,
+        "value_total": 12.5,
+        "changes": 2,
+    }
+    assert (doc["segment_since"], doc["features_as_of"]) == ("1970-01-03T00:00:00.000Z", "1970-01-04T00:00:00.000Z")
+    assert doc["model_version"] == 3
+    assert [(c["sequence"], c["from_segment_name"], c["to_segment_name"]) for c in doc["recent_changes"]] == [
+        (2, "creators", "readers"),
+        (1, None, "creators"),
+    ]
+    assert doc["recent_changes"][0]["reasons"] == [
+        {"feature": "count_7d_read", "direction": "up"},
+        {"feature": "count_7d_post", "direction": "down"},
+    ]
+    state.model_version, state.segment = -1, None
+    doc = user_document("u1", state, names, 3 * DAY, (DAY, 7 * DAY))
+    assert (doc["model_version"], doc["segment_since"], doc["segment_name"]) == (None, None, None)
+
+
+def test_personas_document_without_a_model_lists_the_reserved_segments_that_hold_anyone() -> None:
+    doc = personas_document(None, Counter({"new": 3, "dormant": 0}), {"half_lives_days": [1, 7]}, {2, 0})
+    assert doc == {
+        "model_version": None,
+        "time_scales": {"half_lives_days": [1, 7]},
+        "sizes_cover_partitions": [0, 2],
+        "personas": [{"id": "new", "name": "new", "size": 3, "profile": None}],
+    }

@@ -1,0 +1,155 @@
+"""The worker's HTTP API: pure documents (:func:`user_document`, :func:`personas_document`) and the Faust views
+that serve them (:func:`register`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.exceptions import SameNode
+from faust.web import Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
+
+from worker import codec, metrics
+from worker.changes import Segmenter
+from worker.clustering import ModelSnapshot
+from worker.events.timefmt import format_rfc3339
+from worker.features.state import UserState, features_at
+from worker.personas.registry import RESERVED
+
+
+def user_document(
+    user_id: str, state: UserState, segment_name: Callable[[str | None], str | None], as_of: int, half_lives: Any
+) -> dict[str, Any]:
+    """``GET /users/{id}`` of a user with consent: persona, counts, recent changes and features as of ``as_of``."""
+    return {
+        "user_id": user_id,
+        "segment": state.segment,
+        "segment_name": segment_name(state.segment),
+        "segment_since": format_rfc3339(state.segment_since) if state.segment else None,
+        "pending_segment": state.pending,
+        "event_count": state.n,
+        "value_total": state.value_total,
+        "first_event_at": format_rfc3339(state.first_ts),
+        "last_event_at": format_rfc3339(state.last_ts),
+        "changes": state.seq,
+        "rule_segments": state.rule_segments,
+        "recent_changes": [
+            {
+                "sequence": seq,
+                "from_segment": before,
+                "to_segment": after,
+                "from_segment_name": segment_name(before),
+                "to_segment_name": segment_name(after),
+                "changed_at": format_rfc3339(t),
+                "trigger": trigger,
+                "reasons": [{"feature": f, "direction": d} for f, d in why],
+            }
+            for seq, before, after, t, trigger, why in reversed(state.history)
+        ],
+        "model_version": state.model_version if state.model_version >= 0 else None,
+        "features_as_of": format_rfc3339(as_of),
+        "features": features_at(state, as_of, state.half_lives or half_lives),
+    }
+
+
+def personas_document(
+    model: ModelSnapshot | None, counts: Mapping[str, int], time_scales: Any, owned: set[int]
+) -> dict[str, Any]:
+    """``GET /personas``: the model's personas with their sizes on this worker's partitions, then the reserved
+    segments (new, lapsing, dormant) that hold anyone, without a profile."""
+    out = []
+    if model is not None:
+        for i, (pid, name) in enumerate(zip(model.persona_ids, model.persona_names, strict=True)):
+            out.append({"id": pid, "name": name, "size": counts.get(pid, 0), "profile": model.profile(i)})
+    for segment in RESERVED:
+        if counts.get(segment):
+            out.append({"id": segment, "name": segment, "size": counts[segment], "profile": None})
+    return {
+        "model_version": model.version if model else None,
+        "time_scales": time_scales,
+        "sizes_cover_partitions": sorted(owned),
+        "personas": out,
+    }
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the views read from the running worker."""
+
+    segmenter: Segmenter
+    users: Any  # the users table (routing by key, its size)
+    user_states: Mapping[str, UserState]
+    owned: set[int]  # partitions whose state is read (the set itself, kept current by the worker)
+    assigned: Callable[[], set[int]]
+    ready: Callable[[], bool]
+    topic_problems: Callable[[], list[str]]
+    partition_of: Callable[[str], int]
+    half_lives: Any  # the settings' half-lives, for users whose state predates learned ones
+
+
+def _json(view: View, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return view.bytes(codec.dumps(obj), content_type="application/json", status=status, headers=headers)
+
+
+def _retry_later(view: View, error: str, user_id: str) -> Response:
+    """503 with Retry-After: the user's state is momentarily out of reach (a rebalance, a recovery)."""
+    return _json(view, {"error": error, "user_id": user_id}, status=503, headers={"Retry-After": "1"})
+
+
+def register(app: faust.App, src: Sources) -> None:
+    """The worker's pages: /metrics, /healthz, /readyz, /personas and /users/{user_id}."""
+    seg = src.segmenter
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            body, ctype = metrics.exposition()
+            return self.bytes(body, content_type=ctype.split(";")[0])
+
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            version = seg.model.version if seg.model else None
+            body = {"status": "ok", "model_version": version, "partitions": sorted(src.owned), "users": len(src.users)}
+            return _json(self, body)
+
+    @app.page("/readyz")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            ready = src.ready()
+            body = {
+                "ready": ready,
+                "partitions": sorted(src.owned),
+                "assigned": sorted(src.assigned()),
+                "topic_problems": src.topic_problems(),
+            }
+            return _json(self, body, status=200 if ready else 503)
+
+    @app.page("/personas")
+    class Personas(View):
+        async def get(self, request: Request) -> Response:
+            return _json(self, personas_document(seg.model, seg.counts, seg.time_scales(), src.owned))
+
+    @app.page("/users/{user_id}")
+    async def user_view(web: View, request: Request, user_id: str) -> Response:
+        user_id = seg.parser.pseudonym(user_id)  # asked by raw id: the state is kept under the pseudonym
+        try:  # the worker holding the user's partition answers
+            return await app.router.route_req(src.users.name, user_id, web.web, request)
+        except SameNode:
+            pass
+        except (ServiceUnavailable, OSError, TimeoutError) as exc:  # aiohttp connection errors are OSErrors
+            # between a member leaving and the rebalance, the old owner may still be named
+            return _retry_later(web, f"the worker holding this user is not reachable: {exc}", user_id)
+        partition = src.partition_of(user_id)
+        if partition not in src.owned:  # ours, but its state is not read yet (start-up, rebalance)
+            return _retry_later(web, "the state of this user's partition is being recovered", user_id)
+        state = src.user_states.get(user_id)
+        if state is None:  # never seen, or erased
+            return _json(web, {"error": "unknown user", "user_id": user_id}, status=404)
+        if state.opted_out:  # nothing is kept beyond the fact
+            return _json(web, {"user_id": user_id, "consent": {"segmentation": False}})
+        as_of = max(state.last_ts, seg.watermarks.get(partition))
+        return _json(web, user_document(user_id, state, seg.segment_name, as_of, src.half_lives))
