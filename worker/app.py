@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -28,9 +27,8 @@ from faust.types import TP
 
 from worker import codec, metrics
 from worker.changes import BatchResult, InputRecord, Segmenter
-from worker.clustering import ModelSnapshot, Trainer
+from worker.clustering import ModelSnapshot
 from worker.features import wire
-from worker.features.state import UserState
 from worker.kafkasecurity import aiokafka_config, faust_credentials, kafka_python_config
 from worker.localstore import LocalStore
 from worker.outbox import Outbox, Record
@@ -41,6 +39,7 @@ from worker.runtime.faust_internals import SelfRecoveredTable, SinglePartitionGl
 from worker.runtime.positions import Positions
 from worker.runtime.records import BY_USER, ERASURES, INPUT, OutputEncoder, OutputTopics, input_record
 from worker.runtime.recovery import ChangelogReader
+from worker.runtime.training import TrainerHost
 from worker.segments.rules import load_segment_rules
 from worker.settings import Settings
 from worker.topics import (
@@ -308,8 +307,7 @@ def create_app(settings: Settings) -> faust.App:
         # assignment settles no batch is applied (the gates are closed; their records are read again).
         if any(tp.topic == samples_name for tp in revoked):
             # a fit in flight publishes first; whoever trains next resumes from the published model
-            async with trainer_lock:
-                trainer[0] = None
+            await trainer.revoke()
         async with core_lock:
             await outbox.drain()
             await commit_positions()
@@ -612,10 +610,20 @@ def create_app(settings: Settings) -> faust.App:
     # One member of the group trains: the one assigned the single samples partition. Faust's assignment says who;
     # the trainer reads the samples itself from the offset the published model ends at. (Fed by Faust's stream,
     # it saw records fetched before a rebalance after it, and once got nothing at all after one: no first model.)
-    trainer: list[Trainer | None] = [None]
-    samples_from = [0]  # next samples offset to fold in (what the published model holds ends before it)
-    trainer_lock = asyncio.Lock()  # one step of the trainer (read, fit, publish) at a time; revocation waits
     samples_tp = TP(samples_name, 0)
+
+    async def newest_model() -> bytes | None:
+        await changelog.read(models, {0}, tail=TAIL_RECORDS)  # to the real end: whoever published it
+        raw: bytes | None = models.get(MODEL_KEY)
+        return raw
+
+    async def publish_model(raw: bytes) -> None:
+        await (await put(models, MODEL_KEY, raw))
+
+    async def commit_samples(offset: int) -> None:
+        await fi.commit_offsets(app.consumer, {samples_tp: offset})
+
+    trainer = TrainerHost(s, sampler, samples_name, newest_model, publish_model, commit_samples)
 
     @app.agent(samples_source, name="samples-assignment")
     async def samples_assignment(stream: Any) -> None:
@@ -630,8 +638,7 @@ def create_app(settings: Settings) -> faust.App:
             while not closing[0]:
                 fed = False
                 if settled() and samples_tp in app.assignor.assigned_actives():
-                    async with trainer_lock:
-                        fed = await train_step()
+                    fed = await trainer.step()
                 if not fed:
                     await asyncio.sleep(0.5)
         except ConsumerStoppedError:
@@ -640,41 +647,6 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as exc:
             log.exception("trainer failed; stopping the worker")
             await app.crash(exc)
-
-    async def train_step() -> bool:
-        """Read the next samples and learn from them; publish a model when one is due. False when none came."""
-        current = trainer[0]
-        if current is None:
-            await changelog.read(models, {0}, tail=TAIL_RECORDS)  # the newest model, whoever published it
-            raw = models.get(MODEL_KEY)
-            snap = ModelSnapshot.from_bytes(raw) if raw is not None else None
-            current = trainer[0] = Trainer(s, snap)
-            samples_from[0] = snap.samples_offset if snap is not None else 0
-            log.info("trainer starts from model v%d, samples offset %d", snap.version if snap else 0, samples_from[0])
-        records, reached = await sampler.read(samples_name, 0, samples_from[0], None, timeout=1.0, max_records=64)
-        fresh = [r for r in records if r.offset >= samples_from[0] and r.value is not None]
-        samples_from[0] = max(samples_from[0], reached)
-        if not fresh:
-            return False
-        samples = [(uid, UserState.from_wire(fields), t) for r in fresh for uid, fields, t in codec.loads(r.value)]
-        # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
-        snap = await asyncio.get_running_loop().run_in_executor(None, current.add, samples)
-        metrics.TRAINING_SAMPLES.inc(len(samples))
-        if snap is None:
-            return True
-        snap = dataclasses.replace(snap, samples_offset=samples_from[0])
-        await (await put(models, MODEL_KEY, snap.to_bytes()))
-        log.info(
-            "trainer published model v%d (%d personas, %d samples)",
-            snap.version,
-            len(snap.persona_ids),
-            snap.samples_seen,
-        )
-        try:  # the group's offset (lag monitoring; where the unused Faust stream starts after a rebalance)
-            await fi.commit_offsets(app.consumer, {samples_tp: samples_from[0]})
-        except Exception as exc:  # a rebalance under way: taken with the next model
-            log.info("commit of the samples offset not taken: %s", exc)
-        return True
 
     # --- HTTP API --------------------------------------------------------------------------------------
     views.register(

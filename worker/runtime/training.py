@@ -1,0 +1,86 @@
+"""The trainer's host: one member of the group trains, the one assigned the single samples partition.
+
+It reads the training samples itself, from the offset the published model ends at (fed by Faust's stream, it saw
+records fetched before a rebalance after it, and once got nothing at all after one: no first model), folds them
+into a :class:`~worker.clustering.Trainer` off the event loop, and publishes each model it fits with the samples
+offset it covers. When the samples partition is revoked, the step in flight finishes and publishes first; whoever
+trains next resumes from the published model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from worker import codec, metrics
+from worker.clustering import ModelSnapshot, Trainer
+from worker.features.state import UserState
+from worker.settings import Settings
+
+log = logging.getLogger("worker")
+
+READ_RECORDS = 64  # sample records per step (500 samples each)
+
+
+class TrainerHost:
+    def __init__(
+        self,
+        settings: Settings,
+        samples: Any,  # a worker.refetch.RangeReader
+        samples_topic: str,
+        newest_model: Callable[[], Awaitable[bytes | None]],
+        publish: Callable[[bytes], Awaitable[None]],
+        commit: Callable[[int], Awaitable[None]],
+    ) -> None:
+        """``newest_model`` reads the published model (whoever published it), ``publish`` writes one and returns
+        once the broker has it, ``commit`` tells the group the samples offset a published model covers."""
+        self.settings = settings
+        self.samples, self.samples_topic = samples, samples_topic
+        self._newest_model, self._publish, self._commit = newest_model, publish, commit
+        self.trainer: Trainer | None = None
+        self.samples_from = 0  # next samples offset to fold in (what the published model holds ends before it)
+        self.lock = asyncio.Lock()  # one step (read, fit, publish) at a time; revocation waits for it
+
+    async def revoke(self) -> None:
+        """The samples partition went to another member: stop training after the step in flight."""
+        async with self.lock:
+            self.trainer = None
+
+    async def step(self) -> bool:
+        """Read the next samples and learn from them; publish a model when one is due. False when none came."""
+        async with self.lock:
+            trainer = self.trainer or await self._resume()
+            records, reached = await self.samples.read(
+                self.samples_topic, 0, self.samples_from, None, timeout=1.0, max_records=READ_RECORDS
+            )
+            fresh = [r for r in records if r.offset >= self.samples_from and r.value is not None]
+            self.samples_from = max(self.samples_from, reached)
+            if not fresh:
+                return False
+            rows = [(uid, UserState.from_wire(fields), t) for r in fresh for uid, fields, t in codec.loads(r.value)]
+            # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
+            snap = await asyncio.get_running_loop().run_in_executor(None, trainer.add, rows)
+            metrics.TRAINING_SAMPLES.inc(len(rows))
+            if snap is not None:
+                await self._published(dataclasses.replace(snap, samples_offset=self.samples_from))
+            return True
+
+    async def _resume(self) -> Trainer:
+        raw = await self._newest_model()
+        snap = ModelSnapshot.from_bytes(raw) if raw is not None else None
+        self.trainer = Trainer(self.settings, snap)
+        self.samples_from = snap.samples_offset if snap is not None else 0
+        log.info("trainer starts from model v%d, samples offset %d", snap.version if snap else 0, self.samples_from)
+        return self.trainer
+
+    async def _published(self, snap: ModelSnapshot) -> None:
+        await self._publish(snap.to_bytes())
+        personas, seen = len(snap.persona_ids), snap.samples_seen
+        log.info("trainer published model v%d (%d personas, %d samples)", snap.version, personas, seen)
+        try:  # the group's offset (lag monitoring; where the unused Faust stream starts after a rebalance)
+            await self._commit(self.samples_from)
+        except Exception as exc:  # a rebalance under way: taken with the next model
+            log.info("commit of the samples offset not taken: %s", exc)
