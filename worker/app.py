@@ -29,33 +29,27 @@ from worker import codec, metrics
 from worker.changes import BatchResult, InputRecord, Segmenter
 from worker.clustering import ModelSnapshot
 from worker.features import wire
-from worker.kafkasecurity import aiokafka_config, faust_credentials, kafka_python_config
+from worker.kafkasecurity import aiokafka_config, kafka_python_config
 from worker.localstore import LocalStore
 from worker.outbox import Outbox, Record
 from worker.refetch import RangeReader
 from worker.routing import partition_keys, partitioner
 from worker.runtime import faust_internals as fi
-from worker.runtime.faust_internals import SelfRecoveredTable, SinglePartitionGlobalTable
+from worker.runtime import topology
 from worker.runtime.positions import Positions
-from worker.runtime.records import BY_USER, ERASURES, INPUT, OutputEncoder, OutputTopics, input_record
+from worker.runtime.records import BY_USER, ERASURES, INPUT, OutputEncoder, input_record
 from worker.runtime.recovery import ChangelogReader
 from worker.runtime.training import TrainerHost
 from worker.segments.rules import load_segment_rules
 from worker.settings import Settings
 from worker.topics import (
     META_TABLE,
-    MODELS_TABLE,
-    REROUTING,
-    SAMPLES,
-    SAMPLES_RETENTION,
     USERS_TABLE,
     KafkaTopicAdmin,
     TopicWatch,
-    internal_topic,
     worker_topics,
 )
 from worker.web import views
-from worker.web.auth import auth_middleware
 
 log = logging.getLogger("worker")
 
@@ -69,134 +63,27 @@ def _remove_labels(metric: Any, *labels: str) -> None:
         metric.remove(*labels)
 
 
-def _table(
-    app: faust.App,
-    cls: type[faust.Table],
-    name: str,
-    partitions: int,
-    **kwargs: Any,
-) -> Any:
-    extra = {"standby_buffer_size": 1, "is_global": True} if cls is SinglePartitionGlobalTable else {}
-    table = cls(
-        app,
-        name=name,
-        default=None,
-        beacon=app.tables.beacon,
-        partitions=partitions,
-        value_type=bytes,
-        **extra,
-        **kwargs,
-    )
-    return app.tables.add(table)
-
-
-def _raw_topic(
-    app: faust.App,
-    name: str,
-    partitions: int,
-    internal: bool = False,
-    acks: bool = True,
-    retention: float | None = None,
-) -> Any:
-    return app.topic(
-        name,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=partitions,
-        internal=internal,
-        acks=acks,
-        retention=retention,
-    )
-
-
 def create_app(settings: Settings) -> faust.App:
     s = settings
     n = s.partitions
-    app = faust.App(
-        s.app_id,
-        broker=s.broker,
-        store="memory://",
-        datadir=s.data_dir,
-        web_port=s.web_port,
-        web_bind=s.web_host,
-        **({"canonical_url": s.web_url} if s.web_url else {}),
-        **({"broker_credentials": credentials} if (credentials := faust_credentials(s)) is not None else {}),
-        topic_partitions=n,
-        topic_replication_factor=s.replication_factor,
-        processing_guarantee=s.processing_guarantee,
-        broker_session_timeout=s.session_timeout,
-        broker_rebalance_timeout=s.session_timeout,
-        broker_heartbeat_interval=max(0.5, s.session_timeout / 10),
-        broker_max_poll_interval=max(30.0, 3 * s.session_timeout),
-        consumer_auto_offset_reset="earliest",
-        producer_linger=0.005,
-        stream_buffer_maxsize=max(4096, 2 * s.batch_size),
-        key_serializer="raw",
-        value_serializer="raw",
-        autodiscover=False,
-        # Faust compares the changelog offset its last recovery reached with the end offset the broker reports
-        # now, and crashes when the first is higher. A broker that reports the start of the last record batch
-        # (Tansu does) trips it when a rebalance hands a partition back. The check guards persisted stores
-        # against a deleted topic; the worker's own reads go to the real end (worker.runtime.recovery).
-        recovery_consistency_check=False,
-        # no standby copies: the per-partition tables are recovered by the worker from the changelog (standbys
-        # would be read at Faust's recovery pace and never used); the global model table is on every worker anyway
-        table_standby_replicas=0,
-    )
-    app.transport.Consumer = fi.direct_delivery(app.transport.Consumer)
-    if s.api_token:  # before the web server starts: aiohttp freezes its middlewares then
-        app.web.web_app.middlewares.append(auth_middleware(s.api_token, s.api_open_paths))
-    # the consumed streams: their offsets are the worker's own (the offset gate's positions, kept in state and
-    # committed from there), not Faust's acknowledgement tracking
-    source = _raw_topic(app, s.input_topic, n, acks=False)
-    erasures = _raw_topic(app, s.erasure_topic, n, acks=False)
-    by_user = _raw_topic(app, internal_topic(s, REROUTING), n, internal=True, acks=False)
-    # acknowledged by the trainer itself: committed once the model holding them is published
-    # (user features under a per-process digest, never an id; kept a week: the trainer reads them within seconds)
-    samples_source = _raw_topic(
-        app, internal_topic(s, SAMPLES), 1, internal=True, acks=False, retention=SAMPLES_RETENTION
-    )
-    output = _raw_topic(app, s.output_topic, n)
-    dlq = _raw_topic(app, s.dlq_topic, n)
-    by_user_name, samples_name = by_user.get_topic_name(), samples_source.get_topic_name()
-    output_name, dlq_name = output.get_topic_name(), dlq.get_topic_name()
+    # custom segments (rules on features), evaluated in the same pass as the personas; their own topic
+    segment_rules = load_segment_rules(s.segment_rules, s.half_lives_ms) if s.segment_rules else ()
+    topo = topology.build(s, with_memberships=bool(segment_rules))
+    app, users, part_meta, models = topo.app, topo.users, topo.part_meta, topo.models
+    samples_name = topo.samples_topic
+    streams = topo.stream_topics
     partition_of = partitioner(n)
-    # user states in their compact binary form (worker.features.wire), in memory as in the changelog
-    users = _table(app, SelfRecoveredTable, USERS_TABLE, n, key_type=str)
-    part_meta = _table(app, SelfRecoveredTable, META_TABLE, n, key_type=str)
-    users.route = part_meta.route = partition_of
-    models = _table(app, SinglePartitionGlobalTable, MODELS_TABLE, 1, key_type=str)
     user_states = wire.EncodedStates(fi.values(users))  # decoded on access
     # the local copy of the per-partition tables (worker.localstore), if configured
     local = LocalStore(Path(s.data_dir) / f"{s.app_id}-state.rocksdb") if s.state_store == "rocksdb" else None
     kept_locally = {t.changelog_topic.get_topic_name(): t.name for t in (users, part_meta)}
-
-    def stage(table: Any, key: str, value: bytes | None) -> Record:
-        """Set a table key in memory (``None``: delete it) and return its changelog record (a tombstone for a
-        deletion), for the outbox or :func:`put` to send.
-
-        Not ``table[key] = value``: that queues the record in Faust's producer buffer, whose flush before an
-        offset commit gives up after 0.1 s, so a commit could cover state still unsent (seen here as a lost
-        event after a restart). Our sends are awaited until delivered.
-        """
-        partition = table.partition_for_key(key)
-        if value is None:
-            fi.values(table).pop(key, None)
-            fi.key_partitions(table).pop(key, None)
-        else:
-            fi.values(table)[key] = value
-            fi.key_partitions(table)[key] = partition
-        key_bytes = app.serializers.dumps_key(table.key_type, key, serializer=table.key_serializer)
-        return (table.changelog_topic.get_topic_name(), key_bytes, value, partition, None)
 
     async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None, headers: Any) -> Any:
         """Hand one record to the producer; returns the delivery future."""
         return await app.producer.send(topic, key, value, partition, None, headers)
 
     async def put(table: Any, key: str, value: bytes) -> Any:
-        return await send(*stage(table, key, value))
+        return await send(*topo.stage(table, key, value))
 
     def stored(delivered: list[tuple[Record, Any]]) -> None:
         """States and positions the changelog now holds: into the local copy, with where the changelog has them."""
@@ -223,17 +110,9 @@ def create_app(settings: Settings) -> faust.App:
         p = users_partition.get(uid)
         return partition_of(uid) if p is None else p
 
-    # custom segments (rules on features), evaluated in the same pass as the personas; their own topic
-    segment_rules = load_segment_rules(s.segment_rules, s.half_lives_ms) if s.segment_rules else ()
-    membership_name = _raw_topic(app, s.membership_topic, n).get_topic_name() if segment_rules else ""
     segmenter = Segmenter(s, user_states, owner_of, segment_rules=segment_rules)
-    out_topics = OutputTopics(
-        by_user_name, dlq_name, output_name, membership_name, samples_name, s.input_topic, s.erasure_topic
-    )
-    encoder = OutputEncoder(out_topics, partition_of)
-    # per consumed stream: its topic and the gate holding each owned partition's position (kept in part_meta)
-    streams = {INPUT: source.get_topic_name(), BY_USER: by_user.get_topic_name(), ERASURES: erasures.get_topic_name()}
-    positions = Positions(streams)
+    encoder = OutputEncoder(topo.outputs, partition_of)
+    positions = Positions(streams)  # each owned partition's position per consumed stream (kept in part_meta)
     isolation = "read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted"
     kafka_auth = aiokafka_config(s)  # TLS/SASL of the worker's own aiokafka clients (Faust's get broker_credentials)
     # the topic set as planned (``run`` created and checked it before the app started), checked again while running
@@ -241,7 +120,7 @@ def create_app(settings: Settings) -> faust.App:
         worker_topics(s),
         functools.partial(KafkaTopicAdmin, s.bootstrap_servers, kafka_python_config(s)),
         s.app_id,
-        by_user_name,
+        topo.outputs.by_user,
         n,
     )
     changelog = ChangelogReader(
@@ -551,15 +430,15 @@ def create_app(settings: Settings) -> faust.App:
             )
         for _, segment, action, _ in res.memberships:
             metrics.MEMBERSHIPS.labels(segment, action).inc()
-        states = [(uid, stage(users, uid, wire.encode(state))) for uid, state in res.dirty.items()]
-        states += [(uid, stage(users, uid, None)) for uid in res.erased]  # tombstones: compaction drops the user
+        states = [(uid, topo.stage(users, uid, wire.encode(state))) for uid, state in res.dirty.items()]
+        states += [(uid, topo.stage(users, uid, None)) for uid in res.erased]  # tombstones: compaction drops the user
         metas = []
         durable_after: dict[tuple[str, int], int] = {}
         for p in res.partitions.union(advanced):
             at = positions.state_of(p)
             durable_after.update({(stream, p): position for stream, position in at.items()})
             meta = {"max_ts": segmenter.watermarks.max_ts.get(p, 0), **at}
-            metas.append((p, stage(part_meta, meta_keys[p], codec.dumps(meta))))
+            metas.append((p, topo.stage(part_meta, meta_keys[p], codec.dumps(meta))))
         consumed = [consumed_at for _, _, consumed_at in res.changes]
         transitions = res.transitions
         per_topic = Counter(topic for topic, *_ in outputs)
@@ -602,9 +481,8 @@ def create_app(settings: Settings) -> faust.App:
                 ]
                 await handle(stream_name, batch)
 
-    ingest_agent(INPUT, source, "ingest")
-    ingest_agent(BY_USER, by_user, "ingest-by-user")
-    ingest_agent(ERASURES, erasures, "erasures")
+    for stream, agent in ((INPUT, "ingest"), (BY_USER, "ingest-by-user"), (ERASURES, "erasures")):
+        ingest_agent(stream, topo.streams[stream], agent)
 
     # --- the trainer ---------------------------------------------------------------------------------
     # One member of the group trains: the one assigned the single samples partition. Faust's assignment says who;
@@ -625,7 +503,7 @@ def create_app(settings: Settings) -> faust.App:
 
     trainer = TrainerHost(s, sampler, samples_name, newest_model, publish_model, commit_samples)
 
-    @app.agent(samples_source, name="samples-assignment")
+    @app.agent(topo.samples, name="samples-assignment")
     async def samples_assignment(stream: Any) -> None:
         """Subscribes the group to the samples topic so that one member is assigned it; the records go unused
         here (the trainer reads them with its own consumer)."""
