@@ -132,13 +132,17 @@ class Outbox:
             raise
 
     async def _deliver(self, records: Iterable[Record]) -> list[tuple[Record, Any]]:
-        """Send records and wait until every one is delivered; returns each with the broker's answer."""
-        sent = list(records)
-        futures = [await self._send(*rec) for rec in sent]
-        if not futures:
-            return []
-        return list(zip(sent, await asyncio.gather(*futures), strict=True))
+        return await deliver_all(self._send, records)
 
     def _raise(self) -> None:
         if self._error is not None:
             raise RuntimeError("segment-worker outbox: a delivery failed") from self._error
+
+
+async def deliver_all(send: Send, records: Iterable[Record]) -> list[tuple[Record, Any]]:
+    """Send records and wait until every one is delivered; returns each with the broker's answer."""
+    sent = list(records)
+    futures = [await send(*rec) for rec in sent]
+    if not futures:
+        return []
+    return list(zip(sent, await asyncio.gather(*futures), strict=True))

@@ -111,6 +111,16 @@ class Topology:
         name: str = self.samples.get_topic_name()
         return name
 
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, headers: Any
+    ) -> Any:
+        """Hand one record to the producer; returns the delivery future."""
+        return await self.app.producer.send(topic, key, value, partition, None, headers)
+
+    async def put(self, table: Any, key: str, value: bytes) -> None:
+        """Set a table key and wait until its changelog record is delivered."""
+        await (await self.send(*self.stage(table, key, value)))
+
     def stage(self, table: Any, key: str, value: bytes | None) -> Record:
         """Set a table key in memory (``None``: delete it) and return its changelog record (a tombstone for a
         deletion), for the outbox to send.

@@ -31,6 +31,7 @@ from worker.events.pseudonym import pseudonymizer
 from worker.events.timefmt import parse_timestamp
 from worker.kafkasecurity import aiokafka_config
 from worker.metrics import triggers as metrics
+from worker.outbox import Record, deliver_all
 from worker.refetch import RangeReader
 from worker.routing import partitioner
 from worker.runtime.records import dead_letter_headers
@@ -288,17 +289,13 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.service.assigned(assigned)
 
 
-async def _send_all(
-    producer: AIOKafkaProducer,
-    records: Iterable[tuple[str, bytes, bytes | None, int | None, list[tuple[str, bytes]] | None]],
-) -> None:
+async def _send_all(producer: AIOKafkaProducer, records: Iterable[Record]) -> None:
     """Send and wait until every record is acknowledged (a ``None`` value is a tombstone)."""
-    futures = [
-        await producer.send(topic, value, key=key, partition=p, headers=headers)
-        for topic, key, value, p, headers in records
-    ]
-    if futures:
-        await asyncio.gather(*futures)
+
+    async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None, headers: Any) -> Any:
+        return await producer.send(topic, value, key=key, partition=partition, headers=headers)
+
+    await deliver_all(send, records)
 
 
 def serve(settings: Settings, rules: Rules) -> None:

@@ -1,0 +1,98 @@
+"""One batch through the pipeline without a broker: a real topology (the Faust app is built, never started), the
+real core, a fake producer. What goes out, in which order, and what becomes durable when."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from tests.fakes import FakeProducer
+from worker import codec
+from worker.changes import Segmenter
+from worker.features import wire
+from worker.outbox import Outbox
+from worker.routing import partitioner
+from worker.runtime import faust_internals as fi
+from worker.runtime import topology
+from worker.runtime.ownership import Ownership
+from worker.runtime.pipeline import Pipeline
+from worker.runtime.positions import Positions
+from worker.runtime.records import INPUT, input_record
+from worker.settings import Settings
+
+S = Settings(partitions=2, app_id="unit", input_topic="events", output_topic="changes", dlq_topic="dlq")
+T0 = 1_767_225_600_000  # 2026-01-01
+
+
+class Topics:
+    ok = True
+
+
+def build() -> tuple[Pipeline, FakeProducer, Outbox]:
+    topo = topology.build(S, with_memberships=False)
+    producer = FakeProducer()
+    outbox = Outbox(producer.send)
+    segmenter = Segmenter(S, wire.EncodedStates(fi.values(topo.users)), partitioner(S.partitions))
+    positions = Positions(topo.stream_topics)
+    topics: Any = Topics()
+    own = Ownership(S, topo, None, positions, segmenter, outbox, topics, None)  # type: ignore[arg-type]
+    pipeline = Pipeline(S, topo, segmenter, positions, own, outbox, topics, None, partitioner(S.partitions))
+    return pipeline, producer, outbox
+
+
+def records(partition: int) -> list[Any]:
+    """Events of users owned by ``partition``, one of them keyed to another, and a record that is no event."""
+    owner = partitioner(S.partitions)
+    users = [u for u in (f"user-{i}" for i in range(40)) if owner(u) == partition][:3]
+    values = [codec.dumps({"user_id": u, "event_type": "view", "timestamp": T0 + i}) for i, u in enumerate(users)]
+    values.append(b"{not json")
+    stranger = next(u for u in (f"other-{i}" for i in range(40)) if owner(u) != partition)
+    values.append(codec.dumps({"user_id": stranger, "event_type": "view", "timestamp": T0}))
+    return [input_record(INPUT, partition, 10 + i, b"k", v, None, S.partitions, 0.0) for i, v in enumerate(values)]
+
+
+def test_outputs_then_states_then_positions_and_only_then_durable() -> None:
+    pipeline, producer, outbox = build()
+    pipeline.positions.open(INPUT, 0, 10, 0.0)
+
+    async def scenario() -> None:
+        delivery = asyncio.create_task(outbox.run())
+        await pipeline.handle(INPUT, records(0))
+        assert pipeline.positions.to_commit() == {}  # nothing durable before the outbox delivered it
+        await outbox.drain()
+        delivery.cancel()
+
+    asyncio.run(scenario())
+    topics = [topic for topic, _ in producer.delivered]
+    kinds = ["out" if t in ("unit-events-by-user", "dlq", "changes") else t for t in topics]
+    first_state, first_meta = kinds.index("unit-users-changelog"), kinds.index("unit-partition-meta-changelog")
+    assert set(kinds[:first_state]) == {"out"} and set(kinds[first_state:first_meta]) == {"unit-users-changelog"}
+    assert kinds[first_meta:] == ["unit-partition-meta-changelog"]
+    assert Counter(topics) == {
+        "changes": 3,  # three users' first change: null -> new
+        "unit-events-by-user": 1,  # the stranger, to its owner's partition
+        "dlq": 1,
+        "unit-users-changelog": 3,
+        "unit-partition-meta-changelog": 1,
+    }
+    meta = codec.loads(producer.delivered[-1][1])
+    assert meta == {"max_ts": T0 + 2, INPUT: 15}  # the next offset after the batch
+    assert pipeline.positions.to_commit() == {(INPUT, 0): 15}  # durable once delivered: the group may be told
+
+
+def test_a_redelivered_batch_changes_nothing_and_is_counted_as_such() -> None:
+    pipeline, producer, outbox = build()
+    pipeline.positions.open(INPUT, 0, 10, 0.0)
+
+    async def scenario() -> None:
+        delivery = asyncio.create_task(outbox.run())
+        await pipeline.handle(INPUT, records(0))
+        await outbox.drain()
+        sent = len(producer.delivered)
+        await pipeline.handle(INPUT, records(0))  # the consumer delivers it again (a rebalance, a seek)
+        await outbox.drain()
+        assert len(producer.delivered) == sent
+        delivery.cancel()
+
+    asyncio.run(scenario())

@@ -1,0 +1,264 @@
+"""One batch at a time through the offset gate, the core and the outbox.
+
+The ingest agents, the probe and the timer share user states: a batch that read a user before another batch's
+write of that user landed would overwrite it (a lost update), so every batch runs under one lock. Before a batch
+the worker catches up: a changed assignment is taken in and a newer model adopted. A batch's writes are queued in
+the outbox, snapshotted at the end of the batch, in the order crash safety needs (:mod:`worker.outbox`): its
+outputs, then the user states (each holds the offset fence that drops re-deliveries, so a state landing before its
+change record would drop the re-delivered event and never re-emit the change), then the partitions' positions
+(which must not land before the states they cover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from worker import codec, metrics
+from worker.changes import BatchResult, InputRecord, Segmenter
+from worker.clustering import ModelSnapshot
+from worker.features import wire
+from worker.outbox import Outbox, Record
+from worker.runtime import faust_internals as fi
+from worker.runtime.ownership import Ownership, meta_keys
+from worker.runtime.positions import Positions
+from worker.runtime.records import OutputEncoder, input_record
+from worker.runtime.topology import Topology
+from worker.settings import Settings
+from worker.topics import TopicWatch
+
+log = logging.getLogger("worker")
+
+MODEL_KEY = "current"  # the one key of the models table
+
+
+class ModelFollower:
+    """Adopts each model snapshot the models table gets (the trainer publishes them there)."""
+
+    def __init__(self, models: Any, segmenter: Segmenter) -> None:
+        self.models, self.segmenter = models, segmenter
+        self._raw: bytes | None = None
+
+    def refresh(self) -> bool:
+        """Adopt a newer model snapshot; True when it is the first one (users waiting for a persona)."""
+        raw = self.models.get(MODEL_KEY)
+        if raw is None or raw is self._raw:
+            return False
+        self._raw = raw
+        before = self.segmenter.model
+        snap = ModelSnapshot.from_bytes(raw)
+        if not self.segmenter.set_model(snap):
+            return False
+        metrics.MODEL_VERSION.set(snap.version)
+        metrics.MODEL_PERSONAS.set(len(snap.persona_ids))
+        metrics.MODEL_UPDATED.set_to_current_time()
+        drift = snap.drift_from(before) if before is not None else None
+        if drift is not None:
+            metrics.MODEL_DRIFT.set(drift)
+        log.info("model v%d in use: %s", snap.version, dict(zip(snap.persona_ids, snap.persona_names, strict=True)))
+        if before is None or before.space.half_lives_ms != snap.space.half_lives_ms:
+            log.info("time scales: %s", self.segmenter.time_scales())
+        return before is None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        topo: Topology,
+        segmenter: Segmenter,
+        positions: Positions,
+        ownership: Ownership,
+        outbox: Outbox,
+        topics: TopicWatch,
+        filler: Any,  # a worker.refetch.RangeReader: the gate's holes, read under the lock
+        partition_of: Callable[[str], int],
+    ) -> None:
+        self.s, self.topo, self.segmenter, self.positions = settings, topo, segmenter, positions
+        self.ownership, self.outbox, self.topics, self.filler = ownership, outbox, topics, filler
+        self.app: faust.App = topo.app
+        self.model = ModelFollower(topo.models, segmenter)
+        self.encoder = OutputEncoder(topo.outputs, partition_of)
+        self.streams = topo.stream_topics
+        self.lock = asyncio.Lock()
+        self._meta_keys = meta_keys(settings.partitions)
+
+    async def handle(self, stream: str, batch: list[InputRecord]) -> None:
+        async with self.lock:
+            await self.handle_locked(stream, batch, [], [])
+
+    def held(self, stream: str, count: int) -> bool:
+        """True (and counted) when records are not to be applied now: the assignment is changing (not ours to
+        apply yet, see :meth:`revoke`) or a topic is not as planned (they might belong to no member)."""
+        if self.app.rebalancing or not self.topics.ok:
+            metrics.RECORDS_HELD.labels(stream).inc(count)
+            return True
+        return False
+
+    async def handle_locked(
+        self, stream: str, batch: list[InputRecord], fetched: list[Any], confirmed: list[Any]
+    ) -> None:
+        """One batch of a stream through the offset gate, the core and out. ``fetched`` are records read from the
+        broker already (``confirmed`` the ranges that read covered); the gate's holes are read here."""
+        if self.held(stream, len(batch) + len(fetched)):
+            return
+        await self.catch_up()
+        if self.held(stream, len(batch) + len(fetched)):  # catching up found the assignment beyond the plan
+            return
+        started = time.perf_counter()
+        gate = self.positions.gates[stream]
+        try:
+            await self._fill_holes(stream, batch, fetched, confirmed)
+            now = time.monotonic()
+            n = self.s.partitions
+            batch.extend(
+                input_record(stream, r.partition, r.offset, r.key, r.value, r.headers, n, now) for r in fetched
+            )
+            before = dict(gate.next)
+            admitted = gate.admit(batch, confirmed)
+            advanced = [p for p, position in gate.next.items() if before.get(p) != position]
+            res = self.segmenter.process(admitted.records, int(time.time() * 1000), now)
+            await self.publish(res, advanced)
+        except Exception as exc:
+            # not an input problem (those are dead-lettered inside): stop the worker before any offset of
+            # this batch is committed, so a restart re-reads it (the offset fence drops what was applied)
+            log.exception("batch failed; stopping the worker")
+            await self.app.crash(exc)
+            raise
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.positions.advanced(stream, advanced, now)
+        metrics.RECORDS_REDELIVERED.labels(stream).inc(admitted.duplicates)
+        metrics.RECORDS_HELD.labels(stream).inc(admitted.held)
+        metrics.RECORDS_REFETCHED.labels(stream).inc(len(fetched))
+
+    async def _fill_holes(
+        self, stream: str, batch: list[InputRecord], fetched: list[Any], confirmed: list[Any]
+    ) -> None:
+        """Read from the broker the records the consumer skipped before this batch's records."""
+        topic = self.streams[stream]
+        for p, start, stop in self.positions.gates[stream].holes(batch):
+            records, reached = await self.filler.read(topic, p, start, stop)
+            log.warning(
+                "%s partition %d: offsets %d..%d skipped by the consumer; %d records read from the broker",
+                stream,
+                p,
+                start,
+                stop - 1,
+                len(records),
+            )
+            fetched.extend(records)
+            confirmed.append((p, start, reached))
+
+    async def catch_up(self) -> None:
+        """Before a batch or a timer's work: take in a changed assignment and a newer model. Users waiting for a
+        persona get one when the model is new to them: the first model, or partitions just gained (their users may
+        have waited under an owner that never had a model, e.g. one that left before the first was trained)."""
+        gained = await self.ownership.refresh()
+        first = self.model.refresh()
+        if self.segmenter.model is not None and (first or gained):
+            swept = self.segmenter.sweep(self.ownership.owned if first else gained, time.monotonic())
+            await self.publish(swept, ())
+
+    async def revoke(self) -> None:
+        """Partitions are being revoked: the batch in flight finishes and is delivered first (the next owner
+        recovers them from the changelog, and a write of ours landing after its own would put an older user state
+        back). Until the assignment settles no batch is applied (the gates are closed; their records are read
+        again)."""
+        async with self.lock:
+            await self.outbox.drain()
+            await self.commit()
+            self.positions.close_all()
+            self.ownership.revoked()
+
+    async def commit(self) -> None:
+        """Commit to the consumer group the positions the changelog holds. The group's offsets only say where a
+        restarted consumer starts reading (the gate skips what is applied and reads what is missing)."""
+        todo = self.positions.to_commit()
+        if not todo:
+            return
+        offsets = {TP(self.streams[stream], p): pos for (stream, p), pos in todo.items()}
+        try:
+            await fi.commit_offsets(self.app.consumer, offsets)
+        except Exception as exc:  # a rebalance under way: the next owner commits
+            log.info("commit of %s not taken: %s", todo, exc)
+            return
+        self.positions.was_committed(todo)
+
+    async def publish(self, res: BatchResult, advanced: Iterable[int]) -> None:
+        """Queue a batch's writes in the outbox, snapshotted now: its outputs, then its user states, then the
+        partitions' positions, each kind delivered before the next is sent."""
+        outputs = self.encoder.encode(res)
+        self._log_dead_letters(res)
+        users = self.topo.users
+        states = [(uid, self.topo.stage(users, uid, wire.encode(state))) for uid, state in res.dirty.items()]
+        states += [(uid, self.topo.stage(users, uid, None)) for uid in res.erased]  # tombstones: the user goes
+        metas, durable_after = self._stage_positions(res.partitions.union(advanced))
+        delivered = _Delivered(outputs, res)
+        await self.outbox.add(outputs, states, metas, delivered, lambda: self.positions.stored(durable_after))
+        self._count(res)
+
+    def _stage_positions(self, partitions: set[int]) -> tuple[list[tuple[int, Record]], dict[tuple[str, int], int]]:
+        """The partitions' positions (and newest event time) as state records, and the positions they make
+        durable once delivered."""
+        metas = []
+        durable_after: dict[tuple[str, int], int] = {}
+        for p in partitions:
+            at = self.positions.state_of(p)
+            durable_after.update({(stream, p): position for stream, position in at.items()})
+            meta = {"max_ts": self.segmenter.watermarks.max_ts.get(p, 0), **at}
+            metas.append((p, self.topo.stage(self.topo.part_meta, self._meta_keys[p], codec.dumps(meta))))
+        return metas, durable_after
+
+    def _log_dead_letters(self, res: BatchResult) -> None:
+        for d in res.dead:
+            r = d.record
+            metrics.EVENTS_DEAD_LETTERED.labels(d.reason).inc()
+            log.warning(  # the problem, never the record: at most log_max_chars of it
+                "dead letter %s at %s/%d/%d: %s",
+                d.reason,
+                self.s.erasure_topic if r.kind == "erasure" else self.s.input_topic,
+                r.src_partition,
+                r.src_offset,
+                d.detail[: self.s.log_max_chars],
+            )
+
+    def _count(self, res: BatchResult) -> None:
+        for _, segment, action, _ in res.memberships:
+            metrics.MEMBERSHIPS.labels(segment, action).inc()
+        metrics.EVENTS_PROCESSED.inc(res.processed)
+        metrics.EVENTS_DUPLICATE.inc(res.duplicates)
+        metrics.EVENTS_FORWARDED.inc(len(res.forward))
+        metrics.ERASURES.inc(res.erasures)
+        metrics.CONSENT_WITHDRAWALS.inc(res.withdrawals)
+        metrics.EVENTS_EXCLUDED.inc(res.excluded)
+        for segment, count in self.segmenter.counts.items():
+            metrics.PERSONA_USERS.labels(segment).set(count)
+        metrics.USERS.set(len(self.topo.users))
+
+
+class _Delivered:
+    """What a batch's delivered outputs are counted as: per topic, events settled, event→change latency and the
+    segment transitions (snapshotted from the batch, called by the outbox once the broker has them)."""
+
+    def __init__(self, outputs: list[Record], res: BatchResult) -> None:
+        self.per_topic = Counter(topic for topic, *_ in outputs)
+        self.applied = res.processed
+        self.consumed = [consumed_at for _, _, consumed_at in res.changes]
+        self.transitions = res.transitions
+
+    def __call__(self) -> None:
+        for topic, count in self.per_topic.items():
+            metrics.OUTPUTS_DELIVERED.labels(topic).inc(count)
+        metrics.EVENTS_SETTLED.inc(self.applied)
+        now = time.monotonic()
+        for consumed_at in self.consumed:
+            metrics.EVENT_TO_CHANGE.observe(max(0.0, now - consumed_at))
+        for before, after in self.transitions:
+            metrics.SEGMENT_CHANGES.labels(before, after).inc()
