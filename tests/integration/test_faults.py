@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import poll_until
+from tests.helpers import local_reads, poll_until, send
 from worker import codec
 from worker.broker import free_port
 from worker.features import wire
@@ -22,9 +22,6 @@ from worker.process import WorkerProcess, metric_total
 from worker.routing import partitioner
 from worker.settings import Settings
 from worker.synth import Population, generate
-
-from .test_localstore import local_reads
-from .test_worker import send
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_worker import delivered, wait_for
+from tests.helpers import delivered, wait_for
 from worker import codec
 from worker.kafkaio import produce, read_all
 from worker.process import metric_total

@@ -3,13 +3,13 @@ after it; a copy that is not a prefix of the changelog is discarded, never trust
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import local_reads, processed, send, wait_for
 from worker import codec
 from worker.features import UserState, wire
 from worker.localstore import LocalStore
@@ -18,16 +18,7 @@ from worker.routing import partitioner
 from worker.settings import Settings
 from worker.synth import generate
 
-from .test_worker import processed, send, wait_for
-
 pytestmark = pytest.mark.integration
-
-READ_LINE = re.compile(r"users: (\d+) changelog records of partitions \[[\d, ]+\] read in [\d.]+s after (\d+) from")
-
-
-def local_reads(worker: WorkerProcess) -> list[tuple[int, int]]:
-    """(records from the changelog, records from the local copy) of each recovery of the users table."""
-    return [(int(a), int(b)) for a, b in READ_LINE.findall(worker.log_path.read_text())]
 
 
 def _counts_exact(worker: WorkerProcess, counts: Counter[str]) -> None:

@@ -18,14 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import BAD, processed, send, wait_for
 from worker import codec
 from worker.broker import free_port
 from worker.kafkaio import produce
 from worker.process import WorkerProcess, metric_total, terminate
 from worker.settings import Settings
 from worker.synth import generate
-
-from .test_worker import BAD, processed, send, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,17 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import assert_topic_configs, poll_until
-from tests.integration.test_triggers import service_setup, start_service
-from tests.integration.test_worker import CHANGE_SCHEMA, processed, read_chains, send, wait_for
+from tests.helpers import (
+    CHANGE_SCHEMA,
+    assert_topic_configs,
+    poll_until,
+    processed,
+    read_chains,
+    send,
+    service_setup,
+    start_service,
+    wait_for,
+)
 from worker import codec
 from worker.events.pseudonym import pseudonymizer
 from worker.events.timefmt import format_rfc3339, parse_timestamp

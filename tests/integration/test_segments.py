@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import processed, read_chains, send, wait_for
 from worker.events.timefmt import format_rfc3339
 from worker.settings import Settings
 from worker.synth import generate
-
-from .test_worker import processed, read_chains, send, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -16,12 +16,12 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.helpers import poll_until, serving_metrics, wait_for_records
+from tests.helpers import poll_until, send_changes, service_setup, serving_metrics, start_service, wait_for_records
 from worker import codec
 from worker.broker import free_port
 from worker.changes.segmenter import change_id
 from worker.events.timefmt import format_rfc3339
-from worker.kafkaio import create_topics, produce, read_all
+from worker.kafkaio import produce, read_all
 from worker.process import WorkerProcess, metric_total
 from worker.settings import Settings
 from worker.triggers import Plan, TriggerState, parse_rules, plan
@@ -97,16 +97,6 @@ def expected_skips(changes: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [skip for p in planned(changes) for skip in p.skipped]
 
 
-def send_changes(s: Settings, changes: list[dict[str, Any]]) -> None:
-    """Keyed by user id, as the worker writes them (the default partitioner is the worker's)."""
-    produce(s.bootstrap_servers, s.output_topic, [(c["user_id"].encode(), codec.dumps(c)) for c in changes])
-
-
-def start_service(s: Settings, rules_file: Path, log: Path) -> WorkerProcess:
-    """``segment-worker triggers`` with these settings; its API (metrics, /campaigns) on ``triggers_web_port``."""
-    return WorkerProcess(s, {}, log, command=("triggers", "--rules", str(rules_file)), port=s.triggers_web_port)
-
-
 def notifications(service: WorkerProcess, s: Settings, written: int, timeout: float = 90.0) -> list[dict[str, Any]]:
     """The notification records, once the running service says it has written ``written`` (its counter; polled
     instead of the topic: each read of the topic is a new client)."""
@@ -117,17 +107,6 @@ def notifications(service: WorkerProcess, s: Settings, written: int, timeout: fl
         f"{written} notifications written",
     )
     return [codec.loads(r.value) for r in read_all(s.bootstrap_servers, s.notifications_topic)]
-
-
-def service_setup(worker_settings: Settings, tmp_path: Path, rules: str, **settings: Any) -> tuple[Settings, Path]:
-    """Settings of a trigger service on the test's topics (its own notifications topic and port), its rules file."""
-    rules_file = tmp_path / "rules.yaml"
-    rules_file.write_text(rules)
-    s = worker_settings.replace(
-        notifications_topic=f"{worker_settings.app_id}-notifications", triggers_web_port=free_port(), **settings
-    )
-    create_topics(s.bootstrap_servers, {s.notifications_topic: s.partitions})  # to read it before the service runs
-    return s, rules_file
 
 
 def test_notifications_match_the_plan_and_survive_redelivery_and_a_restart(

@@ -4,62 +4,21 @@ routing by user_id whatever the key, and a restart that keeps counts and persona
 from __future__ import annotations
 
 import itertools
-import json
-import time
-from collections import Counter, defaultdict
-from pathlib import Path
+from collections import Counter
 from typing import Any
 
 import jsonschema
 import pytest
 
+from tests.helpers import BAD, CHANGE_SCHEMA, EVENT_SCHEMA, delivered, processed, read_chains, send, wait_for
 from worker import codec
 from worker.kafkaio import produce, read_all
-from worker.process import WorkerProcess, metric_total
+from worker.process import metric_total
 from worker.routing import partitioner
 from worker.settings import Settings
 from worker.synth import generate
 
 pytestmark = pytest.mark.integration
-
-SCHEMAS = Path(__file__).parents[2] / "schemas"
-CHANGE_SCHEMA = json.loads((SCHEMAS / "segment-change.v1.json").read_text())
-EVENT_SCHEMA = json.loads((SCHEMAS / "user-event.v1.json").read_text())
-FUTURE = 4_102_444_800_000  # 2100-01-01
-
-BAD = {
-    b"{not json": "not_json",
-    b"": "empty",
-    b'{"user_id": "x", "event_type": "v", "timestamp": 1767225600000, "pad": "' + b"x" * 70_000 + b'"}': "oversize",
-    b'{"user_id": "x", "event_type": "v", "timestamp": 1767225600000, "value": NaN}': "non_finite_number",
-    b'["user_id", "x"]': "not_object",
-    b'{"event_type": "v", "timestamp": 1767225600000}': "missing_field",
-    b'{"user_id": ["x"], "event_type": "v", "timestamp": 1767225600000}': "invalid_field",
-    b'{"user_id": "x", "event_type": "v", "timestamp": "2026-13-45T99:00:00Z"}': "bad_timestamp",
-    b'{"user_id": "x", "event_type": "v", "timestamp": %d}' % FUTURE: "timestamp_in_future",
-}
-
-
-def wait_for(worker: WorkerProcess, cond: Any, timeout: float = 120.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        m = worker.metrics()
-        if cond(m):
-            return m
-        assert worker.proc.poll() is None, f"worker died, see {worker.log_path}"
-        assert time.monotonic() < deadline, f"timed out; last metrics {m}"
-        time.sleep(0.5)
-
-
-def processed(n: int) -> Any:
-    """``n`` events applied and their outputs acknowledged by the broker (not merely queued): what a test may read
-    back from the topics once this holds."""
-    return lambda m: metric_total(m, "segment_worker_events_settled_total") >= n
-
-
-def delivered(topic: str, n: int) -> Any:
-    """At least ``n`` output records acknowledged on ``topic``."""
-    return lambda m: m.get(f"segment_worker_outputs_delivered_total|topic={topic}", 0) >= n
 
 
 def off_partition(s: Settings, events: list[dict[str, Any]]) -> int:
@@ -72,29 +31,6 @@ def off_partition(s: Settings, events: list[dict[str, Any]]) -> int:
         for r in read_all(s.bootstrap_servers, s.input_topic)
         if r.value in users and r.partition != owner(users[r.value])
     )
-
-
-def send(settings: Settings, events: list[dict[str, Any]], wrong_key_every: int = 0) -> None:
-    records = []
-    for i, e in enumerate(events):
-        key = e["user_id"].encode()
-        if wrong_key_every and i % wrong_key_every == 0:
-            key = b"not-the-user" if i % 2 else None
-        records.append((key, codec.dumps(e)))
-    produce(settings.broker.removeprefix("kafka://"), settings.input_topic, records)
-
-
-def read_chains(bootstrap: str, topic: str, schema: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """A topic's records per user id, each valid against ``schema``; an ``event_id`` seen twice (a re-emission)
-    must have one content."""
-    content: dict[str, bytes] = {}
-    chains: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in read_all(bootstrap, topic):
-        doc = codec.loads(r.value)
-        jsonschema.validate(doc, schema)
-        assert content.setdefault(doc["event_id"], codec.dumps(doc)) == codec.dumps(doc), doc["event_id"]
-        chains[doc["user_id"]].append(doc)
-    return chains
 
 
 def test_events_in_changes_out_dead_letters_api_and_restart(worker_settings: Settings, start_worker: Any) -> None:

@@ -5,18 +5,17 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import pytest
 
+from tests.unit.builders import record_factory, step, two_persona_model
 from worker import codec
-from worker.changes import BatchResult, InputRecord, Segmenter
+from worker.changes import InputRecord, Segmenter
 from worker.changes.gate import OffsetGate
 from worker.changes.hysteresis import decide
 from worker.changes.segmenter import change_id
 from worker.changes.silence import BUCKET_MS, SilenceIndex
-from worker.clustering import ModelSnapshot
 from worker.events.timefmt import format_rfc3339, parse_timestamp
-from worker.features import FeatureSpace, UserState
+from worker.features import UserState
 from worker.features.wire import MARKER, EncodedStates
 from worker.segments.rules import parse_segment_rules
 from worker.settings import Settings
@@ -81,43 +80,6 @@ def test_silence_index_pops_only_passed_buckets() -> None:
 
 
 # --- the segmenter, on a model with two personas: "viewers" and "buyers" ---------------------------------------
-
-
-def two_persona_model(settings: Settings) -> ModelSnapshot:
-    space = FeatureSpace(("view", "purchase"), settings.half_lives_ms)
-    rec = record_factory()
-    store: dict[str, UserState] = {}
-    seg = Segmenter(settings, store, lambda _u: 0)
-    for i in range(10):
-        step(seg, [rec("v", "view", T0 + i * 3_600_000), rec("b", "purchase", T0 + i * 3_600_000, 50.0)])
-    viewer, buyer = store["v"], store["b"]
-    x = space.matrix([viewer, buyer], [viewer.last_ts, buyer.last_ts])
-    mean = x.mean(0)
-    scale = np.where(x.std(0) > 0, x.std(0), 1.0)
-    centroids = (x - mean) / scale
-    return ModelSnapshot(1, space, mean, scale, centroids, ("p1", "p2"), ("viewers", "buyers"), 2, 3)
-
-
-def step(seg: Segmenter, records: list[InputRecord]) -> BatchResult:
-    """What the Faust glue does around the core: process a batch, write back the changed states."""
-    res = seg.process(records, 2**62, 0.0)
-    seg.store.update(res.dirty)
-    for uid in res.erased:  # the tombstones
-        seg.store.pop(uid, None)
-    return res
-
-
-def record_factory() -> Callable[..., InputRecord]:
-    offset = [0]
-
-    def rec(uid: str, etype: str, t: int, value: float | None = None, partition: int = 0) -> InputRecord:
-        offset[0] += 1
-        body: dict[str, object] = {"user_id": uid, "event_type": etype, "timestamp": t}
-        if value is not None:
-            body["value"] = value
-        return InputRecord(codec.dumps(body), None, partition, offset[0], partition, offset[0], 0.0)
-
-    return rec
 
 
 @pytest.mark.parametrize("encoded", [False, True], ids=["objects", "encoded"])

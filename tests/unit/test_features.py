@@ -5,30 +5,13 @@ import math
 
 import pytest
 
-from worker.events.ingest import UserEvent
-from worker.features import FeatureSpace, UserState, Watermarks, apply_event
+from tests.unit.builders import HL, apply, event, fresh
+from worker.features import FeatureSpace, UserState, Watermarks
 from worker.features.space import choose_vocabulary
 from worker.features.state import OTHER, advance, features_at, local_hour_weekday
 
 DAY = 86_400_000
-HL = (1.0 * DAY, 7.0 * DAY)
 T0 = 1_767_225_600_000  # Thursday 2026-01-01T00:00Z
-
-
-def event(
-    t: int, etype: str = "view", value: float | None = None, session: str | None = None, tz: str | None = None
-) -> UserEvent:
-    return UserEvent("u", etype, t, value, session, {"timezone": tz} if tz else None)
-
-
-def fresh() -> UserState:
-    return UserState(len(HL))
-
-
-def apply(state: UserState, *events: UserEvent) -> UserState:
-    for e in events:
-        apply_event(state, e, HL, max_types=4, session_gap_ms=1_800_000)
-    return state
 
 
 def test_decay_halves_after_one_half_life() -> None:

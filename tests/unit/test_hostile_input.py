@@ -14,7 +14,7 @@ import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_changes import two_persona_model
+from tests.unit.builders import two_persona_model
 from worker import codec
 from worker.changes import InputRecord, Segmenter
 from worker.errors import InvalidEvent

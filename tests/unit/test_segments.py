@@ -7,14 +7,13 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.unit.builders import T0, record_factory, step, two_persona_model
 from worker import codec
 from worker.changes import Segmenter
 from worker.events.timefmt import format_rfc3339
 from worker.features import UserState
 from worker.segments.rules import SegmentRulesError, compile_condition, load_segment_rules, parse_segment_rules
 from worker.settings import Settings
-
-from .test_changes import T0, record_factory, step, two_persona_model
 
 HL = Settings().half_lives_ms
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "segment-membership.v1.json").read_text())

@@ -4,11 +4,10 @@ import random
 
 import pytest
 
+from tests.unit.builders import DAY, HL, T0, apply, event, fresh
 from worker import codec
 from worker.features import UserState, apply_event
 from worker.features.wire import EncodedStates, StateDecodeError, decode, encode, peek
-
-from .test_features import DAY, HL, T0, apply, event, fresh
 
 
 def _same(a: UserState, b: UserState) -> bool:
