@@ -33,7 +33,7 @@ def run(users: int, days: float, batch: int) -> None:
         res = seg.process(recs, 2**62, 0.0)
         store.update(res.dirty)
         t1 = time.perf_counter()
-        snap = trainer.add((u, UserState.from_wire(w), t) for u, w, t in (codec.loads(b) for b in res.samples))
+        snap = trainer.add((u, UserState.from_fields(w), t) for u, w, t in (codec.loads(b) for b in res.samples))
         t_train += time.perf_counter() - t1
         t_seg += t1 - t0
         changes += len(res.changes)

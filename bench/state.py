@@ -48,7 +48,7 @@ def measured_states(users: int, days: float) -> dict[str, bytes]:
         recs = [InputRecord(v, None, 0, i + j, 0, i + j, 0.0) for j, v in enumerate(raw[i : i + 1000])]
         res = seg.process(recs, 2**62, 0.0)
         store.update(res.dirty)
-        snap = trainer.add((u, UserState.from_wire(w), t) for u, w, t in (codec.loads(b) for b in res.samples))
+        snap = trainer.add((u, UserState.from_fields(w), t) for u, w, t in (codec.loads(b) for b in res.samples))
         if snap is not None:
             first = seg.model is None
             seg.set_model(snap)

@@ -1,9 +1,10 @@
 """Group commit of a batch's writes, in the order crash safety needs, while the next batches are computed.
 
-A batch writes three kinds of records, each kind delivered before the next is sent (see ``publish`` in
-:mod:`worker.app`): its **outputs** (segment changes, re-routed events, dead letters), then the **states** of the
-users it touched (each holds the offset fence that drops re-deliveries, so it must not land before the changes it
-caused), then the **positions** of the partitions it consumed (which must not land before the states they cover).
+A batch writes three kinds of records, each kind delivered before the next is sent (see ``Pipeline.publish`` in
+:mod:`worker.runtime.pipeline`): its **outputs** (segment changes, re-routed events, dead letters), then the
+**states** of the users it touched (each holds the offset fence that drops re-deliveries, so it must not land
+before the changes it caused), then the **positions** of the partitions it consumed (which must not land before
+the states they cover).
 
 Waiting for three broker round trips per batch made them the worker's ceiling. The outbox lets the core go on:
 a batch's records are added as bytes snapshotted at the end of the batch, and one delivery loop sends whatever has

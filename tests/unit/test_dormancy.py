@@ -60,9 +60,9 @@ def test_the_operator_fixes_one_silence_or_none() -> None:
 
 def test_a_new_typical_gap_applies_to_a_state_as_it_is() -> None:
     state = user([T0, T0 + DAY_MS])
-    before = state.to_wire()
+    before = state.to_fields()
     short, long = cadence(DAY_MS).after_ms(state), cadence(20 * DAY_MS).after_ms(state)
-    assert short < long and state.to_wire() == before
+    assert short < long and state.to_fields() == before
     assert cadence(20 * DAY_MS, (DAY_MS,)).next_check(state, 0) == state.last_ts + DAY_MS
     assert cadence(20 * DAY_MS, (DAY_MS,)).next_check(state, DAY_MS) == state.last_ts + long
 

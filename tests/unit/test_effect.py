@@ -63,7 +63,7 @@ def test_goal_memory_and_expiry_are_bounded() -> None:
     assert [e.converted for e in out.exposures] == [False, False]  # only times 84..99 remembered
     out.expire(100)
     assert [e.send_at for e in out.exposures] == [200]
-    assert Exposure.from_wire(out.exposures[0].to_wire()) == out.exposures[0]
+    assert Exposure.from_fields(out.exposures[0].to_fields()) == out.exposures[0]
 
 
 @pytest.mark.parametrize("holdout", [True, False])

@@ -64,8 +64,8 @@ def test_dedupe_fence() -> None:
 def test_wire_round_trip() -> None:
     s = apply(fresh(), event(T0, value=3.0, tz="Europe/Berlin"))
     s.fence(2, 99)
-    back = UserState.from_wire(s.to_wire())
-    assert back.to_wire() == s.to_wire()
+    back = UserState.from_fields(s.to_fields())
+    assert back.to_fields() == s.to_fields()
 
 
 def test_features_at_reports_recency_and_spend() -> None:

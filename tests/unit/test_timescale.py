@@ -93,7 +93,7 @@ def test_the_mark_says_which_half_lives_a_state_is_under_and_survives_the_wire()
     to_scale(state, PROVISIONAL, learned)
     assert state.half_lives == learned
     assert decode(encode(state)).half_lives == learned
-    assert UserState.from_wire(codec.loads(codec.dumps(state.to_wire()))).half_lives == learned
+    assert UserState.from_fields(codec.loads(codec.dumps(state.to_fields()))).half_lives == learned
     before = state.rates["buy"][:]
     to_scale(state, PROVISIONAL, learned)  # already there: untouched
     assert state.rates["buy"] == before

@@ -176,7 +176,7 @@ def test_cooldown_per_user_and_campaign_and_state_round_trip() -> None:
     t0 = ms("2026-06-01T12:00:00+00:00")
     assert len(plan(change("u", 1, t0), state, r).notifications) == 1
     assert plan(change("u", 2, t0 + 6 * 86_400_000), state, r).skipped == [("c", "cooldown")]
-    state = TriggerState.from_wire(json.loads(json.dumps(state.to_wire())))  # as the changelog keeps it
+    state = TriggerState.from_fields(json.loads(json.dumps(state.to_fields())))  # as the changelog keeps it
     assert len(plan(change("u", 3, t0 + 7 * 86_400_000), state, r).notifications) == 1
     assert len(plan(change("w", 1, t0 + 86_400_000), TriggerState(), r).notifications) == 1  # another user
 

@@ -12,7 +12,7 @@ from worker.features.wire import EncodedStates, StateDecodeError, decode, encode
 
 def _same(a: UserState, b: UserState) -> bool:
     """Equal to the bit: the JSON of the fields, where 0.0 and -0.0 or two float roundings would differ."""
-    return bool(codec.dumps(a.to_wire()) == codec.dumps(b.to_wire()))
+    return bool(codec.dumps(a.to_fields()) == codec.dumps(b.to_fields()))
 
 
 def _busy_state(seed: int) -> UserState:
@@ -59,12 +59,12 @@ def test_edge_values_round_trip() -> None:
 
 def test_smaller_than_the_json_form() -> None:
     s = _busy_state(3)
-    assert len(encode(s)) < 0.8 * len(codec.dumps(s.to_wire()))
+    assert len(encode(s)) < 0.8 * len(codec.dumps(s.to_fields()))
 
 
 def test_older_json_records_still_decode() -> None:
     s = _busy_state(5)
-    assert _same(decode(codec.dumps(s.to_wire())), s)
+    assert _same(decode(codec.dumps(s.to_fields())), s)
 
 
 @pytest.mark.parametrize("cut", [1, 2, 10, -1])
@@ -91,7 +91,7 @@ def test_decoded_lists_are_mutable_and_independent() -> None:
 def test_peek_reads_count_segment_and_due_as_decode_does(seed: int) -> None:
     s = _busy_state(seed)
     assert peek(encode(s)) == (s.n, s.segment, s.due)
-    assert peek(codec.dumps(s.to_wire())) == (s.n, s.segment, s.due)  # the older JSON form too
+    assert peek(codec.dumps(s.to_fields())) == (s.n, s.segment, s.due)  # the older JSON form too
     with pytest.raises(StateDecodeError):
         peek(encode(s)[:4])
 
@@ -120,8 +120,8 @@ def test_records_written_before_the_history_was_kept_still_decode() -> None:
     new = encode(s)
     assert new.startswith(old) and decode(old).history == [] and decode(new).history == s.history
     assert peek(new) == peek(old)  # the index rebuild does not read it
-    legacy = s.to_wire()[:-6]  # the all-JSON form before the history, custom segment, origin, longest-gap, scale
-    back = UserState.from_wire(legacy)
+    legacy = s.to_fields()[:-6]  # the all-JSON form before the history, custom segment, origin, longest-gap, scale
+    back = UserState.from_fields(legacy)
     assert (back.history, back.rule_segments, back.rule_seq, back.origin, back.max_gap) == ([], [], 0, s.first_ts, 0)
     assert decode(old[: len(old)] + b'[[1, null, "p3", 0, "event", []]]').history == [
         [1, None, "p3", s.last_ts, "event", []]

@@ -340,7 +340,7 @@ class Segmenter:
 
     def _sample(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
         key = hashlib.blake2b(uid.encode("utf-8", "surrogatepass"), key=self._sample_key, digest_size=8).hexdigest()
-        res.samples.append(codec.dumps([key, state.to_wire(), t]))
+        res.samples.append(codec.dumps([key, state.to_fields(), t]))
         res.sampled.append(state)
 
     def sweep(self, owned: set[int], now_mono: float) -> BatchResult:

@@ -90,7 +90,7 @@ def run_core(settings: Settings, records: Iterable[tuple[bytes, bytes]]) -> Outc
             processed += res.processed
             dead += len(res.dead)
             changes.extend(codec.loads(c) for _, c, _ in res.changes)
-            samples = [(u, UserState.from_wire(w), t) for b in res.samples for u, w, t in [codec.loads(b)]]
+            samples = [(u, UserState.from_fields(w), t) for b in res.samples for u, w, t in [codec.loads(b)]]
             snap = trainer.add(samples) if samples else None
             if snap is not None:
                 first = seg.model is None

@@ -22,7 +22,7 @@ _DAY_MS = 86_400_000
 
 
 class UserState:
-    """Everything the worker keeps for one user (serialised with :meth:`to_wire`)."""
+    """Everything the worker keeps for one user (serialised with :meth:`to_fields`)."""
 
     __slots__ = (
         "context",
@@ -99,17 +99,17 @@ class UserState:
         state.opted_out = True
         return state
 
-    # --- serialisation -------------------------------------------------------------------------------
-    def to_wire(self) -> list[Any]:
-        return [getattr(self, name) for name in _WIRE]
+    # --- serialisation: the positional field list (JSON: training samples, and legacy changelog records) -----
+    def to_fields(self) -> list[Any]:
+        return [getattr(self, name) for name in _FIELDS]
 
     @classmethod
-    def from_wire(cls, wire: list[Any]) -> UserState:
+    def from_fields(cls, fields: list[Any]) -> UserState:
         state = cls.__new__(cls)
-        missing = len(_WIRE) - len(wire)
+        missing = len(_FIELDS) - len(fields)
         if 0 < missing <= len(_ADDED):  # written before the newest fields existed
-            wire = [*wire, *(default() for _, default in _ADDED[len(_ADDED) - missing :])]
-        for name, value in zip(_WIRE, wire, strict=True):
+            fields = [*fields, *(default() for _, default in _ADDED[len(_ADDED) - missing :])]
+        for name, value in zip(_FIELDS, fields, strict=True):
             setattr(state, name, value)
         state.opted_out = False
         state.origin = state.origin or state.first_ts
@@ -145,7 +145,7 @@ _ADDED: tuple[tuple[str, Any], ...] = (
     ("half_lives", lambda: None),
 )
 _NOT_WIRED = ("opted_out",)  # a marker has a form of its own
-_WIRE = (
+_FIELDS = (
     *(s for s in UserState.__slots__ if s not in dict(_ADDED) and s not in _NOT_WIRED),
     *(name for name, _ in _ADDED),
 )

@@ -144,7 +144,7 @@ def decode(buf: bytes) -> UserState:
     if not buf:
         raise StateDecodeError("empty user state")
     if buf[0] == _LEGACY_JSON:
-        return UserState.from_wire(codec.loads(buf))
+        return UserState.from_fields(codec.loads(buf))
     if buf == MARKER:
         return UserState.marker()
     if buf[0] != FORMAT:

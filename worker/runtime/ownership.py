@@ -47,7 +47,7 @@ class Ownership:
         topics: TopicWatch,
         beginning: Any,  # async (topic, partitions) -> {partition: first offset}: a worker.refetch.RangeReader's
     ) -> None:
-        self.s, self.topo, self.changelog = settings, topo, changelog
+        self.settings, self.topo, self.changelog = settings, topo, changelog
         self.positions, self.segmenter, self.outbox, self.topics = positions, segmenter, outbox, topics
         self._beginning = beginning
         self.app: faust.App = topo.app
@@ -57,7 +57,7 @@ class Ownership:
         self._meta_keys = meta_keys(settings.partitions)
 
     def assigned(self) -> set[int]:
-        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.s.input_topic}
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.settings.input_topic}
 
     def settled(self) -> bool:
         """Recovered and not rebalancing: only then is the table whole. Timers run during recovery, and a write
@@ -78,10 +78,10 @@ class Ownership:
     async def refresh(self) -> set[int]:
         """Re-read what the changelog holds for partitions gained since the last call; returns them."""
         current = self.assigned()
-        n = self.s.partitions
+        n = self.settings.partitions
         if beyond := sorted(p for p in current if p >= n):  # the input has more partitions than the plan
             self.topics.flag(
-                f"{self.s.input_topic} partitions {beyond} assigned, beyond {n} (SEGMENT_WORKER_PARTITIONS)"
+                f"{self.settings.input_topic} partitions {beyond} assigned, beyond {n} (SEGMENT_WORKER_PARTITIONS)"
             )
             return set()
         gained = current - self.owned

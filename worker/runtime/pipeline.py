@@ -81,7 +81,7 @@ class Pipeline:
         filler: Any,  # a worker.refetch.RangeReader: the gate's holes, read under the lock
         partition_of: Callable[[str], int],
     ) -> None:
-        self.s, self.topo, self.segmenter, self.positions = settings, topo, segmenter, positions
+        self.settings, self.topo, self.segmenter, self.positions = settings, topo, segmenter, positions
         self.ownership, self.outbox, self.topics, self.filler = ownership, outbox, topics, filler
         self.app: faust.App = topo.app
         self.model = ModelFollower(topo.models, segmenter)
@@ -117,7 +117,7 @@ class Pipeline:
         try:
             await self._fill_holes(stream, batch, fetched, confirmed)
             now = time.monotonic()
-            n = self.s.partitions
+            n = self.settings.partitions
             batch.extend(
                 input_record(stream, r.partition, r.offset, r.key, r.value, r.headers, n, now) for r in fetched
             )
@@ -223,10 +223,10 @@ class Pipeline:
             log.warning(  # the problem, never the record: at most log_max_chars of it
                 "dead letter %s at %s/%d/%d: %s",
                 d.reason,
-                self.s.erasure_topic if r.kind == "erasure" else self.s.input_topic,
+                self.settings.erasure_topic if r.kind == "erasure" else self.settings.input_topic,
                 r.src_partition,
                 r.src_offset,
-                d.detail[: self.s.log_max_chars],
+                d.detail[: self.settings.log_max_chars],
             )
 
     def _count(self, res: BatchResult) -> None:

@@ -1,10 +1,10 @@
 """The trainer's host: one member of the group trains, the one assigned the single samples partition.
 
-It reads the training samples itself, from the offset the published model ends at (fed by Faust's stream, it saw
-records fetched before a rebalance after it, and once got nothing at all after one: no first model), folds them
-into a :class:`~worker.clustering.Trainer` off the event loop, and publishes each model it fits with the samples
-offset it covers. When the samples partition is revoked, the step in flight finishes and publishes first; whoever
-trains next resumes from the published model.
+It reads the training samples with a consumer of its own, from the offset the published model ends at (Faust's
+stream would decide the position itself: after a rebalance it can deliver records fetched before it, or none),
+folds them into a :class:`~worker.clustering.Trainer` off the event loop, and publishes each model it fits with the
+samples offset it covers. When the samples partition is revoked, the step in flight finishes and publishes first;
+whoever trains next resumes from the published model.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class TrainerHost:
             self.samples_from = max(self.samples_from, reached)
             if not fresh:
                 return False
-            rows = [(uid, UserState.from_wire(fields), t) for r in fresh for uid, fields, t in codec.loads(r.value)]
+            rows = [(uid, UserState.from_fields(fields), t) for r in fresh for uid, fields, t in codec.loads(r.value)]
             # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
             snap = await asyncio.get_running_loop().run_in_executor(None, trainer.add, rows)
             metrics.TRAINING_SAMPLES.inc(len(rows))

@@ -80,7 +80,7 @@ def rule_features(
     were compiled with); a state ``kept_under`` other half-lives (a model learned the stream's) is converted in a
     copy first (worker.features.state.rescale: exact for the half-lives in both)."""
     if kept_under is not None and kept_under != half_lives_ms:
-        state = UserState.from_wire(state.to_wire())
+        state = UserState.from_fields(state.to_fields())
         rescale(state, kept_under, half_lives_ms)
     f = decay_factors(max(0, t - state.ref_ts), half_lives_ms)
     slow = f[-1]

@@ -31,11 +31,11 @@ class Exposure:
     goal: str
     converted: bool = False
 
-    def to_wire(self) -> list[Any]:
+    def to_fields(self) -> list[Any]:
         return [self.campaign, self.persona, self.holdout, self.send_at, self.until, self.goal, self.converted]
 
     @classmethod
-    def from_wire(cls, w: list[Any]) -> Exposure:
+    def from_fields(cls, w: list[Any]) -> Exposure:
         return cls(w[0], w[1], bool(w[2]), int(w[3]), int(w[4]), w[5], bool(w[6]))
 
 
@@ -69,12 +69,12 @@ class Outcomes:
             out.append(((campaign, persona, holdout == "1"), exposed, converted))
         return out
 
-    def to_wire(self) -> list[Any]:
-        return [[e.to_wire() for e in self.exposures], self.goals, self.counts]
+    def to_fields(self) -> list[Any]:
+        return [[e.to_fields() for e in self.exposures], self.goals, self.counts]
 
     @classmethod
-    def from_wire(cls, w: list[Any]) -> Outcomes:
-        return cls([Exposure.from_wire(e) for e in w[0]], dict(w[1]), {k: list(v) for k, v in w[2].items()})
+    def from_fields(cls, w: list[Any]) -> Outcomes:
+        return cls([Exposure.from_fields(e) for e in w[0]], dict(w[1]), {k: list(v) for k, v in w[2].items()})
 
     def event(self, event_type: str, t: int, tracked: set[str]) -> list[Exposure]:
         """An event of the user; returns the exposures it converts (each converts once)."""

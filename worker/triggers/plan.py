@@ -37,12 +37,12 @@ class TriggerState:
     last_sent: dict[str, int] = field(default_factory=dict)  # campaign -> send_at (epoch ms) of its newest
     outcomes: Outcomes = field(default_factory=Outcomes)  # campaign goals: exposures and conversions
 
-    def to_wire(self) -> list[Any]:
-        return [self.last_sequence, self.day_counts, self.last_sent, self.outcomes.to_wire()]
+    def to_fields(self) -> list[Any]:
+        return [self.last_sequence, self.day_counts, self.last_sent, self.outcomes.to_fields()]
 
     @classmethod
-    def from_wire(cls, wire: list[Any]) -> TriggerState:
-        outcomes = Outcomes.from_wire(wire[3]) if len(wire) > 3 else Outcomes()
+    def from_fields(cls, wire: list[Any]) -> TriggerState:
+        outcomes = Outcomes.from_fields(wire[3]) if len(wire) > 3 else Outcomes()
         return cls(int(wire[0]), dict(wire[1]), dict(wire[2]), outcomes)
 
 

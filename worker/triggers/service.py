@@ -194,7 +194,7 @@ class TriggerService:
             producer,
             [
                 *(
-                    (state_topic(s), uid.encode(), codec.dumps(self.states[uid].to_wire()), p, None)
+                    (state_topic(s), uid.encode(), codec.dumps(self.states[uid].to_fields()), p, None)
                     for uid, p in dirty.items()
                 ),
                 *((state_topic(s), uid.encode(), None, p, None) for uid, p in gone.items()),
@@ -263,7 +263,7 @@ class TriggerService:
                         old = self.states.get(uid)
                         if old is not None:
                             self.tally.add(old.outcomes, -1)
-                        state = self.states[uid] = TriggerState.from_wire(codec.loads(r.value))
+                        state = self.states[uid] = TriggerState.from_fields(codec.loads(r.value))
                         self.tally.add(state.outcomes)
                         self.partition_of[uid] = p
             self._report()
