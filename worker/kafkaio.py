@@ -145,7 +145,8 @@ def true_end_offsets(
     consumer: KafkaConsumer, tps: list[TopicPartition], timeout: float = 10.0
 ) -> dict[TopicPartition, int]:
     """The offset after each partition's last record. Some brokers' ListOffsets answer the base offset of the last
-    record batch plus one instead (the embedded Tansu broker does), so read that batch to find its real end."""
+    record batch plus one instead (the embedded Tansu broker does); a fetch response's high watermark is exact, so
+    each partition with records is fetched once from its reported end and the high watermark taken."""
     reported = consumer.end_offsets(tps)
     ends = dict(reported)
     pending = {tp for tp in tps if reported[tp] > 0}
@@ -156,12 +157,12 @@ def true_end_offsets(
         consumer.seek(tp, reported[tp] - 1)
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        for tp, msgs in consumer.poll(timeout_ms=200).items():
-            if msgs:
-                ends[tp] = max(ends[tp], msgs[-1].offset + 1)
-                # the fetch ends where the batch ends; a position at the reported end means nothing more
-                if consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+        consumer.poll(timeout_ms=200)  # the records are not needed: each fetch response carries the high watermark
+        for tp in list(pending):
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                ends[tp] = max(ends[tp], highwater)
+                pending.discard(tp)
     return ends
 
 

@@ -1,0 +1,34 @@
+"""The test and tool clients' reads against the real broker: the end of a partition is where its last record is,
+whatever the broker's ListOffsets answers (the embedded broker answers the start of the last record batch)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from worker.broker import EmbeddedBroker
+from worker.kafkaio import create_topics, produce, read_all, true_end_offsets
+
+pytestmark = pytest.mark.integration
+
+
+def test_reads_go_to_the_last_record_of_batches_longer_than_a_poll(broker: EmbeddedBroker) -> None:
+    topic = f"ends-{uuid.uuid4().hex[:8]}"
+    create_topics(broker.bootstrap, {topic: 3}, 1)
+    # two large batches per partition: a poll returns at most 500 records, a fetch the whole batch
+    first = [(b"k%d" % (i % 7), b"a%d" % i) for i in range(1500)]
+    second = [(b"k%d" % (i % 7), b"b%d" % i) for i in range(1200)]
+    produce(broker.bootstrap, topic, first)
+    produce(broker.bootstrap, topic, second)
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        ends = true_end_offsets(consumer, [TopicPartition(topic, p) for p in range(3)])
+    finally:
+        consumer.close()
+    assert sum(ends.values()) == len(first) + len(second)
+    records = read_all(broker.bootstrap, topic)
+    assert sorted(r.value or b"" for r in records) == sorted(v for _, v in first + second)
+    for p, end in ends.items():
+        assert max(r.offset for r in records if r.partition == p.partition) == end - 1
