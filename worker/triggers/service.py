@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -45,6 +46,16 @@ from worker.triggers.webhook import WebhookSink
 from worker.web.auth import auth_middleware
 
 log = logging.getLogger("worker.triggers")
+
+
+@dataclass
+class _Batch:
+    """What one fetch of changes produces."""
+
+    notifications: list[Notification] = field(default_factory=list)
+    dirty: dict[str, int] = field(default_factory=dict)  # users whose trigger state changed -> partition
+    gone: dict[str, int] = field(default_factory=dict)  # users who left: their state is deleted
+    dead: list[Record] = field(default_factory=list)
 
 
 def state_topic(s: Settings) -> str:
@@ -110,96 +121,17 @@ class TriggerService:
                 await self.sink.close()
 
     async def _handle(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, batches: dict[Any, Any]) -> None:
-        s = self.s
-        notifications: list[Notification] = []
-        dirty: dict[str, int] = {}
-        gone: dict[str, int] = {}  # users who left: their state is deleted
-        dead: list[tuple[str, bytes, bytes, int | None, list[tuple[str, bytes]] | None]] = []
+        """One fetch: changes planned, notifications written (and posted), then the trigger states, then the
+        consumed offsets committed."""
+        batch = _Batch()
         for tp, records in batches.items():
-            if tp.topic != s.output_topic:
-                self._events(tp, records, dirty)
+            if tp.topic != self.s.output_topic:
+                self._events(tp, records, batch.dirty)
                 continue
             for r in records:
-                try:
-                    change = codec.loads(r.value)
-                    uid = change["user_id"]
-                    if "to_segment" in change and change["to_segment"] is None:
-                        self._forget(uid)
-                        dirty.pop(uid, None)
-                        gone[uid] = tp.partition
-                        metrics.CHANGES.labels("left").inc()
-                        continue
-                    gone.pop(uid, None)
-                    state = self.states.get(uid)
-                    if state is None:
-                        state = self.states[uid] = TriggerState()
-                        self.partition_of[uid] = tp.partition
-                    result = plan(change, state, self.rules)
-                except Exception as exc:  # not a segment change this version reads: dead-lettered, never a crash
-                    metrics.CHANGES.labels("invalid").inc()
-                    detail = f"{type(exc).__name__}: {exc}"[:200]
-                    log.warning(  # the problem, never the record: at most log_max_chars of it
-                        "%s/%d/%d: not a segment change: %s",
-                        tp.topic,
-                        tp.partition,
-                        r.offset,
-                        detail[: s.log_max_chars],
-                    )
-                    headers = dead_letter_headers("invalid_change", detail, tp.topic, tp.partition, r.offset)
-                    dead.append((dlq_topic(s), r.key, r.value or b"", None, headers))
-                    continue
-                metrics.CHANGES.labels("duplicate" if result.duplicate else "applied").inc()
-                if result.duplicate:
-                    continue
-                dirty[uid] = tp.partition
-                notifications.extend(result.notifications)
-                for e in result.exposures:
-                    self.tally.exposed(e)
-                for campaign, reason in result.skipped:
-                    metrics.SKIPPED.labels(campaign, reason).inc()
-        await _send_all(
-            producer,
-            [
-                *(
-                    (s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None, None)
-                    for n in notifications
-                ),
-                *dead,
-            ],
-        )
-        for n in notifications:  # counted once written
-            metrics.NOTIFICATIONS.labels(n.campaign, "holdout" if n.holdout else "treated").inc()
-        if self.sink is not None:  # delivered (or dead-lettered) before the states that say they were planned
-            outcomes = await self.sink.deliver([n.to_record() for n in notifications if not n.holdout])
-            failed = [o for o in outcomes if not o.delivered]
-            await _send_all(
-                producer,
-                (
-                    (
-                        dlq_topic(s),
-                        o.record["user_id"].encode(),
-                        codec.dumps(o.record),
-                        None,
-                        [("webhook.error", o.error.encode()), ("webhook.attempts", str(o.attempts).encode())],
-                    )
-                    for o in failed
-                ),
-            )
-            metrics.DEAD_LETTERED.inc(len(failed))
-            for o in failed:
-                log.warning(
-                    "webhook: %s not delivered after %d attempts: %s", o.record["notification_id"], o.attempts, o.error
-                )
-        await _send_all(
-            producer,
-            [
-                *(
-                    (state_topic(s), uid.encode(), codec.dumps(self.states[uid].to_fields()), p, None)
-                    for uid, p in dirty.items()
-                ),
-                *((state_topic(s), uid.encode(), None, p, None) for uid, p in gone.items()),
-            ],
-        )
+                self._change(tp, r, batch)
+        await self._notify(producer, batch)
+        await self._store(producer, batch)
         self._report()
         offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
         try:
@@ -207,6 +139,89 @@ class TriggerService:
         except Exception as exc:  # a rebalance under way: the next owner reads these changes again
             log.info("commit not taken: %s", exc)
         metrics.USERS.set(len(self.states))
+
+    def _change(self, tp: TopicPartition, r: Any, batch: _Batch) -> None:
+        """One segment change: planned against the user's trigger state, or the user's state deleted when they
+        left (erased, consent withdrawn), or dead-lettered when this version cannot read it."""
+        try:
+            change = codec.loads(r.value)
+            uid = change["user_id"]
+            if "to_segment" in change and change["to_segment"] is None:
+                self._forget(uid)
+                batch.dirty.pop(uid, None)
+                batch.gone[uid] = tp.partition
+                metrics.CHANGES.labels("left").inc()
+                return
+            batch.gone.pop(uid, None)
+            state = self.states.get(uid)
+            if state is None:
+                state = self.states[uid] = TriggerState()
+                self.partition_of[uid] = tp.partition
+            result = plan(change, state, self.rules)
+        except Exception as exc:  # not a segment change this version reads: dead-lettered, never a crash
+            batch.dead.append(self._invalid(tp, r, exc))
+            return
+        metrics.CHANGES.labels("duplicate" if result.duplicate else "applied").inc()
+        if result.duplicate:
+            return
+        batch.dirty[uid] = tp.partition
+        batch.notifications.extend(result.notifications)
+        for e in result.exposures:
+            self.tally.exposed(e)
+        for campaign, reason in result.skipped:
+            metrics.SKIPPED.labels(campaign, reason).inc()
+
+    def _invalid(self, tp: TopicPartition, r: Any, exc: Exception) -> Record:
+        metrics.CHANGES.labels("invalid").inc()
+        detail = f"{type(exc).__name__}: {exc}"[:200]
+        log.warning(  # the problem, never the record: at most log_max_chars of it
+            "%s/%d/%d: not a segment change: %s", tp.topic, tp.partition, r.offset, detail[: self.s.log_max_chars]
+        )
+        headers = dead_letter_headers("invalid_change", detail, tp.topic, tp.partition, r.offset)
+        return (dlq_topic(self.s), r.key, r.value or b"", None, headers)
+
+    async def _notify(self, producer: AIOKafkaProducer, batch: _Batch) -> None:
+        """The notifications (and dead letters) written; treated ones posted to the webhook, if any, before the
+        states that say they were planned."""
+        s = self.s
+        written: list[Record] = [
+            (s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None, None)
+            for n in batch.notifications
+        ]
+        await _send_all(producer, [*written, *batch.dead])
+        for n in batch.notifications:  # counted once written
+            metrics.NOTIFICATIONS.labels(n.campaign, "holdout" if n.holdout else "treated").inc()
+        if self.sink is None:
+            return
+        outcomes = await self.sink.deliver([n.to_record() for n in batch.notifications if not n.holdout])
+        failed = [o for o in outcomes if not o.delivered]
+        await _send_all(
+            producer,
+            (
+                (
+                    dlq_topic(s),
+                    o.record["user_id"].encode(),
+                    codec.dumps(o.record),
+                    None,
+                    [("webhook.error", o.error.encode()), ("webhook.attempts", str(o.attempts).encode())],
+                )
+                for o in failed
+            ),
+        )
+        metrics.DEAD_LETTERED.inc(len(failed))
+        for o in failed:
+            log.warning(
+                "webhook: %s not delivered after %d attempts: %s", o.record["notification_id"], o.attempts, o.error
+            )
+
+    async def _store(self, producer: AIOKafkaProducer, batch: _Batch) -> None:
+        """The touched users' trigger states, and tombstones for those who left."""
+        topic = state_topic(self.s)
+        states: list[Record] = [
+            (topic, uid.encode(), codec.dumps(self.states[uid].to_fields()), p, None) for uid, p in batch.dirty.items()
+        ]
+        tombstones: list[Record] = [(topic, uid.encode(), None, p, None) for uid, p in batch.gone.items()]
+        await _send_all(producer, [*states, *tombstones])
 
     def _events(self, tp: TopicPartition, records: list[Any], dirty: dict[str, int]) -> None:
         """User events: goal events convert exposures. An input record on another partition than its user's is
