@@ -4,6 +4,7 @@ from worker.evaluation.engines import encode, run_core
 from worker.evaluation.run import sized, table, target_summary
 from worker.evaluation.score import score, verdicts
 from worker.evaluation.shadow import compare
+from worker.routing import partitioner
 from worker.settings import Settings
 from worker.synth import generate
 
@@ -28,6 +29,20 @@ def test_core_engine_and_scores_on_the_reference_world() -> None:
     text, ok = target_summary([bad])
     assert not ok and "ari" in text
     assert verdicts({"ari": 0.9, "spurious_per_user": 0.2}) == {"ari": True, "spurious_per_user": False}
+
+
+def test_core_engine_reroutes_records_keyed_to_another_partition_as_the_worker_does() -> None:
+    pop = generate(120, 28, seed=3)
+    s = sized(Settings(partitions=4), 120)
+    owner = partitioner(s.partitions)
+    records = encode(pop.events)
+    # every third record keyed by a key of another partition than its user's, and one record that is no event
+    stray = next(k for k in (f"k{i}" for i in range(99)) if owner(k) != owner(str(pop.events[0]["user_id"])))
+    keyed = [(stray.encode() if i % 3 == 0 else k, v) for i, (k, v) in enumerate(records)] + [(b"x", b"{not json")]
+    out = run_core(s, keyed)
+    assert out.processed == len(pop.events) and out.dead_letters == 1  # each event applied once, by its owner
+    assert {c["user_id"] for c in out.changes} == {str(e["user_id"]) for e in pop.events}
+    assert out.snapshots
 
 
 def test_shadow_of_identical_runs_differs_nowhere() -> None:

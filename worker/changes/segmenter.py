@@ -112,7 +112,7 @@ class Segmenter:
         rng_seed: int = 0,
         segment_rules: tuple[SegmentRule, ...] = (),
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.segment_rules = segment_rules
         self._rules_by_name = {r.name: r for r in segment_rules}
         self.store = store
@@ -149,7 +149,7 @@ class Segmenter:
         d = self.dormancy
         return {
             "half_lives_days": [round(h / DAY_MS, 4) for h in self.half_lives],
-            "half_lives_learned": self.s.learn_half_lives and self.model is not None,
+            "half_lives_learned": self.settings.learn_half_lives and self.model is not None,
             "typical_gap_days": round(d.typical_gap_ms / DAY_MS, 4),
             "dormant_after": (
                 f"{d.fixed_ms / DAY_MS:g} days of silence"
@@ -161,7 +161,7 @@ class Segmenter:
         }
 
     def _dormancy(self, model: ModelSnapshot | None) -> Dormancy:
-        s = self.s
+        s = self.settings
         typical = model.typical_gap_ms if model is not None and model.typical_gap_ms > 0 else DEFAULT_TYPICAL_GAP_MS
         # never dormant before the slowest half-life has mostly let go of the user's activity: a quarterly buyer's
         # model (half-lives of months) is not lapsed after a few quiet weeks
@@ -201,7 +201,7 @@ class Segmenter:
         evals: list[_Eval] = []
         model = self.model
         space = model.space if model else None
-        s = self.s
+        s = self.settings
         wiped: set[str] = set()  # erased in this batch: not to be read from the store again
         for rec in records:
             ev = self._read(res, rec, now_ms)
@@ -355,7 +355,7 @@ class Segmenter:
             return res
         evals: list[_Eval] = []
         for uid, n, segment, _ in self._summaries():
-            if segment in (None, NEW) and n >= self.s.min_events and self.partition_of(uid) in owned:
+            if segment in (None, NEW) and n >= self.settings.min_events and self.partition_of(uid) in owned:
                 state = self._load(uid)
                 assert state is not None
                 t, source = state.last_ts, (state.source[0], state.source[1])
@@ -373,9 +373,9 @@ class Segmenter:
 
     def _want_sample(self, n: int) -> bool:
         # user-uniform part: at min_events and each doubling after; plus a random share of the rest
-        m = self.s.min_events
+        m = self.settings.min_events
         q, r = divmod(n, m)
-        return (r == 0 and q & (q - 1) == 0) or self._rng.random() < self.s.sample_rate
+        return (r == 0 and q & (q - 1) == 0) or self._rng.random() < self.settings.sample_rate
 
     def _collect_silent(self, res: BatchResult, evals: list[_Eval], now: float, wiped: set[str]) -> None:
         for p in sorted(res.partitions):
@@ -398,7 +398,7 @@ class Segmenter:
         # as of now: a newer model's typical gap may have moved the thresholds since the check was planned
         quiet = self._quiet_segment(state, t - state.last_ts)
         state.due = self.dormancy.next_check(state, t - state.last_ts)
-        if self.model is None and self.s.dormant_after_ms is None:
+        if self.model is None and self.settings.dormant_after_ms is None:
             # the stream's rhythm is not known before the first model: a silence is no lapse yet (a quarterly
             # buyer is not dormant after the provisional two weeks); checked again later
             quiet, state.due = None, t + self.dormancy.floor_ms
@@ -408,7 +408,7 @@ class Segmenter:
         e = _Eval(uid, state, t, state.n, "silence", (state.source[0], state.source[1]), now, quiet)
         if quiet is not None:  # the model is not asked: a user below `min_events` lapses too
             return e if state.segment != quiet and state.segment != DORMANT else None
-        if state.n < self.s.min_events or state.segment in QUIET:
+        if state.n < self.settings.min_events or state.segment in QUIET:
             return None
         self._sample(res, uid, state, t)  # (a quiet user's faded state is no persona to learn)
         if self.model is None:
@@ -427,7 +427,7 @@ class Segmenter:
     def _evaluate(self, model: ModelSnapshot | None, evals: list[_Eval], res: BatchResult) -> None:
         """Each evaluation in order: the model's persona for its row (every row in one vectorised call), or
         ``dormant`` for a dormancy check (no model needed)."""
-        s = self.s
+        s = self.settings
         rows = [e.row for e in evals if e.row is not None]
         if rows:
             assert model is not None
@@ -500,7 +500,7 @@ class Segmenter:
                 "timezone": zone if time_zone(zone := state.context.get("timezone")) else None,
                 "reasons": reasons,
                 "source": {
-                    "topic": self.s.erasure_topic if e.trigger == "erased" else self.s.input_topic,
+                    "topic": self.settings.erasure_topic if e.trigger == "erased" else self.settings.input_topic,
                     "partition": e.source[0],
                     "offset": e.source[1],
                 },
@@ -541,7 +541,7 @@ class Segmenter:
         self, state: UserState, before: str | None, after: str, e: _Eval, reasons: list[dict[str, Any]]
     ) -> None:
         """Keep the change in the user's recent history (its two strongest reasons), newest last."""
-        keep = self.s.user_history
+        keep = self.settings.user_history
         if not keep:
             return
         why = [[r["feature"], r["direction"]] for r in reasons[:HISTORY_REASONS]]

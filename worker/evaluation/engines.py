@@ -2,9 +2,10 @@
 
 - ``pipeline``: the production path. Topics on a broker, a ``segment-worker run`` process, the records produced
   with a Kafka client; the changes and every published model are read back from their topics.
-- ``core``: the same pure code (``Segmenter`` + ``Trainer``) wired in-process, with no broker: the events in the
-  same order, routed to the same partitions, samples handed straight to the trainer. It is for sweeps over many
-  worlds and settings (model comparison, shadow runs), where the pipeline's seconds per world add up.
+- ``core``: the same pure code (``Segmenter`` + ``Trainer``, the worker's record encoding) in-process, with no
+  broker: the events in the same order, routed to the same partitions, samples handed straight to the trainer.
+  It is for sweeps over many worlds and settings (model comparison, shadow runs), where the pipeline's seconds
+  per world add up.
 
 Both stream in two phases as a live source would: the first 1.5 slowest half-lives of event time, then — once
 the first model exists — the rest.
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from worker import codec
-from worker.changes import InputRecord, Segmenter
+from worker.changes import BatchResult, InputRecord, Segmenter
 from worker.clustering import ModelSnapshot, Trainer
 from worker.errors import SegmentWorkerError
 from worker.events.timefmt import parse_timestamp
@@ -27,6 +28,7 @@ from worker.features.state import UserState
 from worker.kafkaio import create_topics, produce, read_all
 from worker.process import WorkerProcess, metric_total
 from worker.routing import partitioner
+from worker.runtime.records import BY_USER, INPUT, OutputEncoder, OutputTopics, input_record, samples_in
 from worker.settings import Settings
 
 Say = Callable[[str], None]
@@ -44,14 +46,16 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def split_phases(events: Sequence[dict[str, Any]], s: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_phases(
+    events: Sequence[dict[str, Any]], settings: Settings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Events of the first 1.5 slowest half-lives, or of the first 35 % of a longer world's span (a year of
     monthly buyers has too few users with enough events after ten days for a first model), and the rest."""
     if not events:
         return [], []
     times = [_ts(e) for e in events]
     start = min(times)
-    learn_until = start + int(max(1.5 * max(s.half_lives_ms), 0.35 * (max(times) - start)))
+    learn_until = start + int(max(1.5 * max(settings.half_lives_ms), 0.35 * (max(times) - start)))
     first = [e for e in events if _ts(e) < learn_until]
     rest = [e for e in events if _ts(e) >= learn_until]
     return first, rest
@@ -68,57 +72,96 @@ def encode(events: Iterable[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
 
 # --- core ------------------------------------------------------------------------------------------------
 def run_core(settings: Settings, records: Iterable[tuple[bytes, bytes]]) -> Outcome:
-    """The pure pipeline in-process on (key, value) records: one Segmenter owning every partition, one Trainer,
-    synchronous."""
-    s = settings
-    partition_of = partitioner(s.partitions)
-    owned = set(range(s.partitions))
-    store: dict[str, UserState] = {}
-    seg = Segmenter(s, store, partition_of)
-    trainer = Trainer(s)
-    offsets = [0] * s.partitions
-    changes: list[dict[str, Any]] = []
-    snapshots: list[ModelSnapshot] = []
-    processed = dead = 0
-    started = time.monotonic()
+    """The pure pipeline in-process on (key, value) records; see :class:`CoreRun`."""
+    return CoreRun(settings).run(records)
 
-    def apply(batch: list[InputRecord]) -> None:
-        nonlocal processed, dead
-        while batch:
-            res = seg.process(batch, 2**62, 0.0)
-            store.update(res.dirty)
-            processed += res.processed
-            dead += len(res.dead)
-            changes.extend(codec.loads(c) for _, c, _ in res.changes)
-            samples = [(u, UserState.from_fields(w), t) for b in res.samples for u, w, t in [codec.loads(b)]]
-            snap = trainer.add(samples) if samples else None
-            if snap is not None:
-                first = seg.model is None
-                seg.set_model(snap)
-                snapshots.append(snap)
-                if first:
-                    swept = seg.sweep(owned, 0.0)
-                    store.update(swept.dirty)
-                    changes.extend(codec.loads(c) for _, c, _ in swept.changes)
-            # records that arrived on another partition than their user's: on to the owner, as the worker does
-            batch = [
-                InputRecord(r.value, r.key, owner, r.offset, r.src_partition, r.src_offset, 0.0, r.kind)
-                for owner, _, r in res.forward  # an erasure request stays one
-            ]
 
-    chunk: list[InputRecord] = []
-    for key, value in records:
+class CoreRun:
+    """The worker's core with a list for a broker: one Segmenter owning every partition, one Trainer, synchronous.
+
+    A batch's outputs are encoded by the worker's own :class:`~worker.runtime.records.OutputEncoder` and read back
+    as the worker reads them: re-routed records come back through ``input_record`` with their headers (an erasure
+    request stays one), training samples reach the trainer as records of the samples topic, the first model gives
+    every waiting user a persona. What the worker adds around this — the offset gate, the changelog and the outbox —
+    guards against loss and re-delivery, which cannot happen here.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.partition_of = partitioner(settings.partitions)
+        self.store: dict[str, UserState] = {}
+        self.segmenter = Segmenter(settings, self.store, self.partition_of)
+        self.trainer = Trainer(settings)
+        self.topics = OutputTopics(
+            by_user="by-user",
+            dlq=settings.dlq_topic,
+            changes=settings.output_topic,
+            memberships=settings.membership_topic,
+            samples="samples",
+            input=settings.input_topic,
+            erasures=settings.erasure_topic,
+        )
+        self.encoder = OutputEncoder(self.topics, self.partition_of)
+        self.offsets = {INPUT: [0] * settings.partitions, BY_USER: [0] * settings.partitions}
+        self.outcome = Outcome("core", [], [], 0, 0, 0.0)
+
+    def run(self, records: Iterable[tuple[bytes, bytes]]) -> Outcome:
+        started = time.monotonic()
+        batch: list[InputRecord] = []
+        for key, value in records:
+            batch.append(self._consumed(INPUT, self._partition(key), key, value, None))
+            if len(batch) >= self.settings.batch_size:
+                self._apply(batch)
+                batch = []
+        self._apply(batch)
+        self.outcome.seconds = time.monotonic() - started
+        return self.outcome
+
+    def _partition(self, key: bytes) -> int:
         try:
-            p = partition_of(key.decode())
+            return self.partition_of(key.decode())
         except UnicodeDecodeError:
-            p = 0
-        chunk.append(InputRecord(value, key, p, offsets[p], p, offsets[p], 0.0))
-        offsets[p] += 1
-        if len(chunk) >= s.batch_size:
-            apply(chunk)
-            chunk = []
-    apply(chunk)
-    return Outcome("core", changes, snapshots, processed, dead, time.monotonic() - started)
+            return 0
+
+    def _consumed(self, stream: str, p: int, key: Any, value: Any, headers: Any) -> InputRecord:
+        offset = self.offsets[stream][p]
+        self.offsets[stream][p] = offset + 1
+        return input_record(stream, p, offset, key, value, headers, self.settings.partitions, 0.0)
+
+    def _apply(self, batch: list[InputRecord]) -> None:
+        """A batch, then the records it re-routed to their users' partitions, until none is left."""
+        while batch:
+            batch = self._take(self.segmenter.process(batch, 2**62, 0.0))
+
+    def _take(self, res: BatchResult) -> list[InputRecord]:
+        """A batch's result into the store, the outcome and the trainer; returns the re-routed records."""
+        self.store.update(res.dirty)
+        for uid in res.erased:
+            self.store.pop(uid, None)
+        self.outcome.processed += res.processed
+        rerouted, samples = [], []
+        for topic, key, value, p, headers in self.encoder.encode(res):
+            if topic == self.topics.dlq:
+                self.outcome.dead_letters += 1
+            elif value is None or p is None:  # memberships (keyed by the producer's partitioner): not an outcome
+                continue
+            elif topic == self.topics.by_user:
+                rerouted.append(self._consumed(BY_USER, p, key, value, headers))
+            elif topic == self.topics.changes:
+                self.outcome.changes.append(codec.loads(value))
+            elif topic == self.topics.samples:
+                samples.extend(samples_in(value))
+        snap = self.trainer.add(samples) if samples else None
+        if snap is not None:
+            self._adopt(snap)
+        return rerouted
+
+    def _adopt(self, snap: ModelSnapshot) -> None:
+        first = self.segmenter.model is None
+        self.segmenter.set_model(snap)
+        self.outcome.snapshots.append(snap)
+        if first:
+            self._take(self.segmenter.sweep(set(range(self.settings.partitions)), 0.0))
 
 
 # --- pipeline --------------------------------------------------------------------------------------------
@@ -134,27 +177,33 @@ def run_pipeline(
 ) -> Outcome:
     """Topics on the broker at ``bootstrap``, a worker process, the events in two phases (``extra_records``, such
     as malformed input, with the second); returns the changes and model versions read back from the topics."""
-    s = settings
-    create_topics(bootstrap, {s.input_topic: s.partitions, s.output_topic: s.partitions, s.dlq_topic: s.partitions})
-    worker = WorkerProcess(s, environ, work / f"{s.app_id}.log")
-    first, rest = split_phases(events, s)
+    create_topics(
+        bootstrap,
+        {
+            settings.input_topic: settings.partitions,
+            settings.output_topic: settings.partitions,
+            settings.dlq_topic: settings.partitions,
+        },
+    )
+    worker = WorkerProcess(settings, environ, work / f"{settings.app_id}.log")
+    first, rest = split_phases(events, settings)
     total = len(events)
     try:
         worker.wait_ready(min(90.0, deadline - time.monotonic()))
         say(f"worker up (web API {worker.base})")
         started = time.monotonic()
-        produce(bootstrap, s.input_topic, encode(first))
+        produce(bootstrap, settings.input_topic, encode(first))
         say(f"phase 1: {len(first):,} events of the first part of event time sent; waiting for the first model")
         _wait(worker, lambda m: m.get("segment_worker_model_version", 0) >= 1, say, deadline, len(first))
         t2 = time.monotonic()
-        produce(bootstrap, s.input_topic, [*encode(rest), *extra_records])
+        produce(bootstrap, settings.input_topic, [*encode(rest), *extra_records])
         extra = f" and {len(extra_records)} malformed records" if extra_records else ""
         say(f"phase 2: {len(rest):,} more events{extra} sent")
         m = _wait(
             worker,
             lambda m: (  # applied and their outputs acknowledged by the broker, not merely queued
                 metric_total(m, "segment_worker_events_settled_total") >= total
-                and m.get(f"segment_worker_outputs_delivered_total|topic={s.dlq_topic}", 0) >= len(extra_records)
+                and m.get(f"segment_worker_outputs_delivered_total|topic={settings.dlq_topic}", 0) >= len(extra_records)
             ),
             say,
             deadline,
@@ -164,8 +213,8 @@ def run_pipeline(
         personas = worker.get("/personas")
     finally:
         worker.stop()
-    changes = [codec.loads(r.value) for r in read_all(bootstrap, s.output_topic) if r.value]
-    models = read_all(bootstrap, f"{s.app_id}-models-changelog")
+    changes = [codec.loads(r.value) for r in read_all(bootstrap, settings.output_topic) if r.value]
+    models = read_all(bootstrap, f"{settings.app_id}-models-changelog")
     snaps = {snap.version: snap for snap in (ModelSnapshot.from_bytes(r.value) for r in models if r.value)}
     return Outcome(
         "pipeline",

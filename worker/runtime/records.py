@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from worker import codec
 from worker.changes import BatchResult, InputRecord
+from worker.features.state import UserState
 from worker.outbox import Record
 
 # a re-routed record names where it first arrived (its offset fence) and, for an erasure request, its kind
@@ -100,3 +102,8 @@ def sample_chunks(samples: list[bytes]) -> Iterable[bytes]:
     size limit)."""
     for i in range(0, len(samples), SAMPLES_PER_RECORD):
         yield b"[" + b",".join(samples[i : i + SAMPLES_PER_RECORD]) + b"]"
+
+
+def samples_in(chunk: bytes) -> list[tuple[str, UserState, int]]:
+    """The training samples of one record of the samples topic: (sample key, user state, event time)."""
+    return [(key, UserState.from_fields(fields), t) for key, fields, t in codec.loads(chunk)]

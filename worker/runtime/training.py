@@ -15,9 +15,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from worker import codec, metrics
+from worker import metrics
 from worker.clustering import ModelSnapshot, Trainer
-from worker.features.state import UserState
+from worker.runtime.records import samples_in
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
@@ -60,7 +60,7 @@ class TrainerHost:
             self.samples_from = max(self.samples_from, reached)
             if not fresh:
                 return False
-            rows = [(uid, UserState.from_fields(fields), t) for r in fresh for uid, fields, t in codec.loads(r.value)]
+            rows = [sample for r in fresh for sample in samples_in(r.value)]
             # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
             snap = await asyncio.get_running_loop().run_in_executor(None, trainer.add, rows)
             metrics.TRAINING_SAMPLES.inc(len(rows))

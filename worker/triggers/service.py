@@ -67,7 +67,7 @@ BATCH = 1000
 
 class TriggerService:
     def __init__(self, settings: Settings, rules: Rules) -> None:
-        self.s = settings
+        self.settings = settings
         self.rules = rules
         self.states: dict[str, TriggerState] = {}
         self.partition_of: dict[str, int] = {}  # user -> partition of the change topic (and of the state topic)
@@ -85,7 +85,7 @@ class TriggerService:
         )
 
     async def run(self) -> None:
-        s = self.s
+        s = self.settings
         # every topic read or written, before the group is joined: the state topic has the change topic's
         # partitioning; the input and re-routing topics (goal events) too
         prepare_topics(s, trigger_topics(s, bool(self.goals)))
@@ -125,7 +125,7 @@ class TriggerService:
         consumed offsets committed."""
         batch = _Batch()
         for tp, records in batches.items():
-            if tp.topic != self.s.output_topic:
+            if tp.topic != self.settings.output_topic:
                 self._events(tp, records, batch.dirty)
                 continue
             for r in records:
@@ -175,15 +175,19 @@ class TriggerService:
         metrics.CHANGES.labels("invalid").inc()
         detail = f"{type(exc).__name__}: {exc}"[:200]
         log.warning(  # the problem, never the record: at most log_max_chars of it
-            "%s/%d/%d: not a segment change: %s", tp.topic, tp.partition, r.offset, detail[: self.s.log_max_chars]
+            "%s/%d/%d: not a segment change: %s",
+            tp.topic,
+            tp.partition,
+            r.offset,
+            detail[: self.settings.log_max_chars],
         )
         headers = dead_letter_headers("invalid_change", detail, tp.topic, tp.partition, r.offset)
-        return (dlq_topic(self.s), r.key, r.value or b"", None, headers)
+        return (dlq_topic(self.settings), r.key, r.value or b"", None, headers)
 
     async def _notify(self, producer: AIOKafkaProducer, batch: _Batch) -> None:
         """The notifications (and dead letters) written; treated ones posted to the webhook, if any, before the
         states that say they were planned."""
-        s = self.s
+        s = self.settings
         written: list[Record] = [
             (s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None, None)
             for n in batch.notifications
@@ -216,7 +220,7 @@ class TriggerService:
 
     async def _store(self, producer: AIOKafkaProducer, batch: _Batch) -> None:
         """The touched users' trigger states, and tombstones for those who left."""
-        topic = state_topic(self.s)
+        topic = state_topic(self.settings)
         states: list[Record] = [
             (topic, uid.encode(), codec.dumps(self.states[uid].to_fields()), p, None) for uid, p in batch.dirty.items()
         ]
@@ -235,7 +239,9 @@ class TriggerService:
                 uid = self.pseudonym(uid)
             except Exception:  # the worker dead-letters bad input; nothing to count here
                 continue
-            if event_type not in self.goals or (tp.topic == self.s.input_topic and self.part(uid) != tp.partition):
+            if event_type not in self.goals or (
+                tp.topic == self.settings.input_topic and self.part(uid) != tp.partition
+            ):
                 continue
             metrics.GOAL_EVENTS.inc()
             state = self.states.get(uid)
@@ -267,10 +273,10 @@ class TriggerService:
         """Read the state of the users of the partitions assigned. Under the batch lock: aiokafka may already hand
         out records of these partitions while this runs, and a batch applied before its users' states are read
         would start them afresh (the restart test caught notifications past a daily cap)."""
-        gained = sorted({tp.partition for tp in partitions if tp.topic == self.s.output_topic})
+        gained = sorted({tp.partition for tp in partitions if tp.topic == self.settings.output_topic})
         async with self.lock:
             for p in gained:
-                for r in await self.reader.read_to_end(state_topic(self.s), p):
+                for r in await self.reader.read_to_end(state_topic(self.settings), p):
                     uid = (r.key or b"").decode()
                     if r.value is None:
                         self._forget(uid)
@@ -287,7 +293,7 @@ class TriggerService:
         self.ready.set()
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
-        lost = {tp.partition for tp in partitions if tp.topic == self.s.output_topic}
+        lost = {tp.partition for tp in partitions if tp.topic == self.settings.output_topic}
         async with self.lock:  # the batch in flight is written and committed first
             for uid in [u for u, p in self.partition_of.items() if p in lost]:
                 self._forget(uid)
