@@ -198,6 +198,7 @@ def _agents(
     training loop."""
     for stream_name, agent_name in AGENTS:
         _ingest_agent(app, s, topo.streams[stream_name], stream_name, agent_name, pipeline)
+    _feeder(app, s, topo, pipeline)
 
     @app.agent(topo.samples, name="samples-assignment")
     async def samples_assignment(stream: Any) -> None:
@@ -224,7 +225,11 @@ def _agents(
 
 
 def _ingest_agent(app: faust.App, s: Settings, topic: Any, stream_name: str, name: str, pipeline: Pipeline) -> None:
-    """The agent of one consumed stream: batches of its records through the pipeline."""
+    """The agent of one consumed stream: it subscribes the group to the topic, whose records the consumer hands to
+    the pipeline in whole fetches (:mod:`worker.runtime.handoff`). Records reaching it anyway (a Faust whose fetch
+    differs from the one checked) are counted and applied all the same."""
+
+    streamed = metrics.RECORDS_STREAMED.labels(stream_name)  # exported from the start, at 0
 
     @app.agent(topic, name=name)
     async def ingest(stream: Any) -> None:
@@ -234,7 +239,16 @@ def _ingest_agent(app: faust.App, s: Settings, topic: Any, stream_name: str, nam
                 input_record(stream_name, m.partition, m.offset, m.key, m.value, m.headers, s.partitions, now)
                 for m in (e.message for e in events)
             ]
+            streamed.inc(len(batch))
             await pipeline.handle(stream_name, batch)
+
+
+def _feeder(app: faust.App, s: Settings, topo: topology.Topology, pipeline: Pipeline) -> None:
+    @app.task
+    async def feed() -> None:
+        """The consumed streams' fetches through the pipeline, as they come."""
+        while True:
+            await pipeline.take(await topo.handoff.next(s.batch_size, s.batch_window))
 
 
 def _timers(app: faust.App, housekeeping: Housekeeping, topics: TopicWatch, own: Ownership) -> None:

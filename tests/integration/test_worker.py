@@ -53,6 +53,9 @@ def test_events_in_changes_out_dead_letters_api_and_restart(worker_settings: Set
     # forwarded: exactly the valid records that landed off their user's partition (wrong key, no key)
     assert metric_total(m, "segment_worker_events_forwarded_total") == off_partition(s, pop.events)
     assert metric_total(m, "segment_worker_events_duplicate_total") == 0
+    # every record came in whole fetches (worker.runtime.handoff), none through Faust's per-message streams
+    assert m["segment_worker_records_streamed_total|stream=input"] == 0
+    assert m["segment_worker_records_streamed_total|stream=by_user"] == 0
     for name in (
         "segment_worker_segment_changes_total",
         "segment_worker_persona_users",

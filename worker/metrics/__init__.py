@@ -57,6 +57,12 @@ RECORDS_REFETCHED = Counter(
     "Records the consumer skipped or dropped, read from the broker by the offset gate and applied.",
     ["stream"],
 )
+RECORDS_STREAMED = Counter(
+    PREFIX + "records_streamed",
+    "Records of a consumed stream that reached the worker through Faust's per-message streams instead of whole "
+    "fetches (0 with the Faust versions checked; applied all the same).",
+    ["stream"],
+)
 RECORDS_HELD = Counter(
     PREFIX + "records_held",
     "Records not applied because an earlier offset could not be read yet (read again from the position later).",

@@ -8,7 +8,9 @@ requires). What each use relies on:
 - ``Table.persisted_offset`` overridden so Faust's recovery skips the per-partition tables
   (:class:`SelfRecoveredTable`), and ``partition_for_key`` so writes outside an event know their partition;
 - the consumer's fetch loop racing ``deliver(message)`` against ``suspend_flow.wait()`` through ``wait_first``
-  (:func:`direct_delivery`);
+  (:func:`direct_delivery`), and the fetch itself: ``Consumer._wait_next_records`` returns the fetched
+  ``{TP: [ConsumerRecord]}`` (a dict it iterates afterwards) and ``app.consumer_generation_id`` the group
+  generation (:func:`fetch_handoff`);
 - ``Consumer._commit_offsets`` (positions the worker keeps itself, committed without Faust's acknowledgement
   tracking), ``on_buffer_drop`` and the ``_buffered_partitions``/``_paused_partitions`` sets (a partition left out
   of fetching after a full stream buffer).
@@ -21,6 +23,8 @@ from typing import Any
 
 import faust
 from faust.types import TP
+
+from worker.runtime.handoff import Handoff
 
 # what the per-partition tables tell Faust's recovery they hold already: it skips them (see SelfRecoveredTable)
 RECOVERED_BY_WORKER = 2**62
@@ -103,6 +107,26 @@ def direct_delivery(consumer_class: type) -> type:
             return await super().wait_first(*coros, timeout=timeout)
 
     return Consumer
+
+
+def fetch_handoff(consumer_class: type, handoff: Handoff) -> type:
+    """The transport's consumer, handing the consumed topics' records to the worker in whole fetches
+    (:mod:`worker.runtime.handoff`); the other topics' records go on through Faust's streams."""
+
+    class Consumer(consumer_class):  # type: ignore[misc,valid-type]
+        async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+            records, active_partitions = await super()._wait_next_records(timeout)
+            if records:
+                await handoff.take(records, self.app.consumer_generation_id)
+            return records, active_partitions
+
+    return Consumer
+
+
+def generation(app: Any) -> int:
+    """The consumer group generation the app's consumer is in (it changes with every rebalance)."""
+    current: int = app.consumer_generation_id
+    return current
 
 
 async def commit_offsets(consumer: Any, offsets: dict[TP, int]) -> None:

@@ -27,6 +27,7 @@ from worker.clustering import ModelSnapshot
 from worker.features import wire
 from worker.outbox import Outbox, Record
 from worker.runtime import faust_internals as fi
+from worker.runtime.handoff import Fetched
 from worker.runtime.ownership import Ownership, meta_keys
 from worker.runtime.positions import Positions
 from worker.runtime.records import OutputEncoder, input_record
@@ -93,6 +94,16 @@ class Pipeline:
     async def handle(self, stream: str, batch: list[InputRecord]) -> None:
         async with self.lock:
             await self.handle_locked(stream, batch, [], [])
+
+    async def take(self, fetched: list[Fetched]) -> None:
+        """Fetches handed off by the consumer (:mod:`worker.runtime.handoff`): one batch per stream."""
+        batches = self.topo.handoff.batches(fetched, fi.generation(self.app), time.monotonic(), self._stale)
+        for stream, batch in batches.items():
+            await self.handle(stream, batch)
+
+    @staticmethod
+    def _stale(stream: str, count: int) -> None:
+        metrics.RECORDS_HELD.labels(stream).inc(count)
 
     def held(self, stream: str, count: int) -> bool:
         """True (and counted) when records are not to be applied now: the assignment is changing (not ours to
@@ -172,6 +183,7 @@ class Pipeline:
         back). Until the assignment settles no batch is applied (the gates are closed; their records are read
         again)."""
         async with self.lock:
+            self.topo.handoff.clear()  # fetched under the old assignment: read again by whoever owns them next
             await self.outbox.drain()
             await self.commit()
             self.positions.close_all()

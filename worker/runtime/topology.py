@@ -16,6 +16,7 @@ from worker.kafkasecurity import faust_credentials
 from worker.outbox import Record
 from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
+from worker.runtime.handoff import Handoff
 from worker.runtime.records import BY_USER, ERASURES, INPUT, OutputTopics
 from worker.settings import Settings
 from worker.topics import META_TABLE, MODELS_TABLE, REROUTING, SAMPLES, SAMPLES_RETENTION, USERS_TABLE, internal_topic
@@ -101,6 +102,7 @@ class Topology:
     part_meta: Any  # per partition: its positions and newest event time
     models: Any  # the model snapshots (global: every worker holds the one partition)
     outputs: OutputTopics
+    handoff: Handoff  # the consumed streams' fetches, past Faust's streams
 
     @property
     def stream_topics(self) -> dict[str, str]:
@@ -165,4 +167,6 @@ def build(s: Settings, with_memberships: bool) -> Topology:
         input=s.input_topic,
         erasures=s.erasure_topic,
     )
-    return Topology(app, streams, samples, users, part_meta, models, outputs)
+    handoff = Handoff({stream: topic.get_topic_name() for stream, topic in streams.items()}, n)
+    app.transport.Consumer = fi.fetch_handoff(app.transport.Consumer, handoff)
+    return Topology(app, streams, samples, users, part_meta, models, outputs, handoff)
