@@ -44,6 +44,7 @@ def make_app(s: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_linger=0.005,
         stream_buffer_maxsize=max(4096, 2 * s.batch_size),
+        broker_max_poll_records=s.batch_size,  # a fetch is at most one batch (worker.runtime.handoff)
         key_serializer="raw",
         value_serializer="raw",
         autodiscover=False,
