@@ -85,6 +85,7 @@ class Bench:
             str(Path(self.tmp) / name),
             warmup_samples=min(1500, a.users // 2),
             state_store=a.store,
+            event_loop=a.event_loop,
             **({"input_topic": input_topic} if input_topic else {}),
         )
         if input_topic is None:
@@ -157,6 +158,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="saturated runs per worker count")
     ap.add_argument("--no-latency", action="store_true", help="skip the run at half the saturated rate")
     ap.add_argument("--store", choices=["memory", "rocksdb"], default=Settings.state_store, help="state_store")
+    ap.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default=Settings.event_loop)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         pop = generate(a.users, a.days, seed=3)
@@ -176,7 +178,8 @@ def main() -> None:
                 busy = m.get("segment_worker_batch_seconds_sum", 0)
                 batches = m.get("segment_worker_batch_seconds_count", 0)
                 print(
-                    f"segment-worker, {count} process(es), {a.store} store, same topic: {rate:,.0f} events/s, "
+                    f"segment-worker, {count} process(es), {a.store} store, {a.event_loop} loop, same topic: "
+                    f"{rate:,.0f} events/s, "
                     f"ratio to the raw loop {rate / raw:.3f} (goal >= 0.15); {cpu_us:,.0f} CPU us/event in the "
                     f"worker; {batches:,.0f} batches (mean {n / max(1, batches):,.0f} events), "
                     f"{busy / n * 1e6:,.0f} us/event inside the batch path",

@@ -103,6 +103,10 @@ class Settings:
     )
     session_timeout: float = field(default=10.0, metadata={"help": "consumer group session timeout, seconds"})
     log_level: str = field(default="info", metadata={"help": "crit, error, warn, info or debug"})
+    event_loop: Literal["auto", "uvloop", "asyncio"] = field(
+        default="auto",
+        metadata={"help": "the worker's event loop; auto: uvloop when installed (the uvloop extra), else asyncio"},
+    )
     log_max_chars: int = field(
         default=120, metadata={"help": "longest excerpt of an input record's problem a log line may carry"}
     )

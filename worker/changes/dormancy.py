@@ -34,6 +34,9 @@ class Dormancy:
     lapsing_share: float = 0.0  # LAPSING_SHARE: share of the dormancy silence after which the user is lapsing
     lapsing_floor_ms: int = 0  # DORMANT_MIN_DAYS: nobody is lapsing sooner either
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checks_ms", tuple(sorted(self.checks_ms)))
+
     def usual_gap_ms(self, state: UserState) -> float:
         span = max(0, state.last_ts - state.first_ts)
         return (span + PRIOR_WEIGHT * self.typical_gap_ms) / (max(0, state.n - 1) + PRIOR_WEIGHT)
@@ -63,7 +66,13 @@ class Dormancy:
         re-evaluations and the lapsing threshold below the dormancy threshold, then the threshold."""
         limit = self.after_ms(state)
         lapse = self.lapsing_ms(state, limit)
-        for check in sorted((*self.checks_ms, lapse) if lapse else self.checks_ms):
+        due = 0  # the earliest check after the silence and before the limit (checks_ms ascending, as settings has them)
+        for check in self.checks_ms:
             if silence_ms < check and (not limit or check < limit):
-                return state.last_ts + check
+                due = check
+                break
+        if lapse and silence_ms < lapse and (not limit or lapse < limit) and (not due or lapse < due):
+            due = lapse
+        if due:
+            return state.last_ts + due
         return state.last_ts + limit if limit and silence_ms < limit else 0

@@ -104,8 +104,8 @@ class FeatureSpace:
         dp_total = dp[0] + dp[1] + dp[2] + dp[3] + 1.0
         spend = max(0.0, state.spend[-1])
         out += (other * slow, spend * slow)
+        total = state.slow_total
         if self._per_event:  # decayed value over decayed events: the value of what a user does, not how often
-            total = state.slow_total
             out.append(spend / total if total > 0 else 0.0)
         out += (
             max(0, t - state.last_ts) / _DAY_MS,
@@ -114,7 +114,7 @@ class FeatureSpace:
             (dp[1] + 0.25) / dp_total,
             (dp[2] + 0.25) / dp_total,
             (dp[3] + 0.25) / dp_total,
-            state.weekend / (state.slow_total + 1.0),
+            state.weekend / (total + 1.0),
         )
         return out
 
