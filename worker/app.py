@@ -3,9 +3,9 @@ agents, tasks, timers, signals and web views.
 
 Data path::
 
-    input topic ──ingest agent──► Pipeline (gate → Segmenter → outbox) ──► segment-changes, dead letters,
-    erasure topic ──────┘ │                                                users table (changelog)
-                          └──► <app>-events-by-user (keyed by user_id) ──same agent code──► Pipeline
+    input topic ──hand-off──► Pipeline (gate → Segmenter → outbox) ──► segment-changes, dead letters,
+    erasure topic ────┘ │                                                users table (changelog)
+                        └──► <app>-events-by-user (keyed by user_id) ──hand-off──► Pipeline
     Segmenter samples ──► <app>-training-samples (1 partition: one trainer per group)
     TrainerHost ──► models global table (every worker reads the same snapshot: ModelFollower)
 """

@@ -7,6 +7,7 @@
 - :mod:`.faust_internals` — every touch of Faust's private API, with the version range it was checked against.
 - :mod:`.recovery` — reading a table's changelog to its real end, with the local copy.
 - :mod:`.topology` — the Faust app, its topics and tables.
+- :mod:`.handoff` — whole fetches of the consumed topics, from Faust's consumer to the pipeline.
 - :mod:`.ownership` — assignment changes, readiness, shutdown.
 - :mod:`.pipeline` — one batch through the gate, the core and the outbox; the model in use.
 - :mod:`.housekeeping` — the one-second tick.
