@@ -43,6 +43,7 @@ def make_app(s: Settings) -> faust.App:
         broker_max_poll_interval=max(30.0, 3 * s.session_timeout),
         consumer_auto_offset_reset="earliest",
         producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,  # aiokafka sends 16 kB per partition and request by default
         stream_buffer_maxsize=max(4096, 2 * s.batch_size),
         broker_max_poll_records=s.batch_size,  # a fetch is at most one batch (worker.runtime.handoff)
         key_serializer="raw",
