@@ -113,6 +113,13 @@ class Settings:
     # --- ingest --------------------------------------------------------------------------------------
     batch_size: int = field(default=2000, metadata={"help": "events taken per processing batch"})
     batch_window: float = field(default=0.05, metadata={"help": "seconds to wait to fill a batch"})
+    fetch_max_wait_ms: int = field(
+        default=100,
+        metadata={
+            "help": "longest the broker may hold a fetch of the consumed topics waiting for records (a broker that "
+            "answers only when it ends adds up to this to every event's latency; shorter costs empty fetches when idle)"
+        },
+    )
     max_event_bytes: int = field(default=65_536, metadata={"help": "larger records are dead-lettered"})
     max_future_seconds: float = field(
         default=86_400.0,
@@ -212,6 +219,8 @@ class Settings:
             problems.append("ssl_keyfile needs ssl_certfile")
         if self.log_max_chars < 0:
             problems.append("log_max_chars must be >= 0")
+        if self.fetch_max_wait_ms < 0 or self.batch_size < 1 or self.batch_window < 0:
+            problems.append("fetch_max_wait_ms and batch_window must be >= 0, batch_size >= 1")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
 

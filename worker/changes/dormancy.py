@@ -66,7 +66,7 @@ class Dormancy:
         re-evaluations and the lapsing threshold below the dormancy threshold, then the threshold."""
         limit = self.after_ms(state)
         lapse = self.lapsing_ms(state, limit)
-        due = 0  # the earliest check after the silence and before the limit (checks_ms ascending, as settings has them)
+        due = 0  # the earliest check after the silence and before the limit (checks_ms is sorted)
         for check in self.checks_ms:
             if silence_ms < check and (not limit or check < limit):
                 due = check

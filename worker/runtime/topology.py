@@ -170,5 +170,5 @@ def build(s: Settings, with_memberships: bool) -> Topology:
         erasures=s.erasure_topic,
     )
     handoff = Handoff({stream: topic.get_topic_name() for stream, topic in streams.items()}, n)
-    app.transport.Consumer = fi.fetch_handoff(app.transport.Consumer, handoff)
+    app.transport.Consumer = fi.fetch_handoff(app.transport.Consumer, handoff, s.fetch_max_wait_ms)
     return Topology(app, streams, samples, users, part_meta, models, outputs, handoff)
