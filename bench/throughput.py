@@ -1,6 +1,6 @@
 """Worker throughput next to a raw aiokafka + orjson consume loop: the same pre-filled topic, the same broker.
 
-    python bench/throughput.py [--users 1500] [--days 28] [--partitions 8] [--workers 1] [--runs 1]
+    python bench/throughput.py [--users 3000] [--days 28] [--partitions 8] [--workers 1] [--runs 1]
 
 Starts the embedded broker and fills one topic with synthetic events. Times a plain aiokafka consumer that decodes
 every record with orjson on it (the median of five passes); then, for each ``--workers`` count, starts that many
@@ -183,7 +183,7 @@ def merged(workers: list[WorkerProcess]) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--users", type=int, default=1500)
+    ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--days", type=float, default=28.0)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--workers", type=int, nargs="+", default=[1], help="worker process counts to run")

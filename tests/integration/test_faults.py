@@ -142,7 +142,8 @@ def _check_outcome(s: Settings, pop: Population, worker: WorkerProcess) -> None:
     for r in read_all(s.bootstrap_servers, s.output_topic):
         assert r.value is not None
         c = codec.loads(r.value)
-        assert content.setdefault(c["event_id"], r.value) == r.value, f"change {c['event_id']} with two contents"
+        first = content.setdefault(c["event_id"], r.value)
+        assert first == r.value, f"change {c['event_id']} with two contents: {_differing(codec.loads(first), c)}"
         chains[c["user_id"]][c["sequence"]] = c
     for uid, by_seq in chains.items():
         chain = [by_seq[k] for k in sorted(by_seq)]
@@ -218,3 +219,11 @@ def test_second_worker_joins_and_leaves(
     _check_outcome(s, population, first)
     if store == "rocksdb":  # partitions taken back: the local copy from before the join, then the changelog
         assert any(local for _, local in local_reads(first)[1:]), first.log_path
+
+
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The fields two contents of one change differ in (first, second), and what identifies the change."""
+    keys = ("user_id", "sequence", "from_segment", "to_segment", "trigger")
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)} | {
+        k: a.get(k) for k in keys
+    }

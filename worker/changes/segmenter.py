@@ -329,12 +329,16 @@ class Segmenter:
 
     def _to_new(self, res: BatchResult, uid: str, state: UserState, rec: InputRecord) -> None:
         """A move to ``new`` as of the user's newest event: ``null → new`` at a profile's first event, or from
-        ``lapsing``/``dormant`` for a user back with fewer than ``min_events`` events."""
+        ``lapsing``/``dormant`` for a user back with fewer than ``min_events`` events.
+
+        No model decides it, so it carries the model version of the user's previous change (0 at a first event):
+        what the state holds, not which model the worker had adopted when the event was applied. A re-application
+        after a crash (the change delivered, the state not yet) re-emits it byte for byte even when a model was
+        adopted in between."""
         e = _Eval(uid, state, state.last_ts, state.n, "event", (rec.src_partition, rec.src_offset), rec.consumed_at)
-        version = self.model.version if self.model is not None else 0
         before = state.segment
         state.pending, state.pending_n = None, 0
-        res.changes.append((uid, self._emit(version, e, before, NEW, 1.0, []), rec.consumed_at))
+        res.changes.append((uid, self._emit(max(0, state.model_version), e, before, NEW, 1.0, []), rec.consumed_at))
         self._remember(state, before, NEW, e, [])
         res.transitions.append((before or "none", NEW))
 
