@@ -131,7 +131,7 @@ def fetch_handoff(consumer_class: type, handoff: Handoff, fetch_max_wait_ms: int
         async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
             records, active_partitions = await super()._wait_next_records(timeout)
             if records:
-                await handoff.take(records, self.app.consumer_generation_id)
+                await handoff.take(records, generation(self.app))
             return records, active_partitions
 
     return Consumer
