@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.unit.builders import HL, apply, event, fresh
+from worker.events.timefmt import utc_offset_ms
 from worker.features import FeatureSpace, UserState, Watermarks
 from worker.features.space import choose_vocabulary
 from worker.features.state import OTHER, advance, features_at, local_hour_weekday
@@ -52,6 +56,50 @@ def test_local_time_of_day_uses_the_users_timezone() -> None:
     assert local_hour_weekday(T0, None) == (0, 3)
     assert local_hour_weekday(T0, "Asia/Tokyo") == (9, 3)
     assert local_hour_weekday(T0, "Not/AZone") == (0, 3)  # unknown zone: UTC, not an error
+
+
+@pytest.mark.parametrize(
+    ("zone", "years"),
+    [
+        ("Europe/Berlin", (2025, 2027)),
+        ("America/New_York", (2025, 2027)),
+        ("Australia/Lord_Howe", (2025, 2027)),  # moves by half an hour
+        ("America/St_Johns", (2025, 2027)),  # -3:30 / -2:30
+        ("Asia/Kathmandu", (1985, 1986)),  # +5:30 -> +5:45 on 1986-01-01
+        ("Africa/Monrovia", (1972, 1972)),  # -0:44:30 -> 0:00 at 00:44:30 UTC: inside a quarter hour
+    ],
+)
+def test_local_time_is_the_calendars_around_every_change_of_offset(zone: str, years: tuple[int, int]) -> None:
+    """The offset is looked up once per quarter hour: it must still be the calendar's at each millisecond around
+    a change of offset, and at random times."""
+    tz = ZoneInfo(zone)
+    rng = random.Random(zone)
+    times = [rng.randrange(0, 4_102_444_800_000) for _ in range(2000)]
+    for change in _offset_changes(tz, *years):
+        times += [change + d for d in (-900_001, -900_000, -1, 0, 1, 899_999, 900_000)]
+    for ts in times:
+        local = datetime.fromtimestamp(ts / 1000, tz=tz)
+        offset = local.utcoffset()
+        assert offset is not None
+        assert utc_offset_ms(zone, ts) == offset.total_seconds() * 1000, ts
+        assert local_hour_weekday(ts, zone) == (local.hour, local.weekday()), ts
+
+
+def _offset_changes(tz: ZoneInfo, first_year: int, last_year: int) -> list[int]:
+    """Epoch ms of each change of the zone's UTC offset in those years (found to the millisecond by bisection)."""
+    start = int(datetime(first_year, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    end = int(datetime(last_year + 1, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    offset = lambda ms: datetime.fromtimestamp(ms / 1000, tz=tz).utcoffset()  # noqa: E731
+    changes = []
+    for lo in range(start, end, DAY):
+        hi = lo + DAY
+        if offset(lo) != offset(hi):
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if offset(mid) == offset(lo) else (lo, mid)
+            changes.append(hi)
+    assert changes, "the zone should change its offset in those years"
+    return changes
 
 
 def test_dedupe_fence() -> None:

@@ -244,10 +244,9 @@ class Segmenter:
                 # the first event of a profile (the user is known), or a quiet user back with too few events for
                 # the model: segment `new`
                 self._to_new(res, uid, state, rec)
-            # an event resets the silence clock
-            state.due = self.dormancy.next_check(state, 0)
             if state.n >= s.min_events:
                 if self._want_sample(state.n):
+                    state.due = self.dormancy.next_check(state, 0)  # (a sample is the state as of this event)
                     self._sample(res, uid, state, state.last_ts)
                 if space is not None:
                     t = state.last_ts
@@ -255,9 +254,7 @@ class Segmenter:
                     evals.append(
                         _Eval(uid, state, t, state.n, "event", source, rec.consumed_at, row=space.row(state, t))
                     )
-        for uid, state in res.dirty.items():
-            if state.due:
-                self.silence.schedule(self.partition_of(uid), uid, state.due)
+        self._reset_silence(res)
         self._collect_silent(res, evals, now_mono, wiped)
         if wiped:  # what the batch computed for a user before an erasure or a withdrawal goes with the state
             evals = [e for e in evals if res.dirty.get(e.user_id) is e.state]
@@ -268,6 +265,17 @@ class Segmenter:
         if evals:
             self._evaluate(model, evals, res)
         return res
+
+    def _reset_silence(self, res: BatchResult) -> None:
+        """An event resets the user's silence clock: the next check of each user with events in the batch (every
+        state it touched so far but a consent marker), planned once from the newest of them."""
+        next_check = self.dormancy.next_check
+        for uid, state in res.dirty.items():
+            if state.opted_out:
+                continue
+            state.due = next_check(state, 0)
+            if state.due:
+                self.silence.schedule(self.partition_of(uid), uid, state.due)
 
     def _read(self, res: BatchResult, rec: InputRecord, now_ms: int) -> UserEvent | ErasureRequest | None:
         """The record decoded as its kind says, or None when it is dead-lettered."""

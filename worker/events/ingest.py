@@ -28,6 +28,7 @@ from worker.events.timefmt import parse_timestamp
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 CONTEXT_KEYS = ("platform", "country", "language", "channel", "timezone")
+_CONTEXT_KEY_SET = frozenset(CONTEXT_KEYS)
 _MAX_TS_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the schema's bound
 _ABSENT = object()
 
@@ -137,9 +138,12 @@ class EventParser:
         ctx = doc.get("context")
         context = consent = None
         if ctx:
-            context = {k: ctx[k] for k in CONTEXT_KEYS if k in ctx} or None
-            if "consent" in ctx:
-                consent = ctx["consent"].get("segmentation")
+            if ctx.keys() <= _CONTEXT_KEY_SET:  # the common case: nothing but the kept keys
+                context = ctx
+            else:
+                context = {k: ctx[k] for k in CONTEXT_KEYS if k in ctx} or None
+                if "consent" in ctx:
+                    consent = ctx["consent"].get("segmentation")
         uid = doc["user_id"]
         if self.pseudonymous:
             uid = self.pseudonym(uid)

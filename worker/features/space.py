@@ -59,6 +59,7 @@ class FeatureSpace:
     names: tuple[str, ...] = field(init=False)
     _zeros: tuple[float, ...] = field(init=False, repr=False)  # counts of a type the user never did
     _per_event: bool = field(init=False, repr=False)
+    _in_vocabulary: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         rate_names = [f"rate_{_label(h / _DAY_MS)}:{etype}" for etype in self.vocabulary for h in self.half_lives_ms]
@@ -67,6 +68,7 @@ class FeatureSpace:
         object.__setattr__(self, "names", (*rate_names, *self.fixed))
         object.__setattr__(self, "_per_event", "value_per_event" in self.fixed)
         object.__setattr__(self, "_zeros", (0.0,) * len(self.half_lives_ms))
+        object.__setattr__(self, "_in_vocabulary", frozenset(self.vocabulary))
 
     @property
     def dim(self) -> int:
@@ -96,15 +98,17 @@ class FeatureSpace:
             for etype in vocab:
                 counts = rates.get(etype)
                 out += [c * fi for c, fi in zip(counts, f, strict=True)] if counts else zeros
-        other = 0.0
+        other = total = 0.0  # slow counts of the types beyond the vocabulary, of all types (UserState.slow_total)
+        in_vocab = self._in_vocabulary
         for etype, counts in rates.items():
-            if etype not in vocab:
-                other += counts[-1]
+            c = counts[-1]
+            total += c
+            if etype not in in_vocab:
+                other += c
         dp = state.daypart
         dp_total = dp[0] + dp[1] + dp[2] + dp[3] + 1.0
         spend = max(0.0, state.spend[-1])
         out += (other * slow, spend * slow)
-        total = state.slow_total
         if self._per_event:  # decayed value over decayed events: the value of what a user does, not how often
             out.append(spend / total if total > 0 else 0.0)
         out += (
