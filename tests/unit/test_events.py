@@ -110,6 +110,14 @@ _ODD_VALUES: list[object] = [
     {"platform": 1},
     {"timezone": "x" * 65},
     {"other": 1},
+    {"platform": "x" * 64, "channel": ""},
+    {"country": None},
+    {"consent": {"segmentation": True}, "language": "de"},
+    {"consent": {"segmentation": "no"}},
+    {"consent": {"segmentation": None}},
+    {"consent": {"other": 1}},
+    {"consent": []},
+    {"consent": None},
     1e300,
 ]
 

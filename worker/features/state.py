@@ -187,8 +187,10 @@ def advance(state: UserState, t: int, half_lives_ms: tuple[float, ...]) -> None:
     state.sessions *= slow
     state.weekend *= slow
     dp = state.daypart
-    for i in range(4):
-        dp[i] *= slow
+    dp[0] *= slow
+    dp[1] *= slow
+    dp[2] *= slow
+    dp[3] *= slow
     state.ref_ts = t
 
 
@@ -203,7 +205,8 @@ def apply_event(
     t = ev.ts
     advance(state, t, half_lives_ms)
     # weight of this event at the reference time: 1 when in order, decayed when late
-    w = [1.0] * len(half_lives_ms) if t >= state.ref_ts else decay_factors(state.ref_ts - t, half_lives_ms)
+    in_order = t >= state.ref_ts
+    w = (1.0,) * len(half_lives_ms) if in_order else decay_factors(state.ref_ts - t, half_lives_ms)
     slow_w = w[-1]
 
     rates = state.rates
@@ -212,14 +215,20 @@ def apply_event(
     if r is None:
         if len(rates) - (OTHER in rates) >= max_types:
             _fold_smallest(rates)
-        r = rates[key] = [0.0] * len(w)
-    for i, wi in enumerate(w):
-        r[i] += wi
-
-    if ev.value is not None:
-        state.value_total += ev.value
+        rates[key] = list(w)
+    elif in_order:
+        for i in range(len(r)):
+            r[i] += 1.0
+    else:
         for i, wi in enumerate(w):
-            state.spend[i] += ev.value * wi
+            r[i] += wi
+
+    value = ev.value
+    if value is not None:
+        state.value_total += value
+        spend = state.spend
+        for i, wi in enumerate(w):
+            spend[i] += value * wi
 
     # sessions: an explicit session id change, or a gap of inactivity, starts a new one
     gap = state.n == 0 or t - state.last_ts > session_gap_ms
