@@ -1,4 +1,4 @@
-"""``segment-worker run``'s event loop choice."""
+"""``segment-worker run``: its event loop choice, its Faust worker."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from worker.cli.run import use_event_loop
+from worker.cli.run import faust_worker, use_event_loop
 from worker.errors import ConfigError
 
 
@@ -39,3 +39,25 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_a_clear_error(monkeypatch:
     assert use_event_loop("auto") == "asyncio"
     with pytest.raises(ConfigError, match=r"pip install 'segment-worker\[uvloop\]'"):
         use_event_loop("uvloop")
+
+
+@pytest.mark.parametrize("level", ["warn", "error", "info"])
+def test_the_root_logger_keeps_the_level_asked_for(level: str) -> None:
+    """Faust's spinner would set the root logger to DEBUG at ``warn`` and above: every library's debug call would
+    build a record on the hot path."""
+    import logging
+
+    import faust
+
+    root = logging.getLogger()
+    before, handlers = root.level, list(root.handlers)
+    number = logging.getLevelName(level.upper().replace("WARN", "WARNING"))
+    try:
+        root.setLevel(number)
+        worker = faust_worker(faust.App("run-test"), level)
+        worker.on_setup_root_logger(root, number)
+        assert root.level == number
+        assert not any(type(h).__name__ == "SpinnerHandler" for h in root.handlers)
+    finally:
+        root.setLevel(before)
+        root.handlers[:] = handlers
