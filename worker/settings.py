@@ -120,6 +120,13 @@ class Settings:
             "answers only when it ends adds up to this to every event's latency; shorter costs empty fetches when idle)"
         },
     )
+    state_cache_users: int = field(
+        default=25_000,
+        metadata={
+            "help": "users whose state is kept decoded between batches (about 3 kB each; the table keeps every "
+            "state encoded, a tenth of that, and a batch decodes the users it touches that are not kept); 0: none"
+        },
+    )
     max_event_bytes: int = field(default=65_536, metadata={"help": "larger records are dead-lettered"})
     max_future_seconds: float = field(
         default=86_400.0,
@@ -219,8 +226,8 @@ class Settings:
             problems.append("ssl_keyfile needs ssl_certfile")
         if self.log_max_chars < 0:
             problems.append("log_max_chars must be >= 0")
-        if self.fetch_max_wait_ms < 0 or self.batch_size < 1 or self.batch_window < 0:
-            problems.append("fetch_max_wait_ms and batch_window must be >= 0, batch_size >= 1")
+        if self.fetch_max_wait_ms < 0 or self.batch_size < 1 or self.batch_window < 0 or self.state_cache_users < 0:
+            problems.append("fetch_max_wait_ms, batch_window and state_cache_users must be >= 0, batch_size >= 1")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
 

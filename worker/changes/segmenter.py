@@ -35,6 +35,7 @@ import numpy as np
 from worker import codec
 from worker.changes.dormancy import DAY_MS, DEFAULT_TYPICAL_GAP_MS, Dormancy
 from worker.changes.hysteresis import decide
+from worker.changes.kept import KeptStates
 from worker.changes.reasons import model_reasons, silence_reason
 from worker.changes.silence import SilenceIndex
 from worker.clustering.snapshot import ModelSnapshot
@@ -116,6 +117,8 @@ class Segmenter:
         self.segment_rules = segment_rules
         self._rules_by_name = {r.name: r for r in segment_rules}
         self.store = store
+        # states kept decoded (a store of encoded states decodes on every read); a store of objects is its own
+        self._kept = KeptStates(store, settings.state_cache_users) if isinstance(store, EncodedStates) else None
         self.partition_of = partition_of
         self.parser = EventParser(
             settings.max_event_bytes, int(settings.max_future_seconds * 1000), settings.pseudonym_key
@@ -175,6 +178,8 @@ class Segmenter:
         """Re-derive in-memory indexes (silence timers, persona counts) from the store after (re)assignment."""
         self.silence.clear()
         self.counts.clear()
+        if self._kept is not None:  # the store was read again from the changelog
+            self._kept.clear()
         self.watermarks.forget(set(self.watermarks.max_ts))
         for p, ts in watermarks.items():
             if p in owned:
@@ -264,6 +269,12 @@ class Segmenter:
             res.sampled = [res.sampled[i] for i in keep]
         if evals:
             self._evaluate(model, evals, res)
+        return self._done(res)
+
+    def _done(self, res: BatchResult) -> BatchResult:
+        """The batch's result; the caller writes its states (and deletes the erased) before the next batch."""
+        if self._kept is not None:
+            self._kept.wrote(res.dirty, res.erased)
         return res
 
     def _reset_silence(self, res: BatchResult) -> None:
@@ -298,7 +309,7 @@ class Segmenter:
 
     def _load(self, uid: str) -> UserState | None:
         """The stored state, under the half-lives in use (kept under a model's older ones: converted)."""
-        state = self.store.get(uid)
+        state = self.store.get(uid) if self._kept is None else self._kept.get(uid)
         if state is not None and state.half_lives != self._scale_mark and not state.opted_out:
             to_scale(state, self.provisional, self.half_lives)
         return state
@@ -381,7 +392,7 @@ class Segmenter:
         self._collect_silent(res, evals, now_mono, set())
         if evals:
             self._evaluate(model, evals, res)
-        return res
+        return self._done(res)
 
     def _want_sample(self, n: int) -> bool:
         # user-uniform part: at min_events and each doubling after; plus a random share of the rest
