@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,11 +49,13 @@ class Handoff:
             fetched = [Fetched(generation, self.stream_of[tp.topic], tp.partition, records.pop(tp)) for tp in mine]
             await self.queue.put(fetched)
 
-    def clear(self) -> int:
-        """Drop every queued fetch (partitions are being revoked); returns how many records were dropped."""
-        dropped = 0
+    def clear(self) -> Counter[str]:
+        """Drop every queued fetch (partitions are being revoked); returns how many records were dropped, per
+        stream."""
+        dropped: Counter[str] = Counter()
         while not self.queue.empty():
-            dropped += sum(len(f.records) for f in self.queue.get_nowait())
+            for f in self.queue.get_nowait():
+                dropped[f.stream] += len(f.records)
         return dropped
 
     async def next(self, max_records: int, window: float) -> list[Fetched]:

@@ -183,7 +183,9 @@ class Pipeline:
         back). Until the assignment settles no batch is applied (the gates are closed; their records are read
         again)."""
         async with self.lock:
-            self.topo.handoff.clear()  # fetched under the old assignment: read again by whoever owns them next
+            # fetched under the old assignment: read again by whoever owns them next
+            for stream, dropped in self.topo.handoff.clear().items():
+                self._stale(stream, dropped)
             await self.outbox.drain()
             await self.commit()
             self.positions.close_all()

@@ -111,10 +111,10 @@ def test_a_full_queue_holds_the_fetcher_until_the_pipeline_takes_one() -> None:
 def test_revocation_clears_what_was_queued() -> None:
     h = handoff()
 
-    async def scenario() -> int:
+    async def scenario() -> dict[str, int]:
         await h.take({TP("events", 0): recs(0, 3), TP("events", 1): recs(0, 2)}, generation=0)
         await h.take({TP("app-by-user", 0): recs(0, 4)}, generation=0)
-        return h.clear()
+        return dict(h.clear())
 
-    assert asyncio.run(scenario()) == 9
+    assert asyncio.run(scenario()) == {INPUT: 5, BY_USER: 4}  # counted as held, per stream
     assert h.queue.empty()
