@@ -1,6 +1,7 @@
 """Worker throughput next to a raw aiokafka + orjson consume loop: the same pre-filled topic, the same broker.
 
     python bench/throughput.py [--users 3000] [--days 28] [--partitions 8] [--workers 1] [--runs 1]
+                               [--trainer process|thread] [--no-latency] [--latency-rate R]
 
 Starts the embedded broker and fills one topic with synthetic events. Times a plain aiokafka consumer that decodes
 every record with orjson on it (the median of five passes); then, for each ``--workers`` count, starts that many
@@ -116,6 +117,7 @@ class Bench:
             warmup_samples=min(1500, a.users // 2),
             state_store=a.store,
             event_loop=a.event_loop,
+            trainer_process=a.trainer == "process",
             **({"input_topic": input_topic} if input_topic else {}),
         )
         if input_topic is None:
@@ -207,6 +209,9 @@ def main() -> None:
     ap.add_argument("--latency-rate", type=float, help="events/s of the latency run (default: half the saturated)")
     ap.add_argument("--store", choices=["memory", "rocksdb"], default=Settings.state_store, help="state_store")
     ap.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default=Settings.event_loop)
+    ap.add_argument(
+        "--trainer", choices=["process", "thread"], default="process" if Settings.trainer_process else "thread"
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         pop = generate(a.users, a.days, seed=3)
@@ -230,7 +235,8 @@ def main() -> None:
                 busy = m.get("segment_worker_batch_seconds_sum", 0)
                 batches = m.get("segment_worker_batch_seconds_count", 0)
                 print(
-                    f"segment-worker, {count} process(es), {a.store} store, {a.event_loop} loop, same topic: "
+                    f"segment-worker, {count} process(es), {a.store} store, {a.event_loop} loop, "
+                    f"trainer in a {a.trainer}, same topic: "
                     f"{rate:,.0f} events/s, "
                     f"ratio to the raw loop {rate / raw:.3f} (goal >= 0.15); {cpu_us:,.0f} CPU us/event in the "
                     f"worker; {batches:,.0f} batches (mean {n / max(1, batches):,.0f} events), "

@@ -120,6 +120,13 @@ class Settings:
             "answers only when it ends adds up to this to every event's latency; shorter costs empty fetches when idle)"
         },
     )
+    trainer_process: bool = field(
+        default=False,
+        metadata={
+            "help": "the trainer's fits run in a child process (another core; about 100 MB) instead of a thread of "
+            "the worker that shares its interpreter lock with ingest: for machines with a core to spare"
+        },
+    )
     state_cache_users: int = field(
         default=25_000,
         metadata={

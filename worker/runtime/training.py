@@ -2,7 +2,8 @@
 
 It reads the training samples with a consumer of its own, from the offset the published model ends at (Faust's
 stream would decide the position itself: after a rebalance it can deliver records fetched before it, or none),
-folds them into a :class:`~worker.clustering.Trainer` off the event loop, and publishes each model it fits with the
+folds them into a :class:`~worker.clustering.Trainer` off the event loop (in a process of its own by default:
+:mod:`worker.runtime.fitting`), and publishes each model it fits with the
 samples offset it covers. When the samples partition is revoked, the step in flight finishes and publishes first;
 whoever trains next resumes from the published model.
 """
@@ -16,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from worker import metrics
-from worker.clustering import ModelSnapshot, Trainer
-from worker.runtime.records import samples_in
+from worker.clustering import ModelSnapshot
+from worker.runtime.fitting import Fitter, FitterGone
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
@@ -40,19 +41,24 @@ class TrainerHost:
         self.settings = settings
         self.samples, self.samples_topic = samples, samples_topic
         self._newest_model, self._publish, self._commit = newest_model, publish, commit
-        self.trainer: Trainer | None = None
+        self.fitter: Fitter | None = None
         self.samples_from = 0  # next samples offset to fold in (what the published model holds ends before it)
         self.lock = asyncio.Lock()  # one step (read, fit, publish) at a time; revocation waits for it
 
     async def revoke(self) -> None:
         """The samples partition went to another member: stop training after the step in flight."""
         async with self.lock:
-            self.trainer = None
+            self._stop()
+
+    def _stop(self) -> None:
+        if self.fitter is not None:
+            self.fitter.close()
+            self.fitter = None
 
     async def step(self) -> bool:
         """Read the next samples and learn from them; publish a model when one is due. False when none came."""
         async with self.lock:
-            trainer = self.trainer or await self._resume()
+            fitter = self.fitter or await self._resume()
             records, reached = await self.samples.read(
                 self.samples_topic, 0, self.samples_from, None, timeout=1.0, max_records=READ_RECORDS
             )
@@ -60,21 +66,24 @@ class TrainerHost:
             self.samples_from = max(self.samples_from, reached)
             if not fresh:
                 return False
-            rows = [sample for r in fresh for sample in samples_in(r.value)]
-            # fitting can take seconds: off the event loop, so heartbeats and ingest go on meanwhile
-            snap = await asyncio.get_running_loop().run_in_executor(None, trainer.add, rows)
-            metrics.TRAINING_SAMPLES.inc(len(rows))
+            try:  # fitting can take seconds: off the event loop (and its process), so ingest goes on meanwhile
+                count, snap = await fitter.add([r.value for r in fresh])
+            except FitterGone as exc:  # resumed from the published model, its samples read again
+                log.warning("%s; the trainer starts again from the published model", exc)
+                self._stop()
+                return True
+            metrics.TRAINING_SAMPLES.inc(count)
             if snap is not None:
                 await self._published(dataclasses.replace(snap, samples_offset=self.samples_from))
             return True
 
-    async def _resume(self) -> Trainer:
+    async def _resume(self) -> Fitter:
         raw = await self._newest_model()
         snap = ModelSnapshot.from_bytes(raw) if raw is not None else None
-        self.trainer = Trainer(self.settings, snap)
+        self.fitter = Fitter(self.settings, snap, self.settings.trainer_process)
         self.samples_from = snap.samples_offset if snap is not None else 0
         log.info("trainer starts from model v%d, samples offset %d", snap.version if snap else 0, self.samples_from)
-        return self.trainer
+        return self.fitter
 
     async def _published(self, snap: ModelSnapshot) -> None:
         await self._publish(snap.to_bytes())

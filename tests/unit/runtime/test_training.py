@@ -4,7 +4,14 @@ samples offset it covers, and resumes from the published model after a revocatio
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from worker.changes import InputRecord, Segmenter
 from worker.clustering import ModelSnapshot
@@ -19,6 +26,7 @@ from worker.synth import generate
 
 USERS = 300
 SETTINGS = sized(Settings(partitions=1), USERS)
+IN_PROCESS = dataclasses.replace(SETTINGS, trainer_process=True)
 
 
 @dataclass
@@ -30,15 +38,16 @@ class Rec:
 class FakeSamples:
     """The samples partition as the broker serves it (reads of at most ``max_records``)."""
 
-    def __init__(self, values: list[bytes]) -> None:
+    def __init__(self, values: list[bytes], per_read: int = 1_000) -> None:
         self.records = [Rec(i, v) for i, v in enumerate(values)]
+        self.per_read = per_read  # records a read returns at most (besides max_records)
         self.starts: list[int] = []  # where each read began
 
     async def read(
         self, topic: str, partition: int, start: int, stop: int | None, timeout: float, max_records: int
     ) -> tuple[list[Rec], int]:
         self.starts.append(start)
-        got = self.records[start : start + max_records]
+        got = self.records[start : start + min(max_records, self.per_read)]
         return got, start + len(got)
 
 
@@ -89,13 +98,13 @@ def test_models_carry_the_samples_offset_and_a_new_host_resumes_from_them() -> N
         first = ModelSnapshot.from_bytes(out.models[0])
         assert first.samples_offset == host.samples_from == out.commits[0] > 0
         await host.revoke()  # the samples partition moved: the next owner resumes from the published model
-        assert host.trainer is None
+        assert host.fitter is None
         samples = FakeSamples(records)
         other = TrainerHost(SETTINGS, samples, "samples", out.newest, out.publish, out.commit)
         while await other.step():
             pass
         assert samples.starts[0] == first.samples_offset  # nothing folded in twice
-        assert other.trainer is not None and other.samples_from == len(records)
+        assert other.fitter is not None and other.samples_from == len(records)
         resumed = [ModelSnapshot.from_bytes(raw) for raw in out.models[1:]]
         assert all(m.version > first.version and m.samples_offset > first.samples_offset for m in resumed)
 
@@ -111,3 +120,84 @@ def test_a_commit_refused_during_a_rebalance_is_not_an_error() -> None:
     host = TrainerHost(SETTINGS, FakeSamples(sample_records()), "samples", out.newest, out.publish, refuse)
     asyncio.run(run_until_published(host, out, 1))
     assert not asyncio.run(TrainerHost(SETTINGS, FakeSamples([]), "s", out.newest, out.publish, refuse).step())
+
+
+def _models(settings: Settings, records: list[bytes], per_read: int = 1_000) -> list[bytes]:
+    out = Published()
+    host = TrainerHost(settings, FakeSamples(records, per_read), "samples", out.newest, out.publish, out.commit)
+
+    async def scenario() -> None:
+        while await host.step():
+            pass
+        await host.revoke()
+
+    asyncio.run(scenario())
+    return out.models
+
+
+def test_a_fitting_process_and_a_thread_fit_the_same_models() -> None:
+    records = sample_records()
+    in_process = _models(IN_PROCESS, records)
+    assert in_process
+    assert _models(dataclasses.replace(SETTINGS, trainer_process=False), records) == in_process
+
+
+def test_a_killed_fitting_process_is_replaced_from_the_published_model() -> None:
+    """Killed before the first model: the next process starts again from the samples' beginning, and the models
+    are those of an undisturbed run."""
+    records = sample_records()
+    out = Published()
+    host = TrainerHost(IN_PROCESS, FakeSamples(records, 2), "samples", out.newest, out.publish, out.commit)
+
+    async def scenario() -> None:
+        assert await host.step()
+        assert host.fitter is not None and not out.models
+        pid = await host.fitter.pid()
+        assert pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+        assert await host.step()  # the loss noticed: no fitter until the next step
+        assert host.fitter is None
+        while await host.step():
+            pass
+        assert host.fitter is not None and await host.fitter.pid() != pid
+        await host.revoke()
+
+    asyncio.run(scenario())
+    assert out.models and out.models == _models(IN_PROCESS, records, 2)
+
+
+def test_the_fitting_process_ends_with_a_killed_worker(tmp_path: Path) -> None:
+    """A SIGKILLed worker cannot shut its fitting process down: the process notices and exits."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from worker.runtime.fitting import Fitter\n"
+        "from worker.settings import Settings\n"
+        "async def main():\n"
+        "    f = Fitter(Settings(), None, True)\n"
+        "    print(await f.pid(), flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n"
+    )
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as parent:
+        try:
+            assert parent.stdout is not None
+            child = int(parent.stdout.readline())
+            assert _alive(child)
+            os.kill(parent.pid, signal.SIGKILL)
+            parent.wait(5)
+            deadline = time.monotonic() + 10
+            while _alive(child) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _alive(child)
+        finally:
+            parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
