@@ -146,7 +146,10 @@ def test_empty_broker_worker_first_then_a_plain_producer(bare_settings: Settings
     assert metric_total(m, "segment_worker_events_duplicate_total") == 0
     assert metric_total(m, "segment_worker_topic_problems") == 0
 
-    # every user the worker placed in a segment has a change chain ending there, and no one else has one
+    # every user the worker placed in a segment has a change chain ending there, and no one else has one (once the
+    # first model is in use: its arrival places the waiting users, a burst of changes after the events)
+    poll_until(lambda: worker.get("/personas")["model_version"], bool, 240, "a model in use")
+
     def settled() -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
         sizes = {k.split("segment=")[1]: v for k, v in worker.metrics().items() if "persona_users|" in k}
         return sizes, latest_changes(read_all(bootstrap, s.output_topic))
