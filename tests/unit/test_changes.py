@@ -444,6 +444,27 @@ def test_a_jump_of_the_watermark_runs_every_check_it_passed_in_order() -> None:
     assert [d["changed_at"] for d in once[1:]] == [format_rfc3339(T0 + int(2.5 * DAY)), format_rfc3339(T0 + 5 * DAY)]
 
 
+def test_a_silence_the_watermark_passed_before_the_users_next_event_counts_wherever_the_batch_ends() -> None:
+    """Another user's event moves the watermark past this user's dormancy; this user's next event follows in the
+    same partition. One batch or two, the user went dormant first (a re-application after a crash reads other
+    batches than the first run: the change ids must carry the same contents)."""
+    s = Settings(min_events=3, dormant_after_days=5, lapsing_share=0.0, lateness_seconds=0)
+    outcomes = []
+    for split in (3, 2, 1):
+        seg = Segmenter(s, {}, lambda _u: 0)
+        rec = record_factory()
+        records = [rec("u", "view", T0), rec("w", "view", T0 + 6 * DAY), rec("u", "view", T0 + 7 * DAY)]
+        changes = step(seg, records[:split]).changes + step(seg, records[split:]).changes
+        outcomes.append([c for _, c, _ in changes if codec.loads(c)["user_id"] == "u"])
+    moves = [(d["to_segment"], d["changed_at"]) for d in map(codec.loads, outcomes[0])]
+    assert moves == [
+        ("new", format_rfc3339(T0)),
+        ("dormant", format_rfc3339(T0 + 5 * DAY)),
+        ("new", format_rfc3339(T0 + 7 * DAY)),
+    ]
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
 def test_no_lapsing_stage_when_its_share_is_zero() -> None:
     s = Settings(min_events=3, dormant_after_days=5, lapsing_share=0.0)
     seg = Segmenter(s, {}, lambda _u: 0)

@@ -236,6 +236,14 @@ class Segmenter:
             elif state.seen(rec.src_partition, rec.src_offset):
                 res.duplicates += 1
                 continue
+            elif state.due and state.due <= self.watermarks.get(owner):
+                # the watermark passed a silence check of the user before this event: the batch's part ends here,
+                # as a batch ending here would, so the outcome does not depend on where batches end (a
+                # re-application after a crash reads other batches than the first run)
+                res.partitions.add(owner)
+                evals = self._close_part(res, evals, now_mono, wiped)
+                state = self._current(res, uid, wiped)
+                assert state is not None
             res.erased.discard(uid)
             apply_event(state, ev, self.half_lives, s.max_types_per_user, self.session_gap_ms)
             state.fence(rec.src_partition, rec.src_offset)
@@ -249,9 +257,10 @@ class Segmenter:
                 # the first event of a profile (the user is known), or a quiet user back with too few events for
                 # the model: segment `new`
                 self._to_new(res, uid, state, rec)
+            # an event resets the silence clock
+            state.due = self.dormancy.next_check(state, 0)
             if state.n >= s.min_events:
                 if self._want_sample(state.n):
-                    state.due = self.dormancy.next_check(state, 0)  # (a sample is the state as of this event)
                     self._sample(res, uid, state, state.last_ts)
                 if space is not None:
                     t = state.last_ts
@@ -259,6 +268,12 @@ class Segmenter:
                     evals.append(
                         _Eval(uid, state, t, state.n, "event", source, rec.consumed_at, row=space.row(state, t))
                     )
+        self._close_part(res, evals, now_mono, wiped)
+        return self._done(res)
+
+    def _close_part(self, res: BatchResult, evals: list[_Eval], now_mono: float, wiped: set[str]) -> list[_Eval]:
+        """The end of a batch (or of a part of it): silence checks the watermarks passed, then every evaluation
+        in order; returns the next part's (empty) evaluations."""
         self._reset_silence(res)
         self._collect_silent(res, evals, now_mono, wiped)
         if wiped:  # what the batch computed for a user before an erasure or a withdrawal goes with the state
@@ -268,8 +283,8 @@ class Segmenter:
             res.samples = [res.samples[i] for i in keep]
             res.sampled = [res.sampled[i] for i in keep]
         if evals:
-            self._evaluate(model, evals, res)
-        return self._done(res)
+            self._evaluate(self.model, evals, res)
+        return []
 
     def _done(self, res: BatchResult) -> BatchResult:
         """The batch's result; the caller writes its states (and deletes the erased) before the next batch."""
@@ -278,13 +293,8 @@ class Segmenter:
         return res
 
     def _reset_silence(self, res: BatchResult) -> None:
-        """An event resets the user's silence clock: the next check of each user with events in the batch (every
-        state it touched so far but a consent marker), planned once from the newest of them."""
-        next_check = self.dormancy.next_check
+        """The next silence check of each user with events in the batch, indexed."""
         for uid, state in res.dirty.items():
-            if state.opted_out:
-                continue
-            state.due = next_check(state, 0)
             if state.due:
                 self.silence.schedule(self.partition_of(uid), uid, state.due)
 
@@ -407,12 +417,18 @@ class Segmenter:
                 state = self._current(res, uid, wiped)
                 if state is None or not state.due or state.due > wm:
                     continue  # erased, rescheduled by a newer event, or a stale entry
-                while state.due and state.due <= wm:  # every check the watermark passed, in order
-                    e = self._silence_check(res, uid, state, now)
-                    if e is not None:
-                        evals.append(e)
+                self._due_checks(res, evals, uid, state, wm, now)
                 if state.due:
                     self.silence.schedule(p, uid, state.due)
+
+    def _due_checks(
+        self, res: BatchResult, evals: list[_Eval], uid: str, state: UserState, wm: int, now: float
+    ) -> None:
+        """Every silence check of the user the watermark ``wm`` passed, in order."""
+        while state.due and state.due <= wm:
+            e = self._silence_check(res, uid, state, now)
+            if e is not None:
+                evals.append(e)
 
     def _silence_check(self, res: BatchResult, uid: str, state: UserState, now: float) -> _Eval | None:
         """A user's silence check that fell due: the quiet segment the silence calls for (lapsing, dormant), or
