@@ -417,18 +417,12 @@ class Segmenter:
                 state = self._current(res, uid, wiped)
                 if state is None or not state.due or state.due > wm:
                     continue  # erased, rescheduled by a newer event, or a stale entry
-                self._due_checks(res, evals, uid, state, wm, now)
+                while state.due and state.due <= wm:  # every check the watermark passed, in order
+                    e = self._silence_check(res, uid, state, now)
+                    if e is not None:
+                        evals.append(e)
                 if state.due:
                     self.silence.schedule(p, uid, state.due)
-
-    def _due_checks(
-        self, res: BatchResult, evals: list[_Eval], uid: str, state: UserState, wm: int, now: float
-    ) -> None:
-        """Every silence check of the user the watermark ``wm`` passed, in order."""
-        while state.due and state.due <= wm:
-            e = self._silence_check(res, uid, state, now)
-            if e is not None:
-                evals.append(e)
 
     def _silence_check(self, res: BatchResult, uid: str, state: UserState, now: float) -> _Eval | None:
         """A user's silence check that fell due: the quiet segment the silence calls for (lapsing, dormant), or
