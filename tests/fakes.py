@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from worker.runtime.ownership import Ownership
+
 
 class FakeProducer:
     """Records sends in order; each send's delivery completes when the test releases it (or at once), with the
@@ -34,3 +36,33 @@ class FakeProducer:
             fut.set_result(len(self.delivered))
             self.delivered.append(rec)
         self.waiting.clear()
+
+
+class FakeChangelog:
+    local = None
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[str, list[int], int | None]] = []
+
+    async def read(self, table: Any, partitions: set[int], tail: int | None = None) -> tuple[int, int]:
+        self.reads.append((table.name, sorted(partitions), tail))
+        return 0, 0
+
+
+class FakeTopics:
+    ok = True
+
+    def __init__(self) -> None:
+        self.flagged: list[str] = []
+
+    def flag(self, problem: str) -> None:
+        self.flagged.append(problem)
+
+
+class Assigned(Ownership):
+    """Ownership with the assignment given by the test (Faust's assignor is not started here)."""
+
+    partitions: set[int] = set()
+
+    def assigned(self) -> set[int]:
+        return set(self.partitions)

@@ -26,6 +26,7 @@ from faust.types import TP
 
 from worker import metrics
 from worker.changes import Segmenter
+from worker.clustering import ModelSnapshot
 from worker.features import wire
 from worker.kafkasecurity import aiokafka_config, kafka_python_config
 from worker.localstore import LocalStore
@@ -35,8 +36,9 @@ from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
 from worker.runtime import topology
 from worker.runtime.housekeeping import Housekeeping
+from worker.runtime.modelpin import MODEL_KEY, slot_key
 from worker.runtime.ownership import TAIL_RECORDS, Ownership
-from worker.runtime.pipeline import MODEL_KEY, Pipeline
+from worker.runtime.pipeline import Pipeline
 from worker.runtime.positions import Positions
 from worker.runtime.records import BY_USER, ERASURES, INPUT, input_record
 from worker.runtime.recovery import ChangelogReader
@@ -142,6 +144,8 @@ def _trainer(s: Settings, topo: topology.Topology, changelog: ChangelogReader, s
         return raw
 
     async def publish(raw: bytes) -> None:
+        # the version's own slot first: a worker that adopts it from MODEL_KEY can pin it after a restart
+        await topo.put(topo.models, slot_key(ModelSnapshot.version_of(raw) or 0), raw)
         await topo.put(topo.models, MODEL_KEY, raw)
 
     async def commit(offset: int) -> None:

@@ -39,6 +39,26 @@ class RangeReader:
         tps = [TopicPartition(topic, p) for p in partitions]
         return {tp.partition: offset for tp, offset in (await consumer.beginning_offsets(tps)).items()}
 
+    async def ends(self, topic: str, partitions: Sequence[int], timeout: float = 5.0) -> dict[int, int]:
+        """The offset after each partition's last record. The end offset a broker reports may be the start of the
+        last batch plus one (the embedded broker's); a fetch response's high watermark is exact, so each partition
+        with records is fetched once from its reported end (as :func:`worker.kafkaio.true_end_offsets` does)."""
+        consumer = await self._started()
+        reported = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        ends = {tp.partition: end for tp, end in reported.items()}
+        pending = {tp for tp, end in reported.items() if end > 0}
+        consumer.assign(sorted(pending))
+        for tp in pending:
+            consumer.seek(tp, reported[tp] - 1)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            await consumer.getmany(*pending, timeout_ms=200)  # each fetch response carries the high watermark
+            for tp in list(pending):
+                if (highwater := consumer.highwater(tp)) is not None:
+                    ends[tp.partition] = max(ends[tp.partition], highwater)
+                    pending.discard(tp)
+        return ends
+
     async def read(
         self, topic: str, partition: int, start: int, stop: int | None, timeout: float = 5.0, max_records: int = 5000
     ) -> tuple[list[Any], int]:

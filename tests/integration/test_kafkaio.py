@@ -3,6 +3,7 @@ whatever the broker's ListOffsets answers (the embedded broker answers the start
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -10,6 +11,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from worker.broker import EmbeddedBroker
 from worker.kafkaio import create_topics, produce, read_all, true_end_offsets
+from worker.refetch import RangeReader
 
 pytestmark = pytest.mark.integration
 
@@ -32,3 +34,13 @@ def test_reads_go_to_the_last_record_of_batches_longer_than_a_poll(broker: Embed
     assert sorted(r.value or b"" for r in records) == sorted(v for _, v in first + second)
     for p, end in ends.items():
         assert max(r.offset for r in records if r.partition == p.partition) == end - 1
+    # the worker's own reader (a restart pins its model up to these ends) agrees
+    assert asyncio.run(_reader_ends(broker.bootstrap, topic)) == {tp.partition: end for tp, end in ends.items()}
+
+
+async def _reader_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    reader = RangeReader(bootstrap)
+    try:
+        return await reader.ends(topic, [0, 1, 2])
+    finally:
+        await reader.stop()

@@ -119,6 +119,14 @@ class ModelSnapshot:
             }
         )
 
+    @staticmethod
+    def version_of(data: bytes) -> int | None:
+        """The version a snapshot's bytes hold (None: not a snapshot)."""
+        try:
+            return int(codec.loads(data)["version"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelSnapshot:
         try:

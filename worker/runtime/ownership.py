@@ -90,7 +90,7 @@ class Ownership:
             self.owned.intersection_update(current)
             await self.outbox.drain()  # what the changelog holds includes every write of ours
             await self._read_state(current, gained)
-            metas = self._metas(current)
+            metas = self.metas(current)
             self.segmenter.rebuild(set(current), {p: int(meta["max_ts"]) for p, meta in metas.items()})
             await self._open_positions(current, gained, metas)
             self.owned.update(current)
@@ -100,8 +100,8 @@ class Ownership:
             )
         return gained
 
-    def _metas(self, partitions: set[int]) -> dict[int, Any]:
-        """Each partition's positions and newest event time, as its state holds them."""
+    def metas(self, partitions: set[int]) -> dict[int, Any]:
+        """Each partition's position record, as its state holds it: positions, newest event time, model version."""
         table, keys = self.topo.part_meta, self._meta_keys
         return {p: codec.loads(raw) for p in partitions if (raw := table.get(keys[p])) is not None}
 

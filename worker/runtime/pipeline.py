@@ -28,6 +28,7 @@ from worker.features import wire
 from worker.outbox import Outbox, Record
 from worker.runtime import faust_internals as fi
 from worker.runtime.handoff import Fetched
+from worker.runtime.modelpin import META_MODEL, MODEL_KEY, ModelPin, recorded_version, slot_key
 from worker.runtime.ownership import Ownership, meta_keys
 from worker.runtime.positions import Positions
 from worker.runtime.records import OutputEncoder, input_record
@@ -37,26 +38,42 @@ from worker.topics import TopicWatch
 
 log = logging.getLogger("worker")
 
-MODEL_KEY = "current"  # the one key of the models table
-
 
 class ModelFollower:
-    """Adopts each model snapshot the models table gets (the trainer publishes them there)."""
+    """Adopts each model snapshot the models table gets (the trainer publishes them there), or the pinned version
+    while a restarted worker re-applies what its crashed run applied (:mod:`worker.runtime.modelpin`)."""
 
     def __init__(self, models: Any, segmenter: Segmenter) -> None:
         self.models, self.segmenter = models, segmenter
         self._raw: bytes | None = None
 
-    def refresh(self) -> bool:
-        """Adopt a newer model snapshot; True when it is the first one (users waiting for a persona)."""
-        raw = self.models.get(MODEL_KEY)
+    def kept(self, version: int) -> bool:
+        """Whether the models table still holds this version (0: no model, always)."""
+        return version == 0 or self._snapshot(version) is not None
+
+    def _snapshot(self, version: int) -> bytes | None:
+        for key in (slot_key(version), MODEL_KEY):
+            raw = self.models.get(key)
+            if raw is not None and ModelSnapshot.version_of(raw) == version:
+                return raw  # type: ignore[no-any-return]
+        return None
+
+    def refresh(self, pinned: int | None = None) -> tuple[bool, bool]:
+        """Adopt the pinned version, or else a newer published snapshot. Returns whether a model was adopted and
+        whether it is the first one (users waiting for a persona)."""
+        if pinned is None:
+            raw = self.models.get(MODEL_KEY)
+        elif pinned == 0 or (self.segmenter.model is not None and self.segmenter.model.version == pinned):
+            return False, False  # no model yet, or the pinned one in use
+        else:
+            raw = self._snapshot(pinned)
         if raw is None or raw is self._raw:
-            return False
+            return False, False
         self._raw = raw
         before = self.segmenter.model
         snap = ModelSnapshot.from_bytes(raw)
         if not self.segmenter.set_model(snap):
-            return False
+            return False, False
         metrics.MODEL_VERSION.set(snap.version)
         metrics.MODEL_PERSONAS.set(len(snap.persona_ids))
         metrics.MODEL_UPDATED.set_to_current_time()
@@ -66,7 +83,7 @@ class ModelFollower:
         log.info("model v%d in use: %s", snap.version, dict(zip(snap.persona_ids, snap.persona_names, strict=True)))
         if before is None or before.space.half_lives_ms != snap.space.half_lives_ms:
             log.info("time scales: %s", self.segmenter.time_scales())
-        return before is None
+        return True, before is None
 
 
 class Pipeline:
@@ -86,6 +103,7 @@ class Pipeline:
         self.ownership, self.outbox, self.topics, self.filler = ownership, outbox, topics, filler
         self.app: faust.App = topo.app
         self.model = ModelFollower(topo.models, segmenter)
+        self.pin = ModelPin()
         self.encoder = OutputEncoder(topo.outputs, partition_of)
         self.streams = topo.stream_topics
         self.lock = asyncio.Lock()
@@ -168,14 +186,52 @@ class Pipeline:
             confirmed.append((p, start, reached))
 
     async def catch_up(self) -> None:
-        """Before a batch or a timer's work: take in a changed assignment and a newer model. Users waiting for a
-        persona get one when the model is new to them: the first model, or partitions just gained (their users may
-        have waited under an owner that never had a model, e.g. one that left before the first was trained)."""
+        """Before a batch or a timer's work: take in a changed assignment and a newer model (or, after a restart,
+        the model the crashed run used, see :mod:`worker.runtime.modelpin`). Users waiting for a persona get one
+        when the model is new to them: the first model, or partitions just gained (their users may have waited
+        under an owner that never had a model, e.g. one that left before the first was trained)."""
         gained = await self.ownership.refresh()
-        first = self.model.refresh()
+        if gained and self.segmenter.model is None and not self.pin.active:
+            await self._pin(gained)
+        if self.pin.release_reached(self.positions.current()):
+            log.info("records re-applied up to where the logs ended at the start: the newest model may be used")
+        adopted, first = self.model.refresh(self.pin.version)
+        if adopted or gained:
+            await self._record_model()
         if self.segmenter.model is not None and (first or gained):
             swept = self.segmenter.sweep(self.ownership.owned if first else gained, time.monotonic())
             await self.publish(swept, ())
+
+    async def _pin(self, gained: set[int]) -> None:
+        """A starting worker re-applies its partitions' records under the model their position records name, up
+        to where each log ends now (what a crashed run applied lies before that)."""
+        metas = self.ownership.metas(gained)
+        version = recorded_version(metas.values())
+        if version is None:
+            return
+        if not self.model.kept(version):
+            log.warning(
+                "model v%d, in use when partitions %s were last written, is no longer kept: records re-applied "
+                "from there use the newest model (a change delivered before a crash may come again under it)",
+                version,
+                sorted(metas),
+            )
+            return
+        until = {}
+        for stream, topic in self.streams.items():
+            next_offsets = self.positions.gates[stream].next
+            for p, end in (await self.filler.ends(topic, sorted(metas))).items():
+                if next_offsets.get(p, end) < end:
+                    until[(stream, p)] = end
+        if until:
+            self.pin.hold(version, until)
+            log.info("re-applying up to %s under model v%d, the one in use before this start", until, version)
+
+    async def _record_model(self) -> None:
+        """Every owned partition's position record names the model in use, delivered before a record is applied
+        under it."""
+        await self.publish(BatchResult(), self.ownership.owned)
+        await self.outbox.drain()
 
     async def revoke(self) -> None:
         """Partitions are being revoked: the batch in flight finishes and is delivered first (the next owner
@@ -223,10 +279,11 @@ class Pipeline:
         durable once delivered."""
         metas = []
         durable_after: dict[tuple[str, int], int] = {}
+        version = self.segmenter.model.version if self.segmenter.model is not None else 0
         for p in partitions:
             at = self.positions.state_of(p)
             durable_after.update({(stream, p): position for stream, position in at.items()})
-            meta = {"max_ts": self.segmenter.watermarks.max_ts.get(p, 0), **at}
+            meta = {"max_ts": self.segmenter.watermarks.max_ts.get(p, 0), META_MODEL: version, **at}
             metas.append((p, self.topo.stage(self.topo.part_meta, self._meta_keys[p], codec.dumps(meta))))
         return metas, durable_after
 

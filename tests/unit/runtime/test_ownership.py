@@ -4,9 +4,8 @@ says (or at the start of the log), lost partitions' keys dropped, an assignment 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from tests.fakes import FakeProducer
+from tests.fakes import Assigned, FakeChangelog, FakeProducer, FakeTopics
 from worker import codec
 from worker.changes import Segmenter
 from worker.features import wire
@@ -14,42 +13,12 @@ from worker.outbox import Outbox
 from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
 from worker.runtime import topology
-from worker.runtime.ownership import Ownership, meta_keys
+from worker.runtime.ownership import meta_keys
 from worker.runtime.positions import Positions
 from worker.runtime.records import BY_USER, ERASURES, INPUT
 from worker.settings import Settings
 
 S = Settings(partitions=4, app_id="unit", input_topic="events", erasure_topic="erasures")
-
-
-class FakeChangelog:
-    local = None
-
-    def __init__(self) -> None:
-        self.reads: list[tuple[str, list[int], int | None]] = []
-
-    async def read(self, table: Any, partitions: set[int], tail: int | None = None) -> tuple[int, int]:
-        self.reads.append((table.name, sorted(partitions), tail))
-        return 0, 0
-
-
-class FakeTopics:
-    ok = True
-
-    def __init__(self) -> None:
-        self.flagged: list[str] = []
-
-    def flag(self, problem: str) -> None:
-        self.flagged.append(problem)
-
-
-class Assigned(Ownership):
-    """Ownership with the assignment given by the test (Faust's assignor is not started here)."""
-
-    partitions: set[int] = set()
-
-    def assigned(self) -> set[int]:
-        return set(self.partitions)
 
 
 async def beginning(topic: str, partitions: list[int]) -> dict[int, int]:

@@ -88,7 +88,7 @@ def test_outputs_then_states_then_positions_and_only_then_durable() -> None:
         "unit-partition-meta-changelog": 1,
     }
     meta = codec.loads(producer.delivered[-1][1])
-    assert meta == {"max_ts": T0 + 2, INPUT: 15}  # the next offset after the batch
+    assert meta == {"max_ts": T0 + 2, "model": 0, INPUT: 15}  # the next offset after the batch; no model yet
     assert pipeline.positions.to_commit() == {(INPUT, 0): 15}  # durable once delivered: the group may be told
 
 
