@@ -7,7 +7,7 @@ import pytest
 
 from worker import codec
 from worker.clustering import ModelSnapshot, Trainer
-from worker.clustering.batch import choose_k, kmeans, silhouette
+from worker.clustering.batch import choose_k, fit_score, kmeans, lloyd, silhouette, subsample
 from worker.events.ingest import UserEvent
 from worker.features import FeatureSpace, UserState, apply_event
 from worker.settings import Settings
@@ -33,6 +33,17 @@ def test_kmeans_and_silhouette() -> None:
     fit = kmeans(x, 3, np.random.default_rng(0))
     assert silhouette(x, fit.labels) > 0.7
     assert silhouette(x, np.zeros(len(x), dtype=int)) == -1.0
+
+
+def test_fits_scored_on_one_sample_each_get_their_own_silhouette() -> None:
+    """The sample's distances are computed once and shared; each fit's labels are its own."""
+    x, _ = blobs(4, 600, 5, 7)
+    rng = np.random.default_rng(0)
+    sub = subsample(x, rng, size=400)
+    fits = [kmeans(x, k, np.random.default_rng(k)) for k in (2, 3, 4)]
+    shared = [fit_score(x, sub, fit) for fit in fits]
+    alone = [round(silhouette(sub.rows, lloyd(sub.rows, fit.centers, iters=0).labels), 4) for fit in fits]
+    assert shared == alone and len(set(shared)) == 3
 
 
 def snapshot(centroids: np.ndarray) -> ModelSnapshot:

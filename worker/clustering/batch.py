@@ -65,35 +65,56 @@ def add_center(x: np.ndarray, centers: np.ndarray, rng: np.random.Generator) -> 
     return np.vstack([centers, x[idx]])
 
 
-def fit_score(x: np.ndarray, sub: np.ndarray, fit: Fit, min_share: float = 0.01) -> float:
+class ScoringSample:
+    """Rows to score fits on by silhouette, with their pairwise distances: computed once for every fit scored on
+    the same rows (the quadratic part; a re-check scores up to ``k + 4`` fits)."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self._distances: np.ndarray | None = None
+
+    @property
+    def distances(self) -> np.ndarray:
+        if self._distances is None:
+            d = sq_distances(self.rows, self.rows)
+            np.sqrt(d, out=d)
+            self._distances = d
+        return self._distances
+
+
+def fit_score(x: np.ndarray, sub: ScoringSample, fit: Fit, min_share: float = 0.01) -> float:
     """Silhouette of ``fit`` on the subsample ``sub``; -1 when a cluster holds under ``min_share`` of ``x``."""
     sizes = np.bincount(fit.labels, minlength=len(fit.centers))
     if sizes.min() < max(2, min_share * len(x)):
         return -1.0
-    return round(silhouette(sub, sq_distances(sub, fit.centers).argmin(1)), 4)
+    return round(silhouette_of(sub.distances, sq_distances(sub.rows, fit.centers).argmin(1)), 4)
 
 
-def subsample(x: np.ndarray, rng: np.random.Generator, size: int = 2500) -> np.ndarray:
+def subsample(x: np.ndarray, rng: np.random.Generator, size: int = 2500) -> ScoringSample:
     """Silhouette is quadratic: at most ``size`` rows of ``x``."""
-    return x if len(x) <= size else x[rng.choice(len(x), size, replace=False)]
+    return ScoringSample(x if len(x) <= size else x[rng.choice(len(x), size, replace=False)])
 
 
 def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
     """Mean silhouette coefficient (exact; keep ``x`` to a few thousand rows)."""
+    return silhouette_of(ScoringSample(x).distances, labels)
+
+
+def silhouette_of(d: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette coefficient from the rows' pairwise distances ``d``."""
     ks = np.unique(labels)
     if len(ks) < 2:
         return -1.0
-    d = sq_distances(x, x)
-    np.sqrt(d, out=d)
+    n = len(labels)
     own = np.searchsorted(ks, labels)
-    onehot = np.zeros((len(x), len(ks)))
-    onehot[np.arange(len(x)), own] = 1.0
+    onehot = np.zeros((n, len(ks)))
+    onehot[np.arange(n), own] = 1.0
     per_cluster = d @ onehot  # each row's distance sum to each cluster, in one BLAS call
     sizes = onehot.sum(0)
     own_size = sizes[own]
-    a = per_cluster[np.arange(len(x)), own] / np.maximum(own_size - 1, 1)
+    a = per_cluster[np.arange(n), own] / np.maximum(own_size - 1, 1)
     mean_other = per_cluster / sizes[None, :]
-    mean_other[np.arange(len(x)), own] = np.inf
+    mean_other[np.arange(n), own] = np.inf
     b = mean_other.min(1)
     s = np.where(own_size > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
     return float(s.mean())
