@@ -17,22 +17,25 @@ def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 5))
 
 
+async def settle() -> None:
+    """Let the delivery loops take what is queued and send it."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
 def test_each_kind_is_delivered_before_the_next_is_sent() -> None:
     async def scenario() -> list[tuple[str, bytes]]:
         prod = FakeProducer(auto=False)
         box = Outbox(prod.send)
         task = asyncio.create_task(box.run())
         await box.add([rec("out", "c1")], [("u1", rec("state", "s1"))], [(0, rec("pos", "p1"))])
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await settle()
         assert prod.sent == [("out", b"c1")]  # the state waits for the change to be delivered
         prod.release()
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await settle()
         assert prod.sent[-1] == ("state", b"s1") and ("pos", b"p1") not in prod.sent
         prod.release()
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await settle()
         prod.release()
         await box.drain()
         task.cancel()
@@ -54,7 +57,7 @@ def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key(
         task = asyncio.create_task(box.run())
         calls: list[str] = []
         await box.add([rec("out", "a")], [("u1", rec("state", "u1@a"))], after_all=lambda: calls.append("a"))
-        await asyncio.sleep(0)  # round 1 starts with batch a
+        await settle()  # round 1 starts with batch a
         for name in ("b", "c"):
             await box.add(
                 [rec("out", name)],
@@ -72,18 +75,65 @@ def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key(
     delivered, rounds, calls, sizes, stored = run(scenario())
     assert rounds == 2
     assert sizes == [2, 5]  # a: out + state; b and c: two outs, the newest states of u1 and u2, one position
-    assert delivered == [
-        ("out", b"a"),
-        ("state", b"u1@a"),
-        ("out", b"b"),
-        ("out", b"c"),
-        ("state", b"u1@c"),  # u1's state of batch b is superseded within the round
-        ("state", b"u2@c"),
-        ("pos", b"c"),
-    ]
-    assert calls == ["a", "out b", "out c", "b", "c"]
+    # each kind in order; round 2's outputs may go out beside round 1's state (the rounds overlap by one kind)
+    assert [v for t, v in delivered if t == "out"] == [b"a", b"b", b"c"]
+    # u1's state of batch b is superseded within its round; a round's states after its outputs and the states
+    # of the round before, its positions after its states
+    assert [v for t, v in delivered if t != "out"] == [b"u1@a", b"u1@c", b"u2@c", b"c"]
+    at = {r: i for i, r in enumerate(delivered)}
+    assert at[("out", b"a")] < at[("state", b"u1@a")] < at[("state", b"u1@c")] > at[("out", b"c")]
+    assert calls.index("a") < calls.index("b") < calls.index("c") and calls.index("out c") < calls.index("b")
     # states and positions of each round with the broker's answer for each (what the local store keeps)
-    assert stored == [[(b"u1@a", 1)], [(b"u1@c", 4), (b"u2@c", 5), (b"c", 6)]]
+    assert stored == [[(b"u1@a", at[("state", b"u1@a")])], [(b"u1@c", 4), (b"u2@c", 5), (b"c", 6)]]
+
+
+def test_a_round_s_outputs_go_out_while_the_round_before_delivers_its_states() -> None:
+    async def scenario() -> None:
+        prod = FakeProducer(auto=False)
+        box = Outbox(prod.send)
+        task = asyncio.create_task(box.run())
+        await box.add([rec("out", "a")], [("u", rec("state", "u@a"))], [(0, rec("pos", "a"))])
+        await settle()
+        prod.release()  # a's change delivered: its state goes out
+        await settle()
+        await box.add([rec("out", "b")], [("u", rec("state", "u@b"))], [(0, rec("pos", "b"))])
+        await settle()
+        # b's change is sent before a's state is acknowledged (its latency does not carry a's bookkeeping) ...
+        assert prod.sent == [("out", b"a"), ("state", b"u@a"), ("out", b"b")] and prod.delivered == [("out", b"a")]
+        prod.release()
+        await settle()
+        # ... but b's state waits for a's position: a key's newer state never lands before its older one
+        assert prod.sent[-1] == ("pos", b"a")
+        prod.auto = True
+        prod.release()
+        await box.drain()
+        task.cancel()
+        assert [v for _, v in prod.delivered] == [b"a", b"u@a", b"b", b"a", b"u@b", b"b"]
+
+    run(scenario())
+
+
+def test_a_sealed_round_is_wholly_delivered_before_anything_added_after_it() -> None:
+    async def scenario() -> None:
+        prod = FakeProducer(auto=False)
+        box = Outbox(prod.send)
+        task = asyncio.create_task(box.run())
+        await box.add([rec("out", "a")], [("u", rec("state", "u@a"))])
+        await box.add([], [], [(0, rec("pos", "model 2"))], seal=True)  # one round with a: queued together
+        await box.add([rec("out", "b")], [("u", rec("state", "u@b"))], [(0, rec("pos", "b"))])
+        for _ in range(3):
+            await settle()
+            assert ("out", b"b") not in prod.sent
+            prod.release()
+        await settle()
+        assert prod.delivered == [("out", b"a"), ("state", b"u@a"), ("pos", b"model 2")]
+        prod.auto = True
+        prod.release()
+        await box.drain()
+        task.cancel()
+        assert [v for _, v in prod.delivered[3:]] == [b"b", b"u@b", b"b"]
+
+    run(scenario())
 
 
 def test_a_failed_delivery_stops_the_loop_and_is_raised_to_producers_and_drainers() -> None:
@@ -111,11 +161,10 @@ def test_back_pressure_holds_producers_while_too_much_is_queued() -> None:
         box = Outbox(prod.send, max_pending=3)
         task = asyncio.create_task(box.run())
         await box.add([rec("out", "1")])
-        await asyncio.sleep(0)  # taken as round 1, awaiting delivery
+        await settle()  # taken as round 1, awaiting delivery
         await box.add([rec("out", "2"), rec("out", "3"), rec("out", "4")])
         blocked = asyncio.create_task(box.add([rec("out", "5")]))
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await settle()
         assert not blocked.done()
         prod.release()
         await asyncio.wait_for(blocked, 1)

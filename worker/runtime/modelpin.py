@@ -5,10 +5,10 @@ the records since the last durable position are applied again; a change the mode
 the same model. Two rules make "the same model" known:
 
 - **A model is adopted only at a durable point.** Each partition's position record carries the version of the model
-  in use (0: none yet). When the worker adopts a model (or gains partitions), it writes every owned partition's
-  record and waits until the broker has them, before any record is applied under that model. So all records after a
-  partition's durable position were applied under the version its record names (a later adoption would have written
-  a later record first).
+  in use (0: none yet). When the worker adopts a model (or gains partitions), it queues every owned partition's
+  record in a sealed outbox round: no output of a record applied under that model is sent before the broker has
+  them. So every output delivered after a partition's durable position came from the version its record names (a
+  later adoption's record would have landed first).
 - **A restarted worker pins that version** until each pinned partition's position reaches the offset its log ended
   at when the worker started (the crashed run cannot have applied anything beyond it); then it adopts the newest
   published model, at a durable point again.

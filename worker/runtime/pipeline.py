@@ -228,10 +228,9 @@ class Pipeline:
             log.info("re-applying up to %s under model v%d, the one in use before this start", until, version)
 
     async def _record_model(self) -> None:
-        """Every owned partition's position record names the model in use, delivered before a record is applied
-        under it."""
-        await self.publish(BatchResult(), self.ownership.owned)
-        await self.outbox.drain()
+        """Every owned partition's position record names the model in use, delivered before any output of a record
+        applied under it (sealed: what the outbox gets later waits for it)."""
+        await self.publish(BatchResult(), self.ownership.owned, seal=True)
 
     async def revoke(self) -> None:
         """Partitions are being revoked: the batch in flight finishes and is delivered first (the next owner
@@ -261,9 +260,9 @@ class Pipeline:
             return
         self.positions.was_committed(todo)
 
-    async def publish(self, res: BatchResult, advanced: Iterable[int]) -> None:
+    async def publish(self, res: BatchResult, advanced: Iterable[int], seal: bool = False) -> None:
         """Queue a batch's writes in the outbox, snapshotted now: its outputs, then its user states, then the
-        partitions' positions, each kind delivered before the next is sent."""
+        partitions' positions, each kind delivered before the next is sent (``seal``: and before any later write)."""
         outputs = self.encoder.encode(res)
         self._log_dead_letters(res)
         users = self.topo.users
@@ -271,7 +270,7 @@ class Pipeline:
         states += [(uid, self.topo.stage(users, uid, None)) for uid in res.erased]  # tombstones: the user goes
         metas, durable_after = self._stage_positions(res.partitions.union(advanced))
         delivered = _Delivered(outputs, res)
-        await self.outbox.add(outputs, states, metas, delivered, lambda: self.positions.stored(durable_after))
+        await self.outbox.add(outputs, states, metas, delivered, lambda: self.positions.stored(durable_after), seal)
         self._count(res)
 
     def _stage_positions(self, partitions: set[int]) -> tuple[list[tuple[int, Record]], dict[tuple[str, int], int]]:
