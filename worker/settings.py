@@ -120,6 +120,13 @@ class Settings:
             "answers only when it ends adds up to this to every event's latency; shorter costs empty fetches when idle)"
         },
     )
+    blas_threads: int = field(
+        default=1,
+        metadata={
+            "help": "threads numpy's BLAS may use in the worker process (the trainer's fits): more take cores from "
+            "the event loop, and every event's latency with them; 0: the library's own (one per core)"
+        },
+    )
     trainer_process: bool = field(
         default=False,
         metadata={
@@ -233,6 +240,8 @@ class Settings:
             problems.append("ssl_keyfile needs ssl_certfile")
         if self.log_max_chars < 0:
             problems.append("log_max_chars must be >= 0")
+        if self.blas_threads < 0:
+            problems.append("blas_threads must be >= 0")
         if self.fetch_max_wait_ms < 0 or self.batch_size < 1 or self.batch_window < 0 or self.state_cache_users < 0:
             problems.append("fetch_max_wait_ms, batch_window and state_cache_users must be >= 0, batch_size >= 1")
         if problems:

@@ -17,10 +17,12 @@ if TYPE_CHECKING:
 
 def run(settings: Settings) -> None:
     from worker.app import create_app
+    from worker.runtime.fitting import limit_blas
 
     created = prepare_topics(settings, worker_topics(settings))
     if created:
         print(f"segment-worker: created topics {', '.join(created)}", file=sys.stderr)
+    limit_blas(settings.blas_threads)
     loop = use_event_loop(settings.event_loop)
     print(f"segment-worker: event loop {loop}", file=sys.stderr)
     faust_worker(create_app(settings), settings.log_level).execute_from_commandline()

@@ -13,12 +13,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from threadpoolctl import threadpool_info, threadpool_limits
+
 from worker.changes import InputRecord, Segmenter
 from worker.clustering import ModelSnapshot
 from worker.evaluation.engines import encode
 from worker.evaluation.run import sized
 from worker.features.state import UserState
 from worker.routing import partitioner
+from worker.runtime.fitting import limit_blas
 from worker.runtime.records import sample_chunks
 from worker.runtime.training import TrainerHost
 from worker.settings import Settings
@@ -201,3 +204,15 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_blas_threads_are_limited_as_set() -> None:
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):  # restored afterwards
+        assert blas_threads() == {2}
+        limit_blas(0)  # the library's own: untouched
+        assert blas_threads() == {2}
+        limit_blas(1)
+        assert blas_threads() == {1}
