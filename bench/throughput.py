@@ -2,6 +2,7 @@
 
     python bench/throughput.py [--users 3000] [--days 28] [--partitions 8] [--workers 1] [--runs 1]
                                [--trainer process|thread] [--no-latency] [--latency-rate R]
+                               [--blas-threads N] [--fetch-max-wait-ms MS]
 
 Starts the embedded broker and fills one topic with synthetic events. Times a plain aiokafka consumer that decodes
 every record with orjson on it (the median of five passes); then, for each ``--workers`` count, starts that many
@@ -118,6 +119,8 @@ class Bench:
             state_store=a.store,
             event_loop=a.event_loop,
             trainer_process=a.trainer == "process",
+            blas_threads=a.blas_threads,
+            fetch_max_wait_ms=a.fetch_max_wait_ms,
             **({"input_topic": input_topic} if input_topic else {}),
         )
         if input_topic is None:
@@ -212,6 +215,8 @@ def main() -> None:
     ap.add_argument(
         "--trainer", choices=["process", "thread"], default="process" if Settings.trainer_process else "thread"
     )
+    ap.add_argument("--blas-threads", type=int, default=Settings.blas_threads, help="blas_threads (0: the library's)")
+    ap.add_argument("--fetch-max-wait-ms", type=int, default=Settings.fetch_max_wait_ms, help="fetch_max_wait_ms")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         pop = generate(a.users, a.days, seed=3)
@@ -250,7 +255,9 @@ def main() -> None:
             p99 = histogram_quantile(after, LATENCY, 0.99, before)
             count = after.get(LATENCY + "_count", 0) - before.get(LATENCY + "_count", 0)
             print(
-                f"at {target:,.0f} events/s, after the first model: event->change "
+                f"BLAS threads {a.blas_threads or 'default'}, fetch wait {a.fetch_max_wait_ms} ms, "
+                f"at {target:,.0f} events/s, after the first model: "
+                "event->change "
                 f"p50 <= {p50}s, p99 <= {p99}s ({count:,.0f} changes; histogram bucket bounds); meanwhile "
                 + ", ".join(
                     f"{label} p50 <= {histogram_quantile(after, name, 0.5, before)}s, "

@@ -37,7 +37,7 @@ USERS = Gauge(PREFIX + "users", "Users held in this worker's state (active parti
 EVENT_TO_CHANGE = Histogram(
     PREFIX + "event_to_change_seconds",
     "Wall time from consuming an event to emitting the change it caused.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0),
 )
 BATCH_SECONDS = Histogram(
     PREFIX + "batch_seconds",
