@@ -18,6 +18,8 @@ OTHER = "~other"  # bucket for event types beyond a user's tracked ones
 _LN2 = math.log(2.0)
 _HOUR_MS = 3_600_000
 _DAY_MS = 86_400_000
+_KEYED = 4096  # source partitions whose fence key (the partition as a string) is made once
+_PARTITION_KEYS = [str(p) for p in range(_KEYED)]
 
 
 class UserState:
@@ -119,14 +121,15 @@ class UserState:
     # --- dedupe fence --------------------------------------------------------------------------------
     def seen(self, partition: int, offset: int) -> bool:
         """True when the record at ``offset`` of source ``partition`` is already applied."""
-        last = self.offsets.get(str(partition))
+        last = self.offsets.get(_PARTITION_KEYS[partition] if partition < _KEYED else str(partition))
         return last is not None and offset <= last
 
     def fence(self, partition: int, offset: int) -> None:
-        key = str(partition)
+        key = _PARTITION_KEYS[partition] if partition < _KEYED else str(partition)
         if self.offsets.get(key, -1) < offset:
             self.offsets[key] = offset
-        self.source = [partition, offset]
+        source = self.source
+        source[0], source[1] = partition, offset
 
     @property
     def slow_total(self) -> float:
@@ -168,16 +171,18 @@ def advance(state: UserState, t: int, half_lives_ms: tuple[float, ...]) -> None:
     if state.ref_ts == 0:
         state.ref_ts = t
         return
-    f = decay_factors(dt, half_lives_ms)
-    slow = f[-1]
-    if len(f) == 2:  # the default two half-lives, written out (per event: a loop costs twice the products)
-        f0, f1 = f
+    if len(half_lives_ms) == 2:  # the default two half-lives, written out (per event: a loop costs twice the products)
+        h0, h1 = half_lives_ms
+        f0 = math.exp(-_LN2 * dt / h0)  # as decay_factors computes them
+        slow = f1 = math.exp(-_LN2 * dt / h1)
         for r in state.rates.values():
             r[0] *= f0
             r[1] *= f1
         state.spend[0] *= f0
         state.spend[1] *= f1
     else:
+        f = decay_factors(dt, half_lives_ms)
+        slow = f[-1]
         for r in state.rates.values():
             for i, fi in enumerate(f):
                 r[i] *= fi
