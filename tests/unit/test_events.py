@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import random
+from datetime import datetime
+
 import pytest
 
 from worker import codec
@@ -160,3 +163,23 @@ def test_fast_check_never_accepts_what_the_schema_rejects() -> None:
             accepted += 1
             assert ok, doc
     assert accepted > 1000 and rejected_by_schema > 1000  # both sides exercised
+
+
+def test_the_written_form_parses_as_datetime_reads_it_without_a_datetime_per_event() -> None:
+    """The fast path for ``YYYY-MM-DDTHH:MM:SS.mmmZ`` gives what ``datetime.fromisoformat`` gives (to the
+    millisecond it truncates), and leaves every other string to the full parse and its reasons."""
+    rng = random.Random(5)
+    for _ in range(20_000):
+        text = format_rfc3339(rng.randrange(0, 4_102_444_800_000))
+        assert parse_timestamp(text) == int(datetime.fromisoformat(text).timestamp() * 1000), text
+    assert parse_timestamp("2026-01-01t23:59:59.000Z") == parse_timestamp("2026-01-01T23:59:59.000Z")
+    for bad in (
+        "2026-02-30T00:00:00.000Z",
+        "2026-01-01T24:00:00.000Z",
+        "2026-01-01T23:59:60.000Z",
+        "2026-01-01T23:59:5a.000Z",
+        "2026-01-01T23:59:+9.000Z",
+        "1969-12-31T23:59:59.999Z",
+    ):
+        with pytest.raises(InvalidEvent, match="bad_timestamp"):
+            parse_timestamp(bad)
