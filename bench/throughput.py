@@ -10,7 +10,8 @@ every record with orjson on it (the median of five passes); then, for each ``--w
 the last (applied, and its outputs acknowledged by the broker; read from their /metrics), with the CPU time the
 worker processes spent meanwhile (``process_cpu_seconds_total``): events/s, the ratio to the raw loop and CPU µs
 per event. Then a latency run: a fresh worker on a fresh topic, the first third of the events to fit the first
-model, the rest produced at half the saturated rate; event→change p50/p99 of those from its histogram.
+model (and deliver its sweep: every waiting user's first persona at once), the rest produced at half the saturated
+rate; event→change p50/p99 of those from its histogram.
 """
 
 from __future__ import annotations
@@ -172,12 +173,25 @@ class Bench:
             produce(self.broker.bootstrap, settings.input_topic, warm)
             while not self._done(before := worker.metrics(), len(warm)) or not before.get(MODEL_VERSION):
                 time.sleep(0.2)
+            before = self._quiet(worker)
             produce_paced(self.broker.bootstrap, settings.input_topic, rest, rate)
             while not self._done(after := worker.metrics(), len(records)):
                 time.sleep(0.2)
             return before, after
         finally:
             worker.stop()
+
+    @staticmethod
+    def _quiet(worker: WorkerProcess) -> dict[str, float]:
+        """The worker's metrics once its changes stopped coming: the first model's sweep (every waiting user placed
+        at once, ~one change per user) is delivered before the paced part, whose latency it would otherwise swamp."""
+        before = worker.metrics()
+        while True:
+            time.sleep(1.0)
+            now = worker.metrics()
+            if now.get(LATENCY + "_count") == before.get(LATENCY + "_count"):
+                return now
+            before = now
 
     @staticmethod
     def _done(m: dict[str, float], n: int) -> bool:
