@@ -40,6 +40,10 @@ def _processed(worker: WorkerProcess) -> float:
         return 0.0
 
 
+def _rounds(worker: WorkerProcess) -> float:
+    return metric_total(worker.metrics(), "segment_worker_outbox_round_seconds_count")
+
+
 def _run_until(worker: WorkerProcess, processed: float, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while (done := _processed(worker)) < processed:
@@ -188,6 +192,10 @@ def test_sigkill_twice_at_random_points_loses_and_doubles_nothing(
         time.sleep(rng.uniform(0.0, 0.5))  # a kill between batches as well as inside one
         # the first model comes after the fixture's 150 warm-up samples, long before 15% of the input: ids exist
         ids_before = poll_until(lambda w=worker: _persona_ids(w), bool, 60, "a model before the kill")
+        # a round of this run's states delivered (the first round after a start holds only the position records
+        # naming the model): the restart has states to take back, with rocksdb from its local copy. A worker at
+        # 20-25k events/s reaches a kill point before its first round is acknowledged.
+        poll_until(lambda w=worker: _rounds(w) >= 2, bool, 60, "a delivered round before the kill")
         applied += _processed(worker)
         worker.kill()
         worker = start_worker(s)
