@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -38,6 +39,19 @@ def _processed(worker: WorkerProcess) -> float:
         return metric_total(worker.metrics(), "segment_worker_events_processed_total")
     except OSError:  # not serving yet
         return 0.0
+
+
+class LiveInput(threading.Thread):
+    """The input arriving while the worker runs (and is killed): a chunk of events a second, about 30 s."""
+
+    def __init__(self, s: Settings, events: list[dict[str, Any]], chunks: int = 30) -> None:
+        super().__init__(daemon=True)
+        self.s, self.events, self.size = s, events, max(1, len(events) // chunks + 1)
+
+    def run(self) -> None:
+        for i in range(0, len(self.events), self.size):
+            send(self.s, self.events[i : i + self.size], wrong_key_every=10)
+            time.sleep(1.0)
 
 
 def _rounds(worker: WorkerProcess) -> float:
@@ -177,28 +191,33 @@ def test_sigkill_twice_at_random_points_loses_and_doubles_nothing(
     worker_settings: Settings, start_worker: Any, population: Population, store: str
 ) -> None:
     s = worker_settings.replace(state_store=store)
-    total = len(population.events)
-    send(s, population.events, wrong_key_every=10)  # a tenth keyed wrongly: the re-routing path crashes too
+    events = population.events
+    warm = len(events) // 5  # enough for the first model; the rest arrives while the workers run and die
+    send(s, events[:warm], wrong_key_every=10)  # a tenth keyed wrongly: the re-routing path crashes too
+    live = LiveInput(s, events[warm:])
     seed = random.randrange(1 << 32)
     print(f"kill points drawn with random.Random({seed})")  # shown with a failure, to replay it
     rng = random.Random(seed)
     worker = start_worker(s)
+    live.start()
     ids_before: set[str] = set()
-    applied = 0.0  # events the killed workers applied (counted again when re-applied: at least what is done)
-    for _ in range(2):
-        # a point the worker can reach: the one before may have applied most of the input while its model came
-        point = min(rng.uniform(0.15, 0.4) * total, 0.5 * (total - applied))
-        _run_until(worker, point)
-        time.sleep(rng.uniform(0.0, 0.5))  # a kill between batches as well as inside one
-        # the first model comes after the fixture's 150 warm-up samples, long before 15% of the input: ids exist
-        ids_before = poll_until(lambda w=worker: _persona_ids(w), bool, 60, "a model before the kill")
-        # a round of this run's states delivered (the first round after a start holds only the position records
-        # naming the model): the restart has states to take back, with rocksdb from its local copy. A worker at
-        # 20-25k events/s reaches a kill point before its first round is acknowledged.
-        poll_until(lambda w=worker: _rounds(w) >= 2, bool, 60, "a delivered round before the kill")
-        applied += _processed(worker)
-        worker.kill()
-        worker = start_worker(s)
+    try:
+        for kill in range(2):
+            # a model in use (the first comes after the fixture's 150 warm-up samples): changes it decides are
+            # re-applied after the kill, under the model the position records name (`new` alone is no model)
+            poll_until(lambda w=worker: w.get("/personas")["model_version"], bool, 60, "a model before the kill")
+            ids_before = _persona_ids(worker)
+            # a round of this run's states delivered (the first round after a start holds only the position
+            # records naming the model): the restart has states to take back, with rocksdb from its local copy
+            poll_until(lambda w=worker: _rounds(w) >= 2, bool, 60, "a delivered round before the kill")
+            # mid-stream, between batches as well as inside one: at 20-25k events/s a worker given the whole
+            # input at once has applied it all before its first model comes, and a kill then re-applies nothing
+            time.sleep(rng.uniform(0.0, 3.0))
+            assert live.is_alive() or kill == 1, "the input ended before the first kill"
+            worker.kill()
+            worker = start_worker(s)
+    finally:
+        live.join()
     _check_outcome(s, population, worker)
     if store == "rocksdb":  # the restarts read their local copies (and the changelog after them)
         assert any(local for _, local in local_reads(worker)), worker.log_path
