@@ -20,6 +20,6 @@ def dumps_pretty(obj: Any) -> bytes:
     return orjson.dumps(obj, option=_OPTS | orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
-def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Decode JSON; raises :data:`JSONDecodeError` (a ``ValueError``) on bad input."""
-    return orjson.loads(data)
+# Decode JSON; raises :data:`JSONDecodeError` (a ``ValueError``) on bad input. orjson's own function, not a wrapper:
+# it runs once per consumed record, and a Python call around it costs a tenth of the decode.
+loads = orjson.loads

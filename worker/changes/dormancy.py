@@ -37,15 +37,15 @@ class Dormancy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "checks_ms", tuple(sorted(self.checks_ms)))
 
-    def usual_gap_ms(self, state: UserState) -> float:
-        span = max(0, state.last_ts - state.first_ts)
-        return (span + PRIOR_WEIGHT * self.typical_gap_ms) / (max(0, state.n - 1) + PRIOR_WEIGHT)
-
     def after_ms(self, state: UserState) -> int:
         """The silence after which the user is dormant (0: never)."""
         if self.fixed_ms is not None:
             return self.fixed_ms
-        return max(self.floor_ms, int(self.gaps * self.usual_gap_ms(state)), int(LONGEST_GAPS * state.max_gap))
+        # the user's usual gap: the span of their events over their gaps, with the pseudo-gaps of the typical one
+        usual = (max(0, state.last_ts - state.first_ts) + PRIOR_WEIGHT * self.typical_gap_ms) / (
+            max(0, state.n - 1) + PRIOR_WEIGHT
+        )
+        return max(self.floor_ms, int(self.gaps * usual), int(LONGEST_GAPS * state.max_gap))
 
     def lapsing_ms(self, state: UserState, after_ms: int) -> int:
         """The silence after which the user is lapsing, given the dormancy silence ``after_ms`` (0: no lapsing

@@ -221,9 +221,9 @@ def apply_event(
         if len(rates) - (OTHER in rates) >= max_types:
             _fold_smallest(rates)
         rates[key] = list(w)
-    elif in_order:
-        for i in range(len(r)):
-            r[i] += 1.0
+    elif in_order and len(r) == 2:  # the default two half-lives, written out
+        r[0] += 1.0
+        r[1] += 1.0
     else:
         for i, wi in enumerate(w):
             r[i] += wi
