@@ -41,7 +41,25 @@ def test_features_that_barely_vary_do_not_name_a_persona() -> None:
 
 def test_duplicate_names_are_disambiguated() -> None:
     out = name_personas(np.zeros((2, 1)), ["spend"], ["p1", "p2"], {})
-    assert out == ["average activity (p1)", "average activity (p2)"]
+    assert out == ["average activity", "average activity (p2)"]  # nothing sets them apart: the id does
+
+
+def test_a_new_name_never_repeats_another_in_other_words() -> None:
+    """The demo once listed p2 "frequent like, frequent share, low view_product" beside a new p5 "frequent share,
+    frequent like, low view_product": the same phrases in another order. The new one says how it differs."""
+    names = ("rate_7d:like", "rate_7d:share", "rate_7d:view_product", "days_since_last_event")
+    c = np.array([[2.0, 1.5, -1.0, -0.2], [1.5, 2.0, -1.0, 1.4]])
+    kept = {"p2": "frequent like, frequent share, low view_product"}
+    assert describe(c[1], names) == "frequent share, frequent like, low view_product"
+    out = name_personas(c, names, ["p2", "p5"], {}, kept=kept)
+    assert out == [kept["p2"], "frequent share, frequent like, low view_product, lapsing"]
+    # both new: the second one found says how it differs from the first
+    both = name_personas(c[[1, 0]], names, ["p5", "p2"], {})
+    assert both[0] == "frequent share, frequent like, low view_product"
+    assert both[1] == "frequent like, frequent share, low view_product, recently active"
+    # an operator's name is never changed, and a new name does not take it either
+    op = name_personas(c, names, ["p2", "p5"], {"p2": "frequent share, frequent like, low view_product"})
+    assert op[0] == "frequent share, frequent like, low view_product" and op[1].endswith(", lapsing")
 
 
 def test_override_files(tmp_path: Path) -> None:

@@ -197,9 +197,8 @@ class Trainer:
     ) -> ModelSnapshot:
         # a persona keeps its name for as long as it keeps its id: names drifting with every update would
         # confuse every campaign built on them (overrides always apply)
-        fresh = name_personas(centroids, space.names, ids, self.overrides, scale)
         known = dict(zip(self.current.persona_ids, self.current.persona_names, strict=True)) if self.current else {}
-        names = [self.overrides.get(pid) or known.get(pid) or name for pid, name in zip(ids, fresh, strict=True)]
+        names = name_personas(centroids, space.names, ids, self.overrides, scale, kept=known)
         return ModelSnapshot(
             version,
             space,
