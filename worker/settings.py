@@ -64,6 +64,10 @@ class Settings:
     )
     output_topic: str = field(default="segment-changes", metadata={"help": "topic of segment-change events"})
     dlq_topic: str = field(default="user-events-dlq", metadata={"help": "dead-letter topic for bad input"})
+    persona_topic: str = field(
+        default="persona-changes",
+        metadata={"help": "topic of persona lifecycle events (emerged, split, merged, retired, drifted, renamed)"},
+    )
     segment_rules: str = field(
         default="", metadata={"help": "custom segments file (YAML: segments: {name: condition}); empty: none"}
     )
@@ -177,6 +181,10 @@ class Settings:
     )
     new_persona_distance: float = field(
         default=1.5, metadata={"help": "centroid shift (scaled units) beyond which a cluster gets a new id"}
+    )
+    persona_drift_distance: float = field(
+        default=2.5,
+        metadata={"help": "centroid shift (scaled units) since a persona was last announced that makes it `drifted`"},
     )
     model_seed: int = field(default=7, metadata={"help": "seed of the model fits"})
     persona_names_file: str = field(default="", metadata={"help": "TOML/JSON file: persona id -> name"})

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker.clustering.snapshot import ModelSnapshot
+if TYPE_CHECKING:  # (a type only: the trainer's lifecycle events import this module while the model's is loading)
+    from worker.clustering.snapshot import ModelSnapshot
 
 TOP_REASONS = 3
 

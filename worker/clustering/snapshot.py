@@ -24,6 +24,23 @@ class Assignment:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """Where a persona's id comes from: the model version and event time it got it, and the centroid (scaled
+    units) it was last announced with."""
+
+    since_version: int
+    since_ms: int
+    anchor: tuple[float, ...]
+
+    def to_json(self) -> list[Any]:
+        return [self.since_version, self.since_ms, list(self.anchor)]
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> Lineage:
+        return cls(int(raw[0]), int(raw[1]), tuple(float(x) for x in raw[2]))
+
+
+@dataclass(frozen=True)
 class ModelSnapshot:
     version: int
     space: FeatureSpace
@@ -41,6 +58,13 @@ class ModelSnapshot:
     # the stream's typical gap between a user's events (median over sampled users; 0: not measured), which sets
     # how long a user with little history of its own may be silent before it is dormant (worker.changes.dormancy)
     typical_gap_ms: float = 0.0
+    # event time of the newest sample folded into this model (0: not known, a snapshot written before it was kept)
+    as_of_ms: int = 0
+    # per persona id: [version, event time] it got its id at, and its centroid then or at its last `drifted` event
+    # (worker.personas.lifecycle): how far it has moved since it was last announced
+    lineage: dict[str, Lineage] = field(default_factory=dict)
+    # what this version did to the personas themselves (persona-change.v1 events; published once, by the trainer)
+    changes: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         k, dim = self.centroids.shape
@@ -116,6 +140,9 @@ class ModelSnapshot:
                 "k_scores": {str(k): v for k, v in self.k_scores.items()},
                 "samples_offset": self.samples_offset,
                 "typical_gap_ms": self.typical_gap_ms,
+                "as_of_ms": self.as_of_ms,
+                "lineage": {pid: line.to_json() for pid, line in self.lineage.items()},
+                "changes": list(self.changes),
             }
         )
 
@@ -149,6 +176,9 @@ class ModelSnapshot:
                 k_scores={int(k): float(v) for k, v in d.get("k_scores", {}).items()},
                 samples_offset=int(d.get("samples_offset", 0)),
                 typical_gap_ms=float(d.get("typical_gap_ms", 0.0)),
+                as_of_ms=int(d.get("as_of_ms", 0)),
+                lineage={str(pid): Lineage.from_json(raw) for pid, raw in d.get("lineage", {}).items()},
+                changes=tuple(d.get("changes", ())),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"unreadable model snapshot: {exc}") from exc

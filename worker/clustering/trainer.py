@@ -11,6 +11,7 @@ that is clearly better on two re-checks in a row. Persona ids survive updates th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 
@@ -24,6 +25,7 @@ from worker.features.space import FeatureSpace, choose_vocabulary
 from worker.features.state import UserState, to_scale
 from worker.features.timescale import Rhythm, learned_half_lives
 from worker.personas import ids_by_members, load_name_overrides, match_ids, name_personas
+from worker.personas.lifecycle import Window, first_lineage, persona_changes
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class Trainer:
         self.earlier: dict[str, tuple[UserState, int]] = {}  # and the one before it: how much a user varies
         self._warm_span = (2**63, 0)  # oldest and newest sample time seen in warm-up
         self.window = np.zeros((0, 0))
+        self.origins = np.zeros(0, dtype=np.int64)  # when the profile of each window sample's user began
         self._window_len = 0
         self._window_pos = 0
         self.current: ModelSnapshot | None = None
@@ -47,6 +50,7 @@ class Trainer:
         self.since_recheck = 0
         self.proposed: frozenset[str] | None = None  # the persona ids a re-check would switch to, once confirmed
         self.seen = 0
+        self.as_of_ms = 0  # the newest sample's event time
         self.rhythm = Rhythm()  # the sampled users' gaps between their events
         if current is not None:
             self.resume(current)
@@ -58,11 +62,13 @@ class Trainer:
         samples may still move it."""
         self.current = snap
         self.seen = snap.samples_seen
+        self.as_of_ms = max(self.as_of_ms, snap.as_of_ms)
         mature = np.full(len(snap.centroids), float(self.settings.model_memory))
         self.model = make_model(self.settings, snap.centroids, mature if counts is None else counts, snap.space.names)
         size = 2 * self.settings.warmup_samples
         if self.window.shape != (size, snap.space.dim):
             self.window = np.zeros((size, snap.space.dim))
+            self.origins = np.zeros(size, dtype=np.int64)
             self._window_len = 0
             self._window_pos = 0
 
@@ -75,9 +81,11 @@ class Trainer:
         """Learn from ``(user_id, state, evaluated_at)`` samples; returns a new snapshot when one is due."""
         published: ModelSnapshot | None = None
         rows: list[list[float]] = []
+        origins: list[int] = []
         provisional = self.settings.half_lives_ms
         for uid, state, t in samples:
             self.rhythm.add(state, t)
+            self.as_of_ms = max(self.as_of_ms, t)
             if self.current is None:
                 if uid in self.warmup:
                     self.earlier[uid] = self.warmup[uid]
@@ -89,11 +97,12 @@ class Trainer:
             space = self.current.space
             to_scale(state, provisional, space.half_lives_ms)  # sent by a worker that had no model yet
             rows.append(space.row(state, t))
+            origins.append(state.origin or state.first_ts)
         if rows:
-            published = self._learn(rows) or published
+            published = self._learn(rows, origins) or published
         return published
 
-    def _learn(self, rows: list[list[float]]) -> ModelSnapshot | None:
+    def _learn(self, rows: list[list[float]], origins: list[int]) -> ModelSnapshot | None:
         s = self.settings
         snap = self.current
         assert snap is not None and self.model is not None
@@ -105,9 +114,9 @@ class Trainer:
             # in steps that end where a publication or a re-check is due
             m = max(1, min(len(xs) - i, s.publish_every - self.since_publish, s.recheck_every - self.since_recheck))
             part = xs[i : i + m]
+            for row, origin in zip(part, origins[i : i + m], strict=True):
+                self._remember(row, origin)
             i += m
-            for row in part:
-                self._remember(row)
             self.model.learn(part)
             self.seen += m
             self.since_publish += m
@@ -118,8 +127,9 @@ class Trainer:
                 published = self._publish_update()
         return published
 
-    def _remember(self, xs: np.ndarray) -> None:
+    def _remember(self, xs: np.ndarray, origin: int) -> None:
         self.window[self._window_pos] = xs
+        self.origins[self._window_pos] = origin
         self._window_pos = (self._window_pos + 1) % len(self.window)
         self._window_len = min(self._window_len + 1, len(self.window))
 
@@ -153,8 +163,8 @@ class Trainer:
         snap = self._snapshot(1, space, mean, scale, choice.fit.centers, ids, next_number, len(x), choice.scores)
         self.warmup, self.earlier = {}, {}
         self.resume(snap, np.bincount(choice.fit.labels, minlength=choice.k).astype(np.float64))
-        for row in xs:
-            self._remember(row)
+        for row, st in zip(xs, states, strict=True):
+            self._remember(row, st.origin or st.first_ts)
         log.info(
             "first model: k=%d of silhouette scores %s, vocabulary %s, half-lives %s days, typical gap %.3g days",
             choice.k,
@@ -199,7 +209,7 @@ class Trainer:
         # confuse every campaign built on them (overrides always apply)
         known = dict(zip(self.current.persona_ids, self.current.persona_names, strict=True)) if self.current else {}
         names = name_personas(centroids, space.names, ids, self.overrides, scale, kept=known)
-        return ModelSnapshot(
+        snap = ModelSnapshot(
             version,
             space,
             mean,
@@ -211,7 +221,17 @@ class Trainer:
             next_number,
             scores,
             typical_gap_ms=self.typical_gap_ms(),
+            as_of_ms=self.as_of_ms,
         )
+        if self.current is None:
+            return dataclasses.replace(snap, lineage=first_lineage(snap))
+        window = Window(self.window[: self._window_len], self.origins[: self._window_len])
+        changes, lineage = persona_changes(self.current, snap, window, self.settings.persona_drift_distance)
+        for event in changes:
+            log.info(
+                "model v%d: persona %s %s", snap.version, event["kind"], [p["id"] for p in event["to"] or event["from"]]
+            )
+        return dataclasses.replace(snap, lineage=lineage, changes=changes)
 
     def half_lives(self) -> tuple[float, ...]:
         """The operator's half-lives, or those the stream's rhythm calls for (worker.features.timescale)."""
