@@ -58,6 +58,7 @@ def bare_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
         dlq_topic=f"dlq-{tag}",
         erasure_topic=f"erasures-{tag}",
         membership_topic=f"memberships-{tag}",
+        persona_topic=f"personas-{tag}",
         notifications_topic=f"notifications-{tag}",
         web_port=free_port(),
         web_host="127.0.0.1",

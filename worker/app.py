@@ -24,13 +24,14 @@ import faust
 from aiokafka.errors import ConsumerStoppedError
 from faust.types import TP
 
-from worker import metrics
+from worker import codec, metrics
 from worker.changes import Segmenter
 from worker.clustering import ModelSnapshot
 from worker.features import wire
 from worker.kafkasecurity import aiokafka_config, kafka_python_config
 from worker.localstore import LocalStore
 from worker.outbox import Outbox, Record
+from worker.personas.lifecycle import event_key
 from worker.refetch import RangeReader
 from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
@@ -151,7 +152,11 @@ def _trainer(s: Settings, topo: topology.Topology, changelog: ChangelogReader, s
     async def commit(offset: int) -> None:
         await fi.commit_offsets(topo.app.consumer, {samples_tp: offset})
 
-    return TrainerHost(s, sampler, topo.samples_topic, newest_model, publish, commit)
+    async def announce(events: tuple[dict[str, Any], ...]) -> None:
+        sent = [await topo.send(topo.personas, event_key(e).encode(), codec.dumps(e), None, None) for e in events]
+        await asyncio.gather(*sent)
+
+    return TrainerHost(s, sampler, topo.samples_topic, newest_model, publish, commit, announce)
 
 
 def _lifecycle(

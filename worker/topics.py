@@ -106,6 +106,7 @@ def worker_topics(s: Settings) -> tuple[TopicSpec, ...]:
         _copartitioned(s, changelog(s, USERS_TABLE), "user states (changelog)", "app_id", compacted=True),
         _copartitioned(s, changelog(s, META_TABLE), "partition positions (changelog)", "app_id", compacted=True),
         _any_count(s, s.dlq_topic, "dead letters (written by key)", "dlq_topic"),
+        _any_count(s, s.persona_topic, "persona lifecycle events (written by the trainer)", "persona_topic"),
         _single(internal_topic(s, SAMPLES), "training samples (partition 0)", retention=SAMPLES_RETENTION),
         _single(changelog(s, MODELS_TABLE), "model snapshots (changelog, partition 0)", compacted=True),
         _single(internal_topic(s, LEADER), "Faust's leader election"),

@@ -65,7 +65,7 @@ def test_the_worker_topics_are_the_ones_its_app_uses() -> None:
     used.add(f"{s.app_id}-__assignor-__leader")
     planned = {spec.name for spec in worker_topics(s)}
     assert used <= planned
-    assert planned - used == {s.output_topic, s.dlq_topic}  # written only
+    assert planned - used == {s.output_topic, s.dlq_topic, s.persona_topic}  # written only
 
 
 def test_partition_rules_per_topic() -> None:

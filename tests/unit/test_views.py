@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
+import numpy as np
+
+from worker.clustering.snapshot import ModelSnapshot
+from worker.features.space import FeatureSpace
 from worker.features.state import UserState
+from worker.personas.lifecycle import first_lineage
 from worker.web.views import personas_document, user_document
 
 DAY = 86_400_000
@@ -52,5 +58,27 @@ def test_personas_document_without_a_model_lists_the_reserved_segments_that_hold
         "model_version": None,
         "time_scales": {"half_lives_days": [1, 7]},
         "sizes_cover_partitions": [0, 2],
-        "personas": [{"id": "new", "name": "new", "size": 3, "profile": None}],
+        "personas": [{"id": "new", "name": "new", "size": 3, "since": None, "profile": None}],
     }
+
+
+def test_personas_document_says_since_when_each_persona_has_its_id() -> None:
+    space = FeatureSpace(("a",), (DAY,))
+    first = ModelSnapshot(
+        1,
+        space,
+        np.zeros(space.dim),
+        np.ones(space.dim),
+        np.eye(2, space.dim),
+        ("p1", "p2"),
+        ("creators", "readers"),
+        100,
+        3,
+        as_of_ms=5 * DAY,
+    )
+    later = dataclasses.replace(first, version=4, as_of_ms=9 * DAY, lineage=first_lineage(first))
+    doc = personas_document(later, Counter({"p1": 2}), {}, {0})
+    assert [(p["id"], p["size"], p["since"]) for p in doc["personas"]] == [
+        ("p1", 2, {"version": 1, "at": "1970-01-06T00:00:00.000Z"}),
+        ("p2", 0, {"version": 1, "at": "1970-01-06T00:00:00.000Z"}),
+    ]

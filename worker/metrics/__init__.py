@@ -46,6 +46,9 @@ BATCH_SECONDS = Histogram(
 )
 MODEL_VERSION = Gauge(PREFIX + "model_version", "Version of the model snapshot this worker assigns with.")
 MODEL_PERSONAS = Gauge(PREFIX + "model_personas", "Personas in the current model.")
+PERSONA_CHANGES = Counter(
+    PREFIX + "persona_changes", "Persona lifecycle events announced by the trainer (on the trainer worker).", ["kind"]
+)
 TRAINING_SAMPLES = Counter(PREFIX + "training_samples", "Samples learned by the trainer (on the trainer worker).")
 RECORDS_REDELIVERED = Counter(
     PREFIX + "records_redelivered",

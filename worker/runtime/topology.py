@@ -105,6 +105,7 @@ class Topology:
     models: Any  # the model snapshots (global: every worker holds the one partition)
     outputs: OutputTopics
     handoff: Handoff  # the consumed streams' fetches, past Faust's streams
+    personas: str  # the persona lifecycle events (persona-change.v1), written by the member that trains
 
     @property
     def stream_topics(self) -> dict[str, str]:
@@ -171,4 +172,5 @@ def build(s: Settings, with_memberships: bool) -> Topology:
     )
     handoff = Handoff({stream: topic.get_topic_name() for stream, topic in streams.items()}, n)
     app.transport.Consumer = fi.fetch_handoff(app.transport.Consumer, handoff, s.fetch_max_wait_ms)
-    return Topology(app, streams, samples, users, part_meta, models, outputs, handoff)
+    personas = _raw_topic(app, s.persona_topic, n).get_topic_name()
+    return Topology(app, streams, samples, users, part_meta, models, outputs, handoff, personas)

@@ -35,12 +35,15 @@ class TrainerHost:
         newest_model: Callable[[], Awaitable[bytes | None]],
         publish: Callable[[bytes], Awaitable[None]],
         commit: Callable[[int], Awaitable[None]],
+        announce: Callable[[tuple[dict[str, Any], ...]], Awaitable[None]],
     ) -> None:
         """``newest_model`` reads the published model (whoever published it), ``publish`` writes one and returns
-        once the broker has it, ``commit`` tells the group the samples offset a published model covers."""
+        once the broker has it, ``commit`` tells the group the samples offset a published model covers,
+        ``announce`` writes a model's persona-change events and returns once the broker has them."""
         self.settings = settings
         self.samples, self.samples_topic = samples, samples_topic
         self._newest_model, self._publish, self._commit = newest_model, publish, commit
+        self._announce = announce
         self.fitter: Fitter | None = None
         self.samples_from = 0  # next samples offset to fold in (what the published model holds ends before it)
         self.lock = asyncio.Lock()  # one step (read, fit, publish) at a time; revocation waits for it
@@ -80,13 +83,20 @@ class TrainerHost:
     async def _resume(self) -> Fitter:
         raw = await self._newest_model()
         snap = ModelSnapshot.from_bytes(raw) if raw is not None else None
+        if snap is not None and snap.changes:
+            # its trainer may have stopped between publishing it and announcing them: again, under the same ids
+            await self._announce(snap.changes)
         self.fitter = Fitter(self.settings, snap, self.settings.trainer_process)
         self.samples_from = snap.samples_offset if snap is not None else 0
         log.info("trainer starts from model v%d, samples offset %d", snap.version if snap else 0, self.samples_from)
         return self.fitter
 
     async def _published(self, snap: ModelSnapshot) -> None:
-        await self._publish(snap.to_bytes())
+        await self._publish(snap.to_bytes())  # first: the model the events speak of is there when they arrive
+        if snap.changes:
+            await self._announce(snap.changes)
+            for event in snap.changes:
+                metrics.PERSONA_CHANGES.labels(event["kind"]).inc()
         personas, seen = len(snap.persona_ids), snap.samples_seen
         log.info("trainer published model v%d (%d personas, %d samples)", snap.version, personas, seen)
         try:  # the group's offset (lag monitoring; where the unused Faust stream starts after a rebalance)

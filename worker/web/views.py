@@ -58,15 +58,20 @@ def user_document(
 def personas_document(
     model: ModelSnapshot | None, counts: Mapping[str, int], time_scales: Any, owned: set[int]
 ) -> dict[str, Any]:
-    """``GET /personas``: the model's personas with their sizes on this worker's partitions, then the reserved
-    segments (new, lapsing, dormant) that hold anyone, without a profile."""
+    """``GET /personas``: the model's personas with their sizes on this worker's partitions and the model version
+    and event time each got its id at (``since``), then the reserved segments (new, lapsing, dormant) that hold
+    anyone, without a profile."""
     out = []
     if model is not None:
         for i, (pid, name) in enumerate(zip(model.persona_ids, model.persona_names, strict=True)):
-            out.append({"id": pid, "name": name, "size": counts.get(pid, 0), "profile": model.profile(i)})
+            line = model.lineage.get(pid)  # (a model written before lineage was kept: unknown)
+            since = {"version": line.since_version, "at": format_rfc3339(line.since_ms)} if line else None
+            out.append(
+                {"id": pid, "name": name, "size": counts.get(pid, 0), "since": since, "profile": model.profile(i)}
+            )
     for segment in RESERVED:
         if counts.get(segment):
-            out.append({"id": segment, "name": segment, "size": counts[segment], "profile": None})
+            out.append({"id": segment, "name": segment, "size": counts[segment], "since": None, "profile": None})
     return {
         "model_version": model.version if model else None,
         "time_scales": time_scales,

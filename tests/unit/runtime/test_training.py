@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -72,6 +73,7 @@ class Published:
     def __init__(self) -> None:
         self.models: list[bytes] = []
         self.commits: list[int] = []
+        self.announced: list[tuple[int, list[str]]] = []  # (models published before, the events' ids)
 
     async def newest(self) -> bytes | None:
         return self.models[-1] if self.models else None
@@ -81,6 +83,9 @@ class Published:
 
     async def commit(self, offset: int) -> None:
         self.commits.append(offset)
+
+    async def announce(self, events: tuple[dict[str, Any], ...]) -> None:
+        self.announced.append((len(self.models), [e["event_id"] for e in events]))
 
 
 async def run_until_published(host: TrainerHost, out: Published, models: int) -> int:
@@ -94,7 +99,7 @@ async def run_until_published(host: TrainerHost, out: Published, models: int) ->
 def test_models_carry_the_samples_offset_and_a_new_host_resumes_from_them() -> None:
     records = sample_records()
     out = Published()
-    host = TrainerHost(SETTINGS, FakeSamples(records), "samples", out.newest, out.publish, out.commit)
+    host = TrainerHost(SETTINGS, FakeSamples(records), "samples", out.newest, out.publish, out.commit, out.announce)
 
     async def scenario() -> None:
         await run_until_published(host, out, 1)
@@ -103,7 +108,7 @@ def test_models_carry_the_samples_offset_and_a_new_host_resumes_from_them() -> N
         await host.revoke()  # the samples partition moved: the next owner resumes from the published model
         assert host.fitter is None
         samples = FakeSamples(records)
-        other = TrainerHost(SETTINGS, samples, "samples", out.newest, out.publish, out.commit)
+        other = TrainerHost(SETTINGS, samples, "samples", out.newest, out.publish, out.commit, out.announce)
         while await other.step():
             pass
         assert samples.starts[0] == first.samples_offset  # nothing folded in twice
@@ -114,20 +119,45 @@ def test_models_carry_the_samples_offset_and_a_new_host_resumes_from_them() -> N
     asyncio.run(scenario())
 
 
+def test_persona_changes_are_announced_after_their_model_and_again_by_the_next_trainer() -> None:
+    """A model that changed the personas is published, then its events are announced (a reader of the events finds
+    the model they speak of); a trainer that resumes from it announces them again, with the same ids: the one
+    before may have stopped between the two."""
+    records = sample_records()
+    out = Published()
+    host = TrainerHost(SETTINGS, FakeSamples(records), "samples", out.newest, out.publish, out.commit, out.announce)
+    asyncio.run(run_until_published(host, out, 1))
+    first = ModelSnapshot.from_bytes(out.models[0])
+    assert first.changes == () and out.announced == []  # a first model changes no persona
+    event = {"event_id": "e" * 32, "kind": "emerged", "from": [], "to": [{"id": "p9"}]}
+    changed = dataclasses.replace(first, version=first.version + 1, changes=(event,))
+    asyncio.run(host._published(changed))
+    assert out.announced == [(2, ["e" * 32])]  # after the model: two published by then
+    again = TrainerHost(SETTINGS, FakeSamples(records), "samples", out.newest, out.publish, out.commit, out.announce)
+    asyncio.run(again.step())
+    assert out.announced[1] == (2, ["e" * 32])
+
+
 def test_a_commit_refused_during_a_rebalance_is_not_an_error() -> None:
     out = Published()
 
     async def refuse(offset: int) -> None:
         raise RuntimeError("rebalance in progress")
 
-    host = TrainerHost(SETTINGS, FakeSamples(sample_records()), "samples", out.newest, out.publish, refuse)
+    host = TrainerHost(
+        SETTINGS, FakeSamples(sample_records()), "samples", out.newest, out.publish, refuse, out.announce
+    )
     asyncio.run(run_until_published(host, out, 1))
-    assert not asyncio.run(TrainerHost(SETTINGS, FakeSamples([]), "s", out.newest, out.publish, refuse).step())
+    assert not asyncio.run(
+        TrainerHost(SETTINGS, FakeSamples([]), "s", out.newest, out.publish, refuse, out.announce).step()
+    )
 
 
 def _models(settings: Settings, records: list[bytes], per_read: int = 1_000) -> list[bytes]:
     out = Published()
-    host = TrainerHost(settings, FakeSamples(records, per_read), "samples", out.newest, out.publish, out.commit)
+    host = TrainerHost(
+        settings, FakeSamples(records, per_read), "samples", out.newest, out.publish, out.commit, out.announce
+    )
 
     async def scenario() -> None:
         while await host.step():
@@ -150,7 +180,9 @@ def test_a_killed_fitting_process_is_replaced_from_the_published_model() -> None
     are those of an undisturbed run."""
     records = sample_records()
     out = Published()
-    host = TrainerHost(IN_PROCESS, FakeSamples(records, 2), "samples", out.newest, out.publish, out.commit)
+    host = TrainerHost(
+        IN_PROCESS, FakeSamples(records, 2), "samples", out.newest, out.publish, out.commit, out.announce
+    )
 
     async def scenario() -> None:
         assert await host.step()
