@@ -8,6 +8,7 @@ import pytest
 from worker.errors import ConfigError
 from worker.personas import ids_by_members, load_name_overrides, match_ids, name_personas
 from worker.personas.naming import describe
+from worker.personas.registry import small_personas
 
 
 def test_ids_survive_renumbering() -> None:
@@ -88,3 +89,12 @@ def test_a_merge_keeps_the_id_that_keeps_most_users_and_retires_the_other() -> N
     assert ids_by_members(["p1", "p2", "p3"], old, new, 2, 4) == (["p1", "p3"], 4)
     # the same partition numbered the other way round keeps the same ids for the same users
     assert ids_by_members(["p1", "p2", "p3"], old, 1 - new, 2, 4) == (["p3", "p1"], 4)
+
+
+def test_small_personas_are_counted_among_the_users_in_a_persona() -> None:
+    ids = ["p1", "p2", "p3"]
+    counts = {"p1": 500, "p2": 495, "p3": 5, "dormant": 10_000, "new": 3}  # p3: 0.5 % of the 1,000 in a persona
+    assert small_personas(ids, counts) == 1
+    assert small_personas(ids, {**counts, "p3": 11}) == 0  # 11 of 1,006: over 1 %
+    assert small_personas(["p1", "p4"], {"p1": 50}) == 1  # a persona nobody is in yet
+    assert small_personas(ids, {"new": 7}) == 0  # nobody placed: nothing to compare with

@@ -33,6 +33,9 @@ EVENTS_EXCLUDED = Counter(
     PREFIX + "events_excluded", "Valid events of users without consent to segmentation, not applied."
 )
 PERSONA_USERS = Gauge(PREFIX + "persona_users", "Users per persona on this worker's partitions.", ["segment"])
+SMALL_PERSONAS = Gauge(
+    PREFIX + "small_personas", "Personas of the model in use holding under 1 % of this worker's users in a persona."
+)
 USERS = Gauge(PREFIX + "users", "Users held in this worker's state (active partitions).")
 EVENT_TO_CHANGE = Histogram(
     PREFIX + "event_to_change_seconds",

@@ -7,7 +7,7 @@ persona: it gets a fresh id, and the old id retires.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -17,6 +17,16 @@ LAPSING = "lapsing"  # reserved id: users silent for part of that, on their way 
 NEW = "new"  # reserved id: a user from the first event until the model places them (below `min_events`)
 RESERVED = (NEW, LAPSING, DORMANT)  # segments that are not personas of a model: the same in every model
 QUIET = (LAPSING, DORMANT)  # the segments silence moves a user to
+
+
+SMALL_SHARE = 0.01  # a persona with fewer of the users placed in personas than this is small
+
+
+def small_personas(persona_ids: Sequence[str], counts: Mapping[str, int]) -> int:
+    """How many of the model's personas hold fewer than ``SMALL_SHARE`` of the users in a persona (``counts``:
+    users per segment; the reserved segments do not count): a model that split the users too finely."""
+    placed = sum(counts.get(pid, 0) for pid in persona_ids)
+    return sum(1 for pid in persona_ids if counts.get(pid, 0) < SMALL_SHARE * placed) if placed else 0
 
 
 def persona_id(number: int) -> str:

@@ -26,6 +26,7 @@ from worker.changes import BatchResult, InputRecord, Segmenter
 from worker.clustering import ModelSnapshot
 from worker.features import wire
 from worker.outbox import Outbox, Record
+from worker.personas.registry import small_personas
 from worker.runtime import faust_internals as fi
 from worker.runtime.handoff import Fetched
 from worker.runtime.modelpin import META_MODEL, MODEL_KEY, ModelPin, recorded_version, slot_key
@@ -308,8 +309,11 @@ class Pipeline:
         metrics.ERASURES.inc(res.erasures)
         metrics.CONSENT_WITHDRAWALS.inc(res.withdrawals)
         metrics.EVENTS_EXCLUDED.inc(res.excluded)
-        for segment, count in self.segmenter.counts.items():
+        counts = self.segmenter.counts
+        for segment, count in counts.items():
             metrics.PERSONA_USERS.labels(segment).set(count)
+        if self.segmenter.model is not None:
+            metrics.SMALL_PERSONAS.set(small_personas(self.segmenter.model.persona_ids, counts))
         metrics.USERS.set(len(self.topo.users))
 
 
