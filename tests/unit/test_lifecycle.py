@@ -180,6 +180,21 @@ def test_the_persona_that_appears_mid_stream_is_announced_once(seed: int) -> Non
     assert sum(f["users"] for f in emerged["flows"]) == emerged["to"][0]["users"] > 100
 
 
+@pytest.mark.parametrize("seed", [2, 3])
+def test_a_persona_whose_users_go_two_ways_is_announced_as_split(seed: int) -> None:
+    """`split`: half the users of the largest persona take up a new behaviour mid-stream. The trainer announces one
+    split of that persona into itself and a new id, drawn from it alone. (Seed 1 draws a new behaviour close enough
+    to another persona that its users just move there: no new persona, no event.)"""
+    snaps = _trained("split", seed)
+    events = [e for snap in snaps for e in snap.changes]
+    assert [(e["kind"], len(e["from"]), len(e["to"])) for e in events] == [("split", 1, 2)]
+    (split,) = events
+    source, offshoot = split["from"][0]["id"], split["to"][1]["id"]
+    assert split["to"][0]["id"] == source and offshoot not in snaps[0].persona_ids
+    assert {f["from"] for f in split["flows"]} == {source}
+    assert min(f["users"] for f in split["flows"]) > 200  # both ways taken by many
+
+
 @pytest.mark.parametrize(("name", "seed"), [("stable", 1), ("stable", 2), ("switching", 1)])
 def test_no_lifecycle_event_where_the_personas_stay(name: str, seed: int) -> None:
     snaps = _trained(name, seed)

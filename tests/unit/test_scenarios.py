@@ -14,7 +14,10 @@ def test_scenarios_are_reproducible_and_keep_their_promise(name: str) -> None:
     assert a.events == b.events and a.truth == b.truth
     truth = list(a.truth.values())
     w = world(name, 3)
-    assert sum(t.switch_at is not None for t in truth) == pytest.approx(200 * w.switch_share, abs=20)
+    diverging = 0.0  # a split world's users who take up the new behaviour switch too
+    if w.diverging is not None:
+        diverging = w.diverge_share * w.personas[w.diverge_from].share / sum(p.share for p in w.personas)
+    assert sum(t.switch_at is not None for t in truth) == pytest.approx(200 * (w.switch_share + diverging), abs=20)
     once = {p.name for p in w.personas if p.once}
     assert sum(t.silent_at is not None and t.persona not in once for t in truth) == pytest.approx(
         200 * w.silent_share, abs=20

@@ -84,6 +84,11 @@ class World:
     emerging: PersonaSpec | None = None  # a persona nobody has until ``emerge_at``
     emerging_share: float = 0.0  # users who join with it from then on
     emerge_at: float = 0.45  # share of the span
+    diverging: PersonaSpec | None = (
+        None  # a behaviour some users of persona ``diverge_from`` take up from ``emerge_at``
+    )
+    diverge_from: int = 0
+    diverge_share: float = 0.0  # the share of that persona's users who do
     switch_window: tuple[float, float] = (0.35, 0.55)  # share of the span where switches happen
     silent_window: tuple[float, float] = (0.30, 0.45)
     span: float = 1.0  # the world's event time is this many times the days asked for, ending where others end
@@ -133,8 +138,17 @@ def generate_world(
         else:
             first = int(rng.choice(len(personas), p=shares))
             truth = Truth(uid, personas[first].name, personas[first].name)
+            # (a draw only in a world with a diverging behaviour: every other world's users stay as they were)
+            diverges = (
+                world.diverging is not None and first == world.diverge_from and rng.random() < world.diverge_share
+            )
             roll = rng.random()
-            if roll < world.switch_share:
+            if diverges:
+                assert world.diverging is not None
+                at = start_ms + int(rng.uniform(world.emerge_at, world.emerge_at + 0.1) * span)
+                segments = [(personas[first], start_ms, at), (world.diverging, at, end_ms)]
+                truth.final, truth.switch_at = world.diverging.name, at
+            elif roll < world.switch_share:
                 other = int(rng.choice([i for i in range(len(personas)) if i != first]))
                 at = start_ms + int(rng.uniform(*world.switch_window) * span)
                 segments = [(personas[first], start_ms, at), (personas[other], at, end_ms)]

@@ -159,6 +159,14 @@ def _emerging(rng: np.random.Generator) -> World:
     return World(everyone[:4], switch_share=0.0, silent_share=0.0, emerging=everyone[4], emerging_share=0.15)
 
 
+def _split(rng: np.random.Generator) -> World:
+    vocab, valued = _domain(rng)
+    everyone = random_personas(rng, 5, vocab, valued)
+    # half the users of the largest of four personas take up a fifth behaviour mid-stream: one persona goes two ways
+    largest = max(range(4), key=lambda i: everyone[i].share)
+    return World(everyone[:4], 0.0, 0.0, diverging=everyone[4], diverge_from=largest, diverge_share=0.5)
+
+
 def _weekly(rng: np.random.Generator) -> World:
     # a strong weekly rhythm: most personas live at the weekend (days of near-silence in between), one on weekdays
     personas = [replace(p, weekend_boost=float(rng.uniform(3.0, 5.0))) for p in _drawn(rng, 5)]
@@ -269,6 +277,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("switching", "15% of users switch persona mid-way", _switching),
         Scenario("silent", "10% of users go silent", _silent),
         Scenario("emerging", "a new persona appears mid-stream, joined by 15% new users", _emerging),
+        Scenario("split", "half the users of the largest persona take up a new behaviour mid-stream", _split),
         Scenario("weekly", "weekend-heavy personas (near-silent weekdays), one weekday persona, 5% switch", _weekly),
         Scenario("twins", "two personas that differ only by weekend vs weekday habit", _weekend_twins),
         Scenario("noisy", "30% of users with a fifth of the usual activity", _noisy),
