@@ -32,6 +32,7 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "segment-worker demo summary" in proc.stdout
     assert "personas found" in proc.stdout and "adjusted Rand index" in proc.stdout
+    assert "\npersona changes: " in proc.stdout
     summary = codec.loads(out.read_bytes())
     agree = summary["agreement"]
     assert agree["assigned"] == agree["users"] == 240

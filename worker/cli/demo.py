@@ -17,7 +17,7 @@ from typing import Any
 from worker import codec
 from worker.broker import EmbeddedBroker, free_port
 from worker.evaluation.engines import Outcome, run_pipeline
-from worker.personas.registry import NEW
+from worker.personas.registry import NEW, RESERVED
 from worker.process import metric_total
 from worker.settings import Settings
 from worker.synth import Population, generate
@@ -80,6 +80,19 @@ def printer(started: float) -> Any:
     return say
 
 
+def _persona_changes(outcome: Outcome) -> list[str]:
+    """What the model updates did to the personas (the events of PERSONA_TOPIC, as the models carry them)."""
+    events = [e for snap in outcome.snapshots for e in snap.changes]
+    if not events:
+        return ["\npersona changes: none (the personas stayed as the first model found them)"]
+    lines = [f"\npersona changes: {len(events)}"]
+    for e in events:
+        before = ", ".join(p["id"] for p in e["from"]) or "-"
+        after = ", ".join(f"{p['id']} ({p['name']})" for p in e["to"]) or "-"
+        lines.append(f"  v{e['model_version']:<3} {e['kind']:<8} {before}  ->  {after}")
+    return lines
+
+
 def _report(pop: Population, outcome: Outcome, seconds: float) -> dict[str, Any]:
     changes = outcome.changes
     last: dict[str, dict[str, Any]] = {}
@@ -104,7 +117,8 @@ def _report(pop: Population, outcome: Outcome, seconds: float) -> dict[str, Any]
         f"phase 2 end to end: {outcome.extra['phase2_events']:,} events in {outcome.extra['phase2_seconds']:.1f}s "
         f"({rate:,.0f} events/s incl. produce)"
     )
-    lines.append(f"\npersonas found: {len(personas)} (model v{outcome.personas['model_version']})")
+    found = sum(1 for p in personas if p["id"] not in RESERVED)
+    lines.append(f"\npersonas found: {found} (model v{outcome.personas['model_version']})")
     lines.append(f"  {'id':<8} {'users':>6}  {'name':<52} truth (purity)")
     for p in sorted(personas, key=lambda p: -p["size"]):
         label, share = agree.purity.get(p["id"], ("-", 0.0))
@@ -115,6 +129,7 @@ def _report(pop: Population, outcome: Outcome, seconds: float) -> dict[str, Any]
     )
     for (a, b), n in moves.most_common(8):
         lines.append(f"  {n:>5}  {names.get(a, a)}  ->  {names.get(b, b)}")
+    lines += _persona_changes(outcome)
     lines.append("\nagreement with the generator's truth:")
     lines.append(f"  adjusted Rand index           {agree.ari:.3f}")
     lines.append(f"  users with a persona          {agree.assigned:,}/{agree.users:,}")
