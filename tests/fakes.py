@@ -1,10 +1,14 @@
-"""Fakes shared by the unit tests (injected, never patched in)."""
+"""Fakes shared by the tests (injected, never patched in), and a small model to test with."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import numpy as np
+
+from worker.clustering.snapshot import ModelSnapshot
+from worker.features.space import FeatureSpace
 from worker.runtime.ownership import Ownership
 
 
@@ -66,3 +70,20 @@ class Assigned(Ownership):
 
     def assigned(self) -> set[int]:
         return set(self.partitions)
+
+
+MODEL_SPACE = FeatureSpace(("a", "b"), (86_400_000.0,))  # two event types, one half-life of a day
+
+
+def model_of(
+    version: int, centroids: list[list[float]], ids: list[str], names: list[str] | None = None, as_of_ms: int = 0
+) -> ModelSnapshot:
+    """A model over ``MODEL_SPACE`` (unit scale, zero mean) whose personas sit at ``centroids`` in its first two
+    features (the rest 0)."""
+    c = np.zeros((len(centroids), MODEL_SPACE.dim))
+    c[:, :2] = centroids
+    names = names or [f"name of {pid}" for pid in ids]
+    dim = MODEL_SPACE.dim
+    return ModelSnapshot(
+        version, MODEL_SPACE, np.zeros(dim), np.ones(dim), c, tuple(ids), tuple(names), 1000, 10, as_of_ms=as_of_ms
+    )

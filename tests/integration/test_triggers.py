@@ -16,14 +16,16 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.fakes import model_of
 from tests.helpers import poll_until, send_changes, service_setup, serving_metrics, start_service, wait_for_records
 from worker import codec
 from worker.broker import free_port
 from worker.changes.segmenter import change_id
 from worker.events.timefmt import format_rfc3339
-from worker.kafkaio import produce, read_all
+from worker.kafkaio import create_topics, produce, read_all
 from worker.process import WorkerProcess, metric_total
 from worker.settings import Settings
+from worker.topics import MODELS_TABLE, KafkaTopicAdmin, changelog
 from worker.triggers import Plan, TriggerState, parse_rules, plan
 
 pytestmark = pytest.mark.integration
@@ -291,3 +293,53 @@ def test_campaign_effectiveness_finds_the_uplift_of_a_world_where_treated_users_
     )
     low, high = row["uplift_ci95"]
     assert 0 < low < 0.4 < high  # significant, and covers the world's true uplift
+
+
+NAMING_RULES = """
+campaigns:
+  - {name: by-id, when: {from: "*", to: p1}}
+  - {name: by-name, when: {from: "*", to: readers}}
+  - {name: stale, when: {from: p9, to: p7}}
+"""
+
+
+def test_rules_naming_a_persona_the_model_lacks_are_warned_and_counted(
+    worker_settings: Settings, tmp_path: Path
+) -> None:
+    """Before any model (the worker never ran) nothing is compared and the models' changelog is not created by
+    the service; with the group's model there, the two segments of the stale rule are warned about and counted."""
+    s, rules_file = service_setup(worker_settings, tmp_path, NAMING_RULES)
+    models = changelog(s, MODELS_TABLE)
+    log = tmp_path / "triggers.log"
+    service = start_service(s, rules_file, log)
+    try:
+        poll_until(
+            lambda: serving_metrics(service),
+            lambda m: "segment_worker_triggers_rules_unknown_personas" in m,
+            30,
+            "metrics",
+        )
+        assert service.metrics()["segment_worker_triggers_rules_unknown_personas"] == 0
+    finally:
+        service.stop()
+    admin = KafkaTopicAdmin(s.bootstrap_servers)
+    try:
+        assert admin.partitions([models])[models] is None  # not created by the service
+    finally:
+        admin.close()
+    model = model_of(3, [[1, 0], [0, 1]], ["p1", "p2"], ["creators", "readers"])
+    create_topics(s.bootstrap_servers, {models: 1})
+    produce(s.bootstrap_servers, models, [(b"current", model.to_bytes())])
+    service = start_service(s, rules_file, log)
+    try:
+        poll_until(
+            lambda: serving_metrics(service),
+            lambda m: m.get("segment_worker_triggers_rules_unknown_personas") == 2,
+            30,
+            "two unknown personas counted",
+        )
+    finally:
+        service.stop()
+    text = log.read_text()
+    assert "campaign stale names 'p9', which is no persona of model v3" in text and "'p7'" in text
+    assert "campaign by-id" not in text and "campaign by-name" not in text

@@ -12,36 +12,22 @@ import jsonschema
 import numpy as np
 import pytest
 
+from tests.fakes import MODEL_SPACE, model_of
 from worker.clustering.snapshot import ModelSnapshot
 from worker.evaluation.engines import encode, run_core
 from worker.evaluation.run import sized
-from worker.features.space import FeatureSpace
 from worker.personas.lifecycle import Window, first_lineage, persona_changes
 from worker.settings import Settings
 from worker.synth.population import generate_world
 from worker.synth.scenarios import world
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "persona-change.v1.json").read_text())
-SPACE = FeatureSpace(("a", "b"), (86_400_000.0,))
-DIM = SPACE.dim
+DIM = MODEL_SPACE.dim
 DAY = 86_400_000
 
 
 def model(version: int, centroids: list[list[float]], ids: list[str], names: list[str] | None = None) -> ModelSnapshot:
-    c = np.zeros((len(centroids), DIM))
-    c[:, :2] = centroids
-    return ModelSnapshot(
-        version,
-        SPACE,
-        np.zeros(DIM),
-        np.ones(DIM),
-        c,
-        tuple(ids),
-        tuple(names or [f"name of {pid}" for pid in ids]),
-        1000,
-        10,
-        as_of_ms=version * DAY,
-    )
+    return model_of(version, centroids, ids, names, as_of_ms=version * DAY)
 
 
 def around(points: list[tuple[float, float, int]], origin: int = 0) -> Window:

@@ -211,3 +211,19 @@ def test_the_readme_rules_example_is_the_documented_one_and_parses() -> None:
     section = readme.split("## React to segment changes", 1)[1]
     block = section.split("```yaml", 1)[1].split("```", 1)[0]
     assert rules(block) == rules(EXAMPLE)
+
+
+def test_rules_naming_no_persona_of_the_model_are_found() -> None:
+    rules = parse_rules(
+        yaml.safe_load(
+            """
+campaigns:
+  - {name: by-id, when: {from: "*", to: p1}}
+  - {name: by-name, when: {from: readers, to: dormant}}
+  - {name: retired, when: {from: p3, to: p7}}
+  - {name: first, when: {from: null, to: new}}
+"""
+        )
+    )
+    unknown = rules.unknown_personas(("p1", "p2"), ("creators", "readers"))
+    assert unknown == [("retired", "p3"), ("retired", "p7")]  # ids, names, reserved segments, "*", null: known

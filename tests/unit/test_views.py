@@ -5,10 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-import numpy as np
-
-from worker.clustering.snapshot import ModelSnapshot
-from worker.features.space import FeatureSpace
+from tests.fakes import model_of
 from worker.features.state import UserState
 from worker.personas.lifecycle import first_lineage
 from worker.web.views import personas_document, user_document
@@ -63,19 +60,7 @@ def test_personas_document_without_a_model_lists_the_reserved_segments_that_hold
 
 
 def test_personas_document_says_since_when_each_persona_has_its_id() -> None:
-    space = FeatureSpace(("a",), (DAY,))
-    first = ModelSnapshot(
-        1,
-        space,
-        np.zeros(space.dim),
-        np.ones(space.dim),
-        np.eye(2, space.dim),
-        ("p1", "p2"),
-        ("creators", "readers"),
-        100,
-        3,
-        as_of_ms=5 * DAY,
-    )
+    first = model_of(1, [[1, 0], [0, 1]], ["p1", "p2"], ["creators", "readers"], as_of_ms=5 * DAY)
     later = dataclasses.replace(first, version=4, as_of_ms=9 * DAY, lineage=first_lineage(first))
     doc = personas_document(later, Counter({"p1": 2}), {}, {0})
     assert [(p["id"], p["size"], p["since"]) for p in doc["personas"]] == [

@@ -19,6 +19,11 @@ SKIPPED = Counter(
     ["campaign", "reason"],
     registry=REGISTRY,
 )
+UNKNOWN_PERSONAS = Gauge(
+    PREFIX + "rules_unknown_personas",
+    "Campaign from/to segments naming no persona of the current model (a retired id, a typo): they match nothing.",
+    registry=REGISTRY,
+)
 USERS = Gauge(PREFIX + "users", "Users with trigger state on this member's partitions.", registry=REGISTRY)
 WEBHOOK_ATTEMPTS = Counter(
     PREFIX + "webhook_attempts", "Webhook requests, by outcome: ok, retry, failed.", ["outcome"], registry=REGISTRY

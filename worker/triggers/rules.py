@@ -20,6 +20,7 @@ problem of the file is reported at once, with where it is.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 
 from worker.errors import ConfigError
+from worker.personas.registry import RESERVED
 
 ANY = "*"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
@@ -81,6 +83,14 @@ class Campaign:
 @dataclass(frozen=True, slots=True)
 class Rules:
     campaigns: tuple[Campaign, ...]
+
+    def unknown_personas(self, ids: Sequence[str], names: Sequence[str]) -> list[tuple[str, str]]:
+        """(campaign, segment) of each ``from``/``to`` that names a persona neither by an id nor by a name of the
+        model (``ids``, ``names``): a retired id, a typo — such a rule matches nothing."""
+        known = {ANY, *RESERVED, *ids, *names}
+        return [
+            (c.name, seg) for c in self.campaigns for seg in (c.from_segment, c.to_segment) if seg and seg not in known
+        ]
 
 
 def parse_duration(text: Any, where: str, problems: list[str]) -> int:

@@ -40,6 +40,7 @@ from worker.settings import Settings
 from worker.topics import REROUTING, TRIGGERS_STATE, internal_topic, prepare_topics, trigger_topics
 from worker.topics import notifications_dlq_topic as dlq_topic
 from worker.triggers.effect import Tally
+from worker.triggers.personas import PersonaCheck
 from worker.triggers.plan import Notification, TriggerState, observe_event, plan
 from worker.triggers.rules import Rules
 from worker.triggers.webhook import WebhookSink
@@ -73,6 +74,7 @@ class TriggerService:
         self.partition_of: dict[str, int] = {}  # user -> partition of the change topic (and of the state topic)
         self.lock = asyncio.Lock()  # one batch at a time; a rebalance waits for the batch in flight
         self.reader = RangeReader(settings.bootstrap_servers, **aiokafka_config(settings))
+        self.personas = PersonaCheck(settings, rules, self.reader)
         self.ready = asyncio.Event()
         self.tally = Tally()
         self.goals = {c.goal.event_type for c in rules.campaigns if c.goal is not None}
@@ -109,6 +111,7 @@ class TriggerService:
         await consumer.start()
         try:
             while True:
+                await self.personas.due()
                 batches = await consumer.getmany(timeout_ms=500, max_records=BATCH)
                 if batches:
                     async with self.lock:
