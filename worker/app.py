@@ -37,7 +37,7 @@ from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
 from worker.runtime import topology
 from worker.runtime.housekeeping import Housekeeping
-from worker.runtime.modelpin import MODEL_KEY, slot_key
+from worker.runtime.modelpin import MODEL_KEY, MODEL_SLOTS, slot_key
 from worker.runtime.ownership import TAIL_RECORDS, Ownership
 from worker.runtime.pipeline import Pipeline
 from worker.runtime.positions import Positions
@@ -97,9 +97,16 @@ def create_app(settings: Settings) -> faust.App:
             lambda: topics.found,
             partition_of,
             s.half_lives_ms,
+            functools.partial(_kept_models, topo),
         ),
     )
     return app
+
+
+def _kept_models(topo: topology.Topology) -> list[ModelSnapshot]:
+    """The model versions the group keeps beside the current one (the models table's slots)."""
+    raws = (topo.models.get(slot_key(i)) for i in range(MODEL_SLOTS))
+    return [ModelSnapshot.from_bytes(raw) for raw in raws if raw]
 
 
 def _outbox(topo: topology.Topology, local: LocalStore | None) -> Outbox:

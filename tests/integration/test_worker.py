@@ -114,7 +114,10 @@ def test_events_in_changes_out_dead_letters_api_and_restart(worker_settings: Set
     sizes = {p["id"]: p["size"] for p in personas["personas"] if p["size"]}
     assert sizes == Counter(before.values())
     assert personas["model_version"] >= 1
-    assert {"id", "name", "size", "profile"} <= set(personas["personas"][0])
+    assert {"id", "name", "size", "since", "profile"} <= set(personas["personas"][0])
+    history = worker.get("/personas/history")  # the kept versions, the one in use among them
+    assert personas["model_version"] in [v["version"] for v in history["versions"]]
+    assert {p["id"] for p in personas["personas"] if p["id"].startswith("p")} <= set(history["personas"])
     assert worker.get("/healthz")["status"] == "ok"
 
     # restart: state and persona ids survive, counts stay exact, nothing is counted twice

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
+import numpy as np
+
 from tests.fakes import model_of
 from worker.features.state import UserState
-from worker.personas.lifecycle import first_lineage
-from worker.web.views import personas_document, user_document
+from worker.personas.lifecycle import Window, first_lineage, persona_changes
+from worker.web.views import history_document, personas_document, user_document
 
 DAY = 86_400_000
 
@@ -67,3 +69,29 @@ def test_personas_document_says_since_when_each_persona_has_its_id() -> None:
         ("p1", 2, {"version": 1, "at": "1970-01-06T00:00:00.000Z"}),
         ("p2", 0, {"version": 1, "at": "1970-01-06T00:00:00.000Z"}),
     ]
+
+
+def test_history_lists_the_kept_versions_and_what_became_of_each_persona() -> None:
+    v1 = model_of(1, [[1, 0], [0, 1]], ["p1", "p2"], ["creators", "readers"], as_of_ms=DAY)
+    v1 = dataclasses.replace(v1, lineage=first_lineage(v1))
+    v2 = model_of(2, [[1, 0], [5, 5]], ["p1", "p3"], ["creators", "sharers"], as_of_ms=2 * DAY)
+    window = Window(
+        np.array([[1.0, 0.0] + [0.0] * (v1.space.dim - 2)] * 4 + [[0.0, 1.0] + [0.0] * (v1.space.dim - 2)]),
+        np.zeros(5, dtype=np.int64),
+    )
+    changes, lineage = persona_changes(v1, v2, window, 2.5)
+    v2 = dataclasses.replace(v2, lineage=lineage, changes=changes)
+    doc = history_document([v2, v1, v2])  # (slots in any order; a version once)
+    assert [(v["version"], v["personas"], [c["kind"] for c in v["changes"]]) for v in doc["versions"]] == [
+        (1, ["p1", "p2"], []),
+        (2, ["p1", "p3"], ["emerged", "merged"]),
+    ]
+    personas = doc["personas"]
+    assert (
+        personas["p1"]["since"] == {"version": 1, "at": "1970-01-02T00:00:00.000Z"}
+        and personas["p1"]["retired"] is None
+    )
+    assert personas["p3"]["since"]["version"] == 2 and personas["p3"]["name"] == "sharers"
+    merged = next(c for c in doc["versions"][1]["changes"] if c["kind"] == "merged")
+    assert personas["p2"]["retired"] == {"version": 2, "kind": "merged", "event_id": merged["event_id"]}
+    assert personas["p2"]["name"] == "readers" and doc["kept_versions"] == 16

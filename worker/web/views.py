@@ -3,7 +3,7 @@ that serve them (:func:`register`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from worker.clustering import ModelSnapshot
 from worker.events.timefmt import format_rfc3339
 from worker.features.state import UserState, features_at
 from worker.personas.registry import RESERVED
+from worker.runtime.modelpin import MODEL_SLOTS
 
 
 def user_document(
@@ -65,7 +66,7 @@ def personas_document(
     if model is not None:
         for i, (pid, name) in enumerate(zip(model.persona_ids, model.persona_names, strict=True)):
             line = model.lineage.get(pid)  # (a model written before lineage was kept: unknown)
-            since = {"version": line.since_version, "at": format_rfc3339(line.since_ms)} if line else None
+            since = {"version": line.since_version, "at": _at(line.since_ms)} if line else None
             out.append(
                 {"id": pid, "name": name, "size": counts.get(pid, 0), "since": since, "profile": model.profile(i)}
             )
@@ -78,6 +79,39 @@ def personas_document(
         "sizes_cover_partitions": sorted(owned),
         "personas": out,
     }
+
+
+def history_document(models: Sequence[ModelSnapshot]) -> dict[str, Any]:
+    """``GET /personas/history``: the personas over the model versions the group keeps (the last
+    ``MODEL_SLOTS``): per version its personas and lifecycle events (oldest first), and a catalogue of every persona
+    id those versions hold — its name, since when it has it, and what retired it."""
+    ordered = sorted({m.version: m for m in models}.values(), key=lambda m: m.version)
+    versions, catalogue = [], {}
+    for m in ordered:
+        events = [
+            {"event_id": e["event_id"], "kind": e["kind"], "from": _ids(e["from"]), "to": _ids(e["to"])}
+            for e in m.changes
+        ]
+        versions.append(
+            {"version": m.version, "at": _at(m.as_of_ms), "personas": list(m.persona_ids), "changes": events}
+        )
+        for pid, name in zip(m.persona_ids, m.persona_names, strict=True):
+            line = m.lineage.get(pid)
+            since = {"version": line.since_version, "at": _at(line.since_ms)} if line else None
+            catalogue[pid] = {"name": name, "since": since, "retired": None}
+        for e in events:
+            for pid in set(e["from"]) - set(e["to"]) - set(m.persona_ids):
+                if pid in catalogue:
+                    catalogue[pid]["retired"] = {"version": m.version, "kind": e["kind"], "event_id": e["event_id"]}
+    return {"kept_versions": MODEL_SLOTS, "versions": versions, "personas": catalogue}
+
+
+def _ids(personas: Sequence[dict[str, Any]]) -> list[str]:
+    return [p["id"] for p in personas]
+
+
+def _at(ms: int) -> str | None:
+    return format_rfc3339(ms) if ms else None
 
 
 @dataclass(frozen=True)
@@ -93,6 +127,7 @@ class Sources:
     topic_problems: Callable[[], list[str]]
     partition_of: Callable[[str], int]
     half_lives: Any  # the settings' half-lives, for users whose state predates learned ones
+    kept_models: Callable[[], list[ModelSnapshot]]  # the model versions the group keeps (the models table's slots)
 
 
 def _json(view: View, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -105,7 +140,7 @@ def _retry_later(view: View, error: str, user_id: str) -> Response:
 
 
 def register(app: faust.App, src: Sources) -> None:
-    """The worker's pages: /metrics, /healthz, /readyz, /personas and /users/{user_id}."""
+    """The worker's pages: /metrics, /healthz, /readyz, /personas, /personas/history and /users/{user_id}."""
     seg = src.segmenter
 
     @app.page("/metrics")
@@ -137,6 +172,11 @@ def register(app: faust.App, src: Sources) -> None:
     class Personas(View):
         async def get(self, request: Request) -> Response:
             return _json(self, personas_document(seg.model, seg.counts, seg.time_scales(), src.owned))
+
+    @app.page("/personas/history")
+    class History(View):
+        async def get(self, request: Request) -> Response:
+            return _json(self, history_document(src.kept_models()))
 
     @app.page("/users/{user_id}")
     async def user_view(web: View, request: Request, user_id: str) -> Response:
