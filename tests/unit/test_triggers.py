@@ -227,3 +227,24 @@ campaigns:
     )
     unknown = rules.unknown_personas(("p1", "p2"), ("creators", "readers"))
     assert unknown == [("retired", "p3"), ("retired", "p7")]  # ids, names, reserved segments, "*", null: known
+
+
+def test_a_failed_persona_check_never_stops_the_service() -> None:
+    """The trigger service's look at the current model is advice: a broker that cannot be asked is logged."""
+    import asyncio
+
+    from worker.settings import Settings
+    from worker.triggers.personas import PersonaCheck
+
+    class Unreachable:
+        async def ends(self, *_: Any, **__: Any) -> dict[int, int]:
+            raise ConnectionError("broker away")
+
+    class Known(PersonaCheck):
+        def _exists(self) -> bool:  # the changelog is there; reading it fails
+            return True
+
+    rules = parse_rules(yaml.safe_load('campaigns: [{name: a, when: {from: "*", to: p1}}]'))
+    check = Known(Settings(), rules, Unreachable())  # type: ignore[arg-type]
+    asyncio.run(check.due())  # logged, not raised
+    assert check.unknown == [] and check.version == 0

@@ -38,10 +38,16 @@ class PersonaCheck:
         self._next = 0.0
 
     async def due(self) -> None:
-        """Compare when ``CHECK_EVERY`` has passed since the last time."""
+        """Compare when ``CHECK_EVERY`` has passed since the last time. A check that fails (the broker away, an
+        unreadable model) is logged and tried again next time: it never stops the notifications."""
         if time.monotonic() >= self._next:
             self._next = time.monotonic() + CHECK_EVERY
-            await self.check()
+            try:
+                await self.check()
+            except Exception as exc:
+                log.warning(
+                    "the current model's personas could not be read (tried again in %.0fs): %s", CHECK_EVERY, exc
+                )
 
     async def check(self) -> list[tuple[str, str]]:
         """The rule segments the current model has no persona for (warned once per model version)."""
