@@ -53,6 +53,7 @@ class WorkerProcess:
                     body = resp.read()
                 return body if path == "/metrics" else codec.loads(body)
             except urllib.error.HTTPError as exc:
+                exc.close()  # it holds the response's socket open until collected
                 if exc.code != 503 or time.monotonic() > deadline:
                     raise
                 time.sleep(float(exc.headers.get("Retry-After") or 1))
@@ -62,6 +63,7 @@ class WorkerProcess:
             with urllib.request.urlopen(self.base + path, timeout=5) as resp:
                 return int(resp.status)
         except urllib.error.HTTPError as exc:
+            exc.close()
             return int(exc.code)
 
     def metrics(self) -> dict[str, float]:

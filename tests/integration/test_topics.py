@@ -362,4 +362,5 @@ def _readyz(worker: WorkerProcess) -> dict[str, Any]:
         with urllib.request.urlopen(worker.base + "/readyz", timeout=5) as resp:
             return dict(codec.loads(resp.read()))
     except urllib.error.HTTPError as exc:
-        return dict(codec.loads(exc.read()))
+        with exc:  # closes the response's socket
+            return dict(codec.loads(exc.read()))
