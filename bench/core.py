@@ -18,8 +18,8 @@ import time
 
 from worker import codec
 from worker.changes import InputRecord, Segmenter
-from worker.clustering import Trainer
 from worker.clustering.snapshot import ModelSnapshot
+from worker.clustering.trainer import Trainer
 from worker.features.state import UserState
 from worker.runtime.records import sample_chunks, samples_in
 from worker.settings import Settings

@@ -25,7 +25,7 @@ from common import bench_settings
 from worker import codec
 from worker.broker import EmbeddedBroker
 from worker.changes import InputRecord, Segmenter
-from worker.clustering import Trainer
+from worker.clustering.trainer import Trainer
 from worker.features import wire
 from worker.features.state import UserState
 from worker.kafkaio import create_topics, producer

@@ -1,20 +1,25 @@
 """Persona lifecycle events through the real pipeline: a worker on an empty broker, the `emerging` world (a fifth
-persona appears mid-stream with new users), the persona-change topic read back with a plain consumer."""
+persona appears mid-stream with new users) and the `split` world (part of one persona's members take up another
+behaviour), the persona-change and segment-change topics read back with a plain consumer."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 
+from tests.helpers import poll_until
 from worker import codec
-from worker.evaluation.engines import run_pipeline
+from worker.evaluation.engines import Outcome, encode, run_pipeline
 from worker.evaluation.run import sized
-from worker.kafkaio import read_all
+from worker.kafkaio import produce, read_all
+from worker.process import WorkerProcess
 from worker.settings import Settings
 from worker.synth.population import generate_world
 from worker.synth.scenarios import world
@@ -24,23 +29,68 @@ pytestmark = pytest.mark.integration
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "persona-change.v1.json").read_text())
 
 
-def test_the_persona_that_emerges_mid_stream_is_announced_on_the_topic(bare_settings: Settings, tmp_path: Path) -> None:
-    """Exactly one `emerged` event, once, after the model that holds the persona, keyed by its id; no other
-    lifecycle event (the four first personas stay). The worker created the topic itself."""
-    s = sized(bare_settings, 1000)
-    events = generate_world(world("emerging", 1), 1000, 28, 1).events
+def _run(world_name: str, seed: int, users: int, s: Settings, tmp_path: Path) -> tuple[Outcome, list[dict[str, Any]]]:
+    """The world's 28 days through a worker; the outcome and the persona-change events on their topic (each
+    checked against the schema)."""
+    events = generate_world(world(world_name, seed), users, 28, seed).events
     out = run_pipeline(
         s, events, dict(os.environ), tmp_path, s.bootstrap_servers, lambda _m: None, time.monotonic() + 600
     )
     records = read_all(s.bootstrap_servers, s.persona_topic)
     announced = [codec.loads(r.value) for r in records]
-    for e in announced:
+    for e, r in zip(announced, records, strict=True):
         jsonschema.validate(e, SCHEMA)
+        assert r.key == (e["to"] or e["from"])[0]["id"].encode()
+    return out, announced
+
+
+def test_the_persona_that_emerges_mid_stream_is_announced_on_the_topic(bare_settings: Settings, tmp_path: Path) -> None:
+    """Exactly one `emerged` event, once, after the model that holds the persona, keyed by its id; no other
+    lifecycle event (the four first personas stay). The worker created the topic itself."""
+    s = sized(bare_settings, 1000)
+    out, announced = _run("emerging", 1, 1000, s, tmp_path)
     assert [(e["kind"], [p["id"] for p in e["to"]]) for e in announced] == [("emerged", ["p5"])]
     (emerged,) = announced
-    assert records[0].key == b"p5"
     model = next(m for m in out.snapshots if m.version == emerged["model_version"])
     assert model.changes == (emerged,) and "p5" in model.persona_ids and "p5" not in out.snapshots[0].persona_ids
     assert model.lineage["p5"].since_version == model.version
     assert sum(f["users"] for f in emerged["flows"]) == emerged["to"][0]["users"] > 100
     assert out.extra["metrics"].get("segment_worker_persona_changes_total|kind=emerged") == 1
+    assert not [c for c in out.changes if c["trigger"] == "model_update"]  # nobody's persona went or split
+
+
+def test_a_split_is_announced_and_moves_the_members_it_concerns_at_once_saying_why(
+    bare_settings: Settings, tmp_path: Path
+) -> None:
+    """Exactly one `split` event; the members the model update places in the offshoot move at once (not at their
+    next event), each change marked `model_update` with the event's id as `cause`. The worker runs until the
+    trainer has got there: its fits trail the stream."""
+    s = sized(bare_settings, 2000)
+    events = generate_world(world("split", 2), 2000, 28, 2).events
+    worker = WorkerProcess(s, dict(os.environ), tmp_path / "worker.log")
+    try:
+        worker.wait_ready(90)
+        produce(s.bootstrap_servers, s.input_topic, encode(events))
+        poll_until(lambda: _moved_by_split(s), lambda seen: bool(seen[1]), 300, "members moved by a split")
+        time.sleep(2.0)  # the sweep's changes go out in one round: all of it read
+        split, moved = _moved_by_split(s)
+    finally:
+        worker.stop()
+    (source,) = [p["id"] for p in split["from"]]
+    offshoots = {p["id"] for p in split["to"]} - {source}
+    assert Counter((c["from_segment"], c["model_version"]) for c in moved) == Counter(
+        {(source, split["model_version"]): len(moved)}
+    )
+    assert {c["to_segment"] for c in moved} <= offshoots and len(moved) > 50
+
+
+def _moved_by_split(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The one lifecycle event so far, a split, and the changes that cite it (none yet: ``{}`` and ``[]``)."""
+    announced = [codec.loads(r.value) for r in read_all(s.bootstrap_servers, s.persona_topic)]
+    if not announced:
+        return {}, []
+    assert [e["kind"] for e in announced] == ["split"]
+    changes = [codec.loads(r.value) for r in read_all(s.bootstrap_servers, s.output_topic) if r.value]
+    moved = [c for c in changes if c["trigger"] == "model_update"]
+    assert all(c["cause"] == announced[0]["event_id"] for c in moved)
+    return announced[0], moved

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 
 from tests.unit.builders import record_factory, step, two_persona_model
@@ -14,6 +19,7 @@ from worker.changes.gate import OffsetGate
 from worker.changes.hysteresis import decide
 from worker.changes.segmenter import change_id
 from worker.changes.silence import BUCKET_MS, SilenceIndex
+from worker.clustering.snapshot import ModelSnapshot, displacements
 from worker.events.timefmt import format_rfc3339, parse_timestamp
 from worker.features import UserState
 from worker.features.wire import MARKER, EncodedStates
@@ -489,3 +495,109 @@ def test_a_user_erased_or_withdrawn_before_any_model_still_gets_a_final_change()
         jsonschema.validate(d, CHANGE_SCHEMA)
         assert d["sequence"] == 2
     assert seg.counts["new"] == 0
+
+
+def _update(
+    model: ModelSnapshot, ids: tuple[str, ...], centroids: np.ndarray, event: dict[str, Any] | None
+) -> ModelSnapshot:
+    """``model``'s next version with these personas and one lifecycle event (only what the worker reads of it)."""
+    return dataclasses.replace(
+        model,
+        version=model.version + 1,
+        persona_ids=ids,
+        persona_names=tuple(f"name of {pid}" for pid in ids),
+        centroids=centroids,
+        as_of_ms=T0 + DAY,
+        changes=(event,) if event else (),
+        displaced=displacements(model.displaced, model.version + 1, (event,) if event else ()),
+    )
+
+
+def _lifecycle(kind: str, before: list[str], after: list[str]) -> dict[str, Any]:
+    event_id = hashlib.blake2b(f"{kind}{before}{after}".encode(), digest_size=16).hexdigest()
+    return {"kind": kind, "event_id": event_id, "from": [{"id": p} for p in before], "to": [{"id": p} for p in after]}
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["objects", "encoded"])
+def test_members_of_a_retired_persona_are_placed_again_at_once_and_say_why(encoded: bool) -> None:
+    s = Settings(min_events=3, confirmations=3, min_margin=0.0)
+    first = two_persona_model(s)
+    store: MutableMapping[str, UserState] = EncodedStates({}) if encoded else {}
+    seg = Segmenter(s, store, lambda _u: 0)
+    seg.set_model(first)
+    rec = record_factory()
+    for i in range(5):
+        step(seg, [rec("v", "view", T0 + i * 3_600_000), rec("b", "purchase", T0 + i * 3_600_000, 50.0)])
+    assert (store["v"].segment, store["b"].segment) == ("p1", "p2")
+    # v2: the buyers' persona retired, a new id where it was
+    retire = _lifecycle("retired", ["p2"], [])
+    seg.set_model(_update(first, ("p1", "p3"), first.centroids.copy(), retire))
+    before_sweep = copy.deepcopy(store)
+    res = seg.sweep({0}, 0.0, set())
+    docs = [codec.loads(c) for _, c, _ in res.changes]
+    for d in docs:
+        jsonschema.validate(d, CHANGE_SCHEMA)
+    assert [(d["user_id"], d["from_segment"], d["to_segment"], d["trigger"], d["cause"]) for d in docs] == [
+        ("b", "p2", "p3", "model_update", retire["event_id"])
+    ]
+    assert docs[0]["model_version"] == 2 and docs[0]["changed_at"] == format_rfc3339(T0 + DAY)  # the model's time
+    assert "cause" not in codec.loads(step(seg, [rec("n", "view", T0)]).changes[0][1])  # only model updates say it
+    # a crash before the states were written: the same sweep again, byte for byte; after they were: nothing
+    again = Segmenter(s, before_sweep, lambda _u: 0)
+    again.rebuild({0}, {})
+    assert seg.model is not None
+    again.set_model(seg.model)
+    assert [c for _, c, _ in again.sweep({0}, 0.0, set()).changes] == [c for _, c, _ in res.changes]
+    store.update(res.dirty)
+    seg.rebuild({0}, {})
+    assert seg.sweep({0}, 0.0, set()).changes == []
+
+
+def test_a_split_moves_the_members_nearer_the_offshoot_and_places_the_rest_once() -> None:
+    s = Settings(min_events=3, confirmations=3, min_margin=0.0)
+    first = two_persona_model(s)
+    store: dict[str, UserState] = {}
+    seg = Segmenter(s, store, lambda _u: 0)
+    seg.set_model(first)
+    rec = record_factory()
+    for i in range(5):
+        step(seg, [rec("v", "view", T0 + i * 3_600_000), rec("b", "purchase", T0 + i * 3_600_000, 50.0)])
+    split = _lifecycle("split", ["p2"], ["p2", "p4"])
+    # p2 moved away, its offshoot p4 sits where the buyers are: b moves; v (not in p2) is not looked at
+    far = first.centroids.copy()
+    far[1] += 10.0
+    seg.set_model(_update(first, ("p1", "p2", "p4"), np.vstack([far, first.centroids[1:]]), split))
+    res = seg.sweep({0}, 0.0, set())
+    assert [(codec.loads(c)["user_id"], codec.loads(c)["to_segment"]) for _, c, _ in res.changes] == [("b", "p4")]
+    assert set(res.dirty) == {"b"}
+    # the other way round: b stays in p2, placed by v3 all the same, and not evaluated for it again
+    store.update(res.dirty)
+    split = _lifecycle("split", ["p4"], ["p4", "p5"])
+    assert seg.model is not None
+    seg.set_model(_update(seg.model, ("p1", "p2", "p4", "p5"), np.vstack([far, first.centroids[1:], far[1:]]), split))
+    res = seg.sweep({0}, 0.0, set())
+    assert res.changes == [] and store["b"].segment == "p4" and res.dirty["b"].model_version == 3
+    store.update(res.dirty)
+    assert seg.sweep({0}, 0.0, set()).dirty == {}
+
+
+def test_a_worker_that_skipped_the_version_of_a_split_still_moves_its_members_with_its_cause() -> None:
+    s = Settings(min_events=3, confirmations=3, min_margin=0.0)
+    first = two_persona_model(s)
+    seg = Segmenter(s, {}, lambda _u: 0)
+    seg.set_model(first)
+    rec = record_factory()
+    for i in range(5):
+        step(seg, [rec("v", "view", T0 + i * 3_600_000), rec("b", "purchase", T0 + i * 3_600_000, 50.0)])
+    far = first.centroids.copy()
+    far[1] += 10.0
+    split = _lifecycle("split", ["p2"], ["p2", "p4"])
+    v2 = _update(first, ("p1", "p2", "p4"), np.vstack([far, first.centroids[1:]]), split)
+    v3 = _update(v2, v2.persona_ids, v2.centroids, None)  # published after v2 before this worker looked again
+    assert v3.changes == () and v3.displaced == {"p2": (2, split["event_id"])}
+    seg.set_model(v3)
+    assert seg.sweep({0}, 0.0, set(), since=2).changes == []  # a worker that used v2 placed them then
+    moved = [codec.loads(c) for _, c, _ in seg.sweep({0}, 0.0, set(), since=1).changes]
+    assert [(c["user_id"], c["to_segment"], c["model_version"], c["cause"]) for c in moved] == [
+        ("b", "p4", 3, split["event_id"])
+    ]

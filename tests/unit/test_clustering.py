@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from worker import codec
-from worker.clustering import ModelSnapshot, Trainer
+from worker.clustering import ModelSnapshot
 from worker.clustering.batch import choose_k, fit_score, kmeans, lloyd, silhouette, subsample
+from worker.clustering.trainer import Trainer
 from worker.events.ingest import UserEvent
 from worker.features import FeatureSpace, UserState, apply_event
 from worker.settings import Settings

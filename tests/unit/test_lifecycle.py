@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 
 from tests.fakes import MODEL_SPACE, model_of
-from worker.clustering.snapshot import ModelSnapshot
+from worker.changes import InputRecord, Segmenter
+from worker.clustering.snapshot import ModelSnapshot, displacements
+from worker.clustering.trainer import Trainer
 from worker.evaluation.engines import encode, run_core
 from worker.evaluation.run import sized
 from worker.personas.lifecycle import Window, first_lineage, persona_changes
+from worker.runtime.records import sample_chunks, samples_in
 from worker.settings import Settings
 from worker.synth.population import generate_world
 from worker.synth.scenarios import world
@@ -143,9 +146,11 @@ def test_lineage_survives_the_wire() -> None:
     events, lineage = persona_changes(
         dataclasses.replace(old, lineage=first_lineage(old)), new, around([(-2, 0, 40), (2, 0, 30)]), 2.5
     )
-    snap = dataclasses.replace(new, lineage=lineage, changes=events)
+    displaced = displacements({"p9": (1, "e" * 32)}, 2, events)
+    snap = dataclasses.replace(new, lineage=lineage, changes=events, displaced=displaced)
     back = ModelSnapshot.from_bytes(snap.to_bytes())
     assert back.lineage == lineage and back.changes == events and back.as_of_ms == 2 * DAY
+    assert back.displaced == displaced and set(displaced) == {"p9", "p1"}  # p1 split into p1 and p3
     assert lineage["p3"].since_version == 2 and lineage["p2"].since_version == 1
 
 
@@ -179,6 +184,24 @@ def test_a_persona_whose_users_go_two_ways_is_announced_as_split(seed: int) -> N
     assert split["to"][0]["id"] == source and offshoot not in snaps[0].persona_ids
     assert {f["from"] for f in split["flows"]} == {source}
     assert min(f["users"] for f in split["flows"]) > 200  # both ways taken by many
+
+
+def test_a_split_among_versions_one_step_of_the_trainer_fits_is_announced_with_the_version_handed_out() -> None:
+    """The trainer's host folds up to 32,000 samples a step and publishes the newest version it fits: the events
+    of that version compare it with the version published before (a split in a version in between was lost)."""
+    settings = sized(Settings(), 2000)
+    records = encode(generate_world(world("split", 2), 2000, 28, 2).events)
+    segmenter = Segmenter(settings, {}, lambda _u: 0)
+    samples = []
+    for i in range(0, len(records), 2000):
+        batch = [InputRecord(v, k, 0, i + j, 0, i + j, 0.0) for j, (k, v) in enumerate(records[i : i + 2000])]
+        res = segmenter.process(batch, 2**62, 0.0)
+        segmenter.store.update(res.dirty)
+        samples += [sample for chunk in sample_chunks(res.samples) for sample in samples_in(chunk)]
+    trainer = Trainer(settings)
+    handed = [snap for i in range(0, len(samples), 8000) if (snap := trainer.add(samples[i : i + 8000]))]
+    assert [snap.version for snap in handed] == [3, 7, 10]  # (versions 4-6 and 8-9 were fitted, never published)
+    assert [(e["kind"], e["model_version_before"], e["model_version"]) for e in handed[2].changes] == [("split", 7, 10)]
 
 
 @pytest.mark.parametrize(("name", "seed"), [("stable", 1), ("stable", 2), ("switching", 1)])

@@ -8,7 +8,8 @@ import pytest
 
 from worker import codec
 from worker.changes import InputRecord, Segmenter
-from worker.clustering import ModelSnapshot, Trainer
+from worker.clustering import ModelSnapshot
+from worker.clustering.trainer import Trainer
 from worker.events.ingest import UserEvent
 from worker.features import FeatureSpace
 from worker.features.state import UserState, apply_event, rescale, to_scale

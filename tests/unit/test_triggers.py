@@ -14,6 +14,7 @@ from worker.changes.segmenter import change_id
 from worker.events.timefmt import format_rfc3339
 from worker.triggers import RulesError, TriggerState, load_rules, parse_rules, plan
 from worker.triggers.plan import defer
+from worker.triggers.rules import CHANGE_TRIGGERS
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "notification.v1.json").read_text())
 
@@ -36,7 +37,13 @@ def ms(text: str) -> int:
 
 
 def change(
-    user: str, seq: int, at: int, to: str = "dormant", before: str | None = "p1", tz: str | None = None
+    user: str,
+    seq: int,
+    at: int,
+    to: str = "dormant",
+    before: str | None = "p1",
+    tz: str | None = None,
+    trigger: str = "event",
 ) -> dict[str, Any]:
     return {
         "schema": "segment-change.v1",
@@ -48,6 +55,7 @@ def change(
         "to_segment_name": {"p1": "readers", "p2": "buyers"}.get(to, to),
         "changed_at": format_rfc3339(at),
         "model_version": 3,
+        "trigger": trigger,
         "sequence": seq,
         "timezone": tz,
         "reasons": [{"feature": "days_since_last_event", "value": 15.0, "direction": "up"}],
@@ -110,6 +118,28 @@ campaigns:
         "to-buyers",
         "any-move",
     ]
+
+
+def test_moves_a_model_update_made_notify_only_campaigns_that_ask_for_them() -> None:
+    r = rules("""
+campaigns:
+  - {name: to-buyers, when: {from: "*", to: p2}}
+  - {name: model-too, when: {from: "*", to: p2, trigger: [event, model_update]}}
+  - {name: model-only, when: {from: "*", to: p2, trigger: model_update}}
+""")
+    t = ms("2026-06-01T12:00:00+00:00")
+
+    def fired(trigger: str) -> list[str]:
+        return [n.campaign for n in plan(change("u", 2, t, to="p2", trigger=trigger), TriggerState(), r).notifications]
+
+    assert fired("event") == ["to-buyers", "model-too"]
+    assert fired("silence") == ["to-buyers"]
+    assert fired("model_update") == ["model-too", "model-only"]
+    with pytest.raises(RulesError, match=r"when.trigger: expected one or a list of event, silence, model_update"):
+        rules("campaigns: [{name: x, when: {from: '*', to: p2, trigger: [event, typo]}}]")
+    schema = json.loads((Path(__file__).parents[2] / "schemas" / "segment-change.v1.json").read_text())
+    to_a_segment = set(schema["properties"]["trigger"]["enum"]) - {"erased", "consent_withdrawn"}
+    assert set(CHANGE_TRIGGERS) == to_a_segment
 
 
 @pytest.mark.parametrize(

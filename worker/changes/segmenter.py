@@ -34,9 +34,8 @@ import numpy as np
 
 from worker import codec
 from worker.changes.dormancy import DAY_MS, DEFAULT_TYPICAL_GAP_MS, Dormancy
-from worker.changes.hysteresis import decide
+from worker.changes.hysteresis import decide, decide_model_update
 from worker.changes.kept import KeptStates
-from worker.changes.reasons import model_reasons, silence_reason
 from worker.changes.silence import SilenceIndex
 from worker.clustering.snapshot import ModelSnapshot
 from worker.errors import InvalidEvent
@@ -45,6 +44,7 @@ from worker.events.timefmt import format_rfc3339, time_zone
 from worker.features.state import UserState, apply_event, to_scale
 from worker.features.watermark import Watermarks
 from worker.features.wire import EncodedStates
+from worker.personas.reasons import model_reasons, silence_reason
 from worker.personas.registry import DORMANT, LAPSING, NEW, QUIET, RESERVED
 from worker.segments.rules import SegmentRule, rule_features
 from worker.settings import Settings
@@ -97,11 +97,12 @@ class _Eval:
     state: UserState
     t: int
     n: int
-    trigger: str  # "event", "silence", "erased" or "consent_withdrawn"
+    trigger: str  # "event", "silence", "model_update", "erased" or "consent_withdrawn"
     source: tuple[int, int]
     consumed_at: float
     quiet: str | None = None  # a silence that moves the user to `lapsing` or `dormant`: the model is not asked
     row: list[float] | None = None  # the user's raw feature vector, for the model (None for a quiet check)
+    cause: str | None = None  # a model update's move: the persona-change event that caused it
 
 
 class Segmenter:
@@ -376,33 +377,88 @@ class Segmenter:
         res.samples.append(codec.dumps([key, state.to_fields(), t]))
         res.sampled.append(state)
 
-    def sweep(self, owned: set[int], now_mono: float) -> BatchResult:
-        """Give a first persona to every owned user still waiting for one (after the first model arrives),
-        evaluated as of the user's newest event, exactly as if the model had been there then; then run the silence
-        checks the partitions' watermarks have already passed (a log replayed before the first model was fitted
-        has no batch left to run them: its customers silent for months would keep the persona of their last
-        purchase until they came back)."""
+    def sweep(self, owned: set[int], now_mono: float, waiting: set[int] | None = None, since: int = 0) -> BatchResult:
+        """What a model just adopted (or partitions just gained) changes for the owned users, at once:
+
+        - users waiting for a first persona (on the ``waiting`` partitions, all of ``owned`` by default) get one,
+          evaluated as of their newest event, exactly as if the model had been there then;
+        - members of personas a version after ``since`` split, merged or retired, and of ids the model no longer
+          has, are placed again by it (:meth:`_displaced`): a change with trigger ``model_update`` whose ``cause``
+          is the persona-change event, so nobody waits for their own next event in a persona that is gone;
+        - then the silence checks the partitions' watermarks have already passed (a log replayed before the first
+          model was fitted has no batch left to run them: its customers silent for months would keep the persona of
+          their last purchase until they came back).
+
+        ``since`` only narrows which personas are looked at (the model this worker used before, whose sweep placed
+        the rest): who moves is decided by the model and each user's state alone."""
         res = BatchResult()
         model = self.model
         if model is None:
             return res
+        waiting = owned if waiting is None else waiting
+        causes = self._displaced(model, since)
+        if not waiting and not causes:
+            return res
         evals: list[_Eval] = []
         for uid, n, segment, _ in self._summaries():
-            if segment in (None, NEW) and n >= self.settings.min_events and self.partition_of(uid) in owned:
-                state = self._load(uid)
-                assert state is not None
-                t, source = state.last_ts, (state.source[0], state.source[1])
-                evals.append(_Eval(uid, state, t, state.n, "event", source, now_mono, row=model.space.row(state, t)))
-                res.dirty[uid] = state
-                # silence as of the newest event again: before a model, checks were only put off
-                state.due = self.dormancy.next_check(state, 0)
-                if state.due:
-                    self.silence.schedule(self.partition_of(uid), uid, state.due)
+            if segment in causes:
+                e = self._placed_again(uid, model, causes[segment], owned, now_mono)
+            elif segment in (None, NEW) and n >= self.settings.min_events and self.partition_of(uid) in waiting:
+                e = self._first_persona(uid, model, now_mono)
+            else:
+                continue
+            if e is not None:
+                res.dirty[uid] = e.state
+                evals.append(e)
         res.partitions.update(owned)
         self._collect_silent(res, evals, now_mono, set())
         if evals:
             self._evaluate(model, evals, res)
         return self._done(res)
+
+    def _displaced(self, model: ModelSnapshot, since: int) -> dict[str, tuple[int, str | None]]:
+        """The personas of owned users that ``model`` may place again, each with the version and event that
+        displaced its members: displaced after version ``since`` (``ModelSnapshot.displaced``), or gone from the
+        model (version: the model's; event: None when it went in a version too old to be kept)."""
+        live = set(model.persona_ids)
+        out: dict[str, tuple[int, str | None]] = {}
+        for segment, users in self.counts.items():
+            if users <= 0 or segment in RESERVED:
+                continue
+            at = model.displaced.get(segment)
+            if segment not in live:
+                out[segment] = at or (model.version, None)
+            elif at is not None and at[0] > since:
+                out[segment] = at
+        return out
+
+    def _first_persona(self, uid: str, model: ModelSnapshot, now_mono: float) -> _Eval:
+        state = self._load(uid)
+        assert state is not None
+        t, source = state.last_ts, (state.source[0], state.source[1])
+        # silence as of the newest event again: before a model, checks were only put off
+        state.due = self.dormancy.next_check(state, 0)
+        if state.due:
+            self.silence.schedule(self.partition_of(uid), uid, state.due)
+        return _Eval(uid, state, t, state.n, "event", source, now_mono, row=model.space.row(state, t))
+
+    def _placed_again(
+        self, uid: str, model: ModelSnapshot, cause: tuple[int, str | None], owned: set[int], now_mono: float
+    ) -> _Eval | None:
+        """A displaced persona's member, evaluated when the version that last placed the user (kept in its state)
+        is older than the displacement, or the persona is gone: a sweep run again after a restart passes over whom
+        the first one placed. As of the model's time unless the user's events or silence check are later (changes
+        stay in time order)."""
+        if self.partition_of(uid) not in owned:
+            return None
+        state = self._load(uid)
+        if state is None or (state.model_version >= cause[0] and state.segment in model.persona_ids):
+            return None
+        t = max(state.last_ts, min(model.as_of_ms, state.due) if state.due else model.as_of_ms)
+        source = (state.source[0], state.source[1])
+        e = _Eval(uid, state, t, state.n, "model_update", source, now_mono, cause=cause[1])
+        e.row = model.space.row(state, t)
+        return e
 
     def _want_sample(self, n: int) -> bool:
         # user-uniform part: at min_events and each doubling after; plus a random share of the rest
@@ -460,7 +516,6 @@ class Segmenter:
     def _evaluate(self, model: ModelSnapshot | None, evals: list[_Eval], res: BatchResult) -> None:
         """Each evaluation in order: the model's persona for its row (every row in one vectorised call), or
         ``dormant`` for a dormancy check (no model needed)."""
-        s = self.settings
         rows = [e.row for e in evals if e.row is not None]
         if rows:
             assert model is not None
@@ -480,15 +535,7 @@ class Segmenter:
             else:
                 assert model is not None
                 j += 1
-                moved = decide(
-                    state,
-                    ids[index[j]],
-                    margin[j],
-                    n=e.n,
-                    min_events=s.min_events,
-                    confirmations=s.confirmations,
-                    min_margin=s.min_margin,
-                )
+                moved = self._decide(e, ids, version, ids[index[j]], margin[j])
                 if moved is None:
                     continue
                 (before, after), confidence = moved, margin[j]
@@ -497,6 +544,26 @@ class Segmenter:
             res.changes.append((e.user_id, self._emit(version, e, before, after, confidence, reasons), e.consumed_at))
             self._remember(state, before, after, e, reasons)
             res.transitions.append((before or "none", after))
+
+    def _decide(
+        self, e: _Eval, ids: tuple[str, ...], version: int, candidate: str, margin: float
+    ) -> tuple[str | None, str] | None:
+        """Whether the model's ``candidate`` for the evaluated user moves them (see worker.changes.hysteresis)."""
+        s, state = self.settings, e.state
+        if e.trigger != "model_update":
+            return decide(
+                state,
+                candidate,
+                margin,
+                n=e.n,
+                min_events=s.min_events,
+                confirmations=s.confirmations,
+                min_margin=s.min_margin,
+            )
+        moved = decide_model_update(state, candidate, margin, live=state.segment in ids, min_margin=s.min_margin)
+        if moved is None:  # placed by this version all the same: not evaluated again for it
+            state.model_version = max(state.model_version, version)
+        return moved
 
     def _emit(
         self,
@@ -516,29 +583,30 @@ class Segmenter:
             self.counts[before] -= 1
         if after is not None:
             self.counts[after] += 1
-        return codec.dumps(
-            {
-                "schema": "segment-change.v1",
-                "event_id": change_id(e.user_id, state.seq, before, after, state.origin),
-                "user_id": e.user_id,
-                "from_segment": before,
-                "to_segment": after,
-                "from_segment_name": self.segment_name(before),
-                "to_segment_name": self.segment_name(after),
-                "changed_at": format_rfc3339(e.t),
-                "model_version": version,
-                "trigger": e.trigger,
-                "confidence": round(1.0 if e.quiet or after is None else min(1.0, max(0.0, margin)), 4),
-                "sequence": state.seq,
-                "timezone": zone if time_zone(zone := state.context.get("timezone")) else None,
-                "reasons": reasons,
-                "source": {
-                    "topic": self.settings.erasure_topic if e.trigger == "erased" else self.settings.input_topic,
-                    "partition": e.source[0],
-                    "offset": e.source[1],
-                },
-            }
-        )
+        record = {
+            "schema": "segment-change.v1",
+            "event_id": change_id(e.user_id, state.seq, before, after, state.origin),
+            "user_id": e.user_id,
+            "from_segment": before,
+            "to_segment": after,
+            "from_segment_name": self.segment_name(before),
+            "to_segment_name": self.segment_name(after),
+            "changed_at": format_rfc3339(e.t),
+            "model_version": version,
+            "trigger": e.trigger,
+            "confidence": round(1.0 if e.quiet or after is None else min(1.0, max(0.0, margin)), 4),
+            "sequence": state.seq,
+            "timezone": zone if time_zone(zone := state.context.get("timezone")) else None,
+            "reasons": reasons,
+            "source": {
+                "topic": self.settings.erasure_topic if e.trigger == "erased" else self.settings.input_topic,
+                "partition": e.source[0],
+                "offset": e.source[1],
+            },
+        }
+        if e.trigger == "model_update":
+            record["cause"] = e.cause
+        return codec.dumps(record)
 
     def _check_rules(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
         """Custom segments: a membership event for each one the user enters or leaves as of event time ``t``."""

@@ -85,11 +85,13 @@ def _persona_changes(outcome: Outcome) -> list[str]:
     events = [e for snap in outcome.snapshots for e in snap.changes]
     if not events:
         return ["\npersona changes: none (the personas stayed as the first model found them)"]
+    moved = Counter(c["cause"] for c in outcome.changes if c["trigger"] == "model_update")
     lines = [f"\npersona changes: {len(events)}"]
     for e in events:
         before = ", ".join(p["id"] for p in e["from"]) or "-"
         after = ", ".join(f"{p['id']} ({p['name']})" for p in e["to"]) or "-"
-        lines.append(f"  v{e['model_version']:<3} {e['kind']:<8} {before}  ->  {after}")
+        users = f"  ({moved[e['event_id']]:,} users moved at once)" if moved[e["event_id"]] else ""
+        lines.append(f"  v{e['model_version']:<3} {e['kind']:<8} {before}  ->  {after}{users}")
     return lines
 
 

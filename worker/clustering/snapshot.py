@@ -23,6 +23,22 @@ class Assignment:
     scaled: np.ndarray  # the scaled rows, for reasons
 
 
+DISPLACED_VERSIONS = 64  # how many versions a displacement is kept for (a worker that far behind places users anyway)
+
+
+def displacements(
+    before: dict[str, tuple[int, str]], version: int, changes: tuple[dict[str, Any], ...]
+) -> dict[str, tuple[int, str]]:
+    """``before`` with the displacements of ``changes`` (a version's lifecycle events) and without those older than
+    ``DISPLACED_VERSIONS``."""
+    out = {pid: at for pid, at in before.items() if at[0] > version - DISPLACED_VERSIONS}
+    for event in changes:
+        if event["kind"] in ("split", "merged", "retired"):
+            staying = {p["id"] for p in event["to"]} if event["kind"] == "merged" else set()
+            out.update((p["id"], (version, event["event_id"])) for p in event["from"] if p["id"] not in staying)
+    return out
+
+
 @dataclass(frozen=True)
 class Lineage:
     """Where a persona's id comes from: the model version and event time it got it, and the centroid (scaled
@@ -65,6 +81,10 @@ class ModelSnapshot:
     lineage: dict[str, Lineage] = field(default_factory=dict)
     # what this version did to the personas themselves (persona-change.v1 events; published once, by the trainer)
     changes: tuple[dict[str, Any], ...] = ()
+    # per persona id: (version, event id) of the newest event, in this version or one of the DISPLACED_VERSIONS
+    # before, that displaced its members (a split's source, an id merged away or retired): a worker adopting this
+    # version places again the members it last placed under an older version, whichever versions it skipped
+    displaced: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         k, dim = self.centroids.shape
@@ -143,6 +163,7 @@ class ModelSnapshot:
                 "as_of_ms": self.as_of_ms,
                 "lineage": {pid: line.to_json() for pid, line in self.lineage.items()},
                 "changes": list(self.changes),
+                "displaced": {pid: list(at) for pid, at in self.displaced.items()},
             }
         )
 
@@ -179,6 +200,7 @@ class ModelSnapshot:
                 as_of_ms=int(d.get("as_of_ms", 0)),
                 lineage={str(pid): Lineage.from_json(raw) for pid, raw in d.get("lineage", {}).items()},
                 changes=tuple(d.get("changes", ())),
+                displaced={str(pid): (int(v), str(e)) for pid, (v, e) in d.get("displaced", {}).items()},
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"unreadable model snapshot: {exc}") from exc

@@ -19,7 +19,7 @@ import numpy as np
 
 from worker.clustering.batch import Fit, add_center, choose_k, fit_score, lloyd, subsample
 from worker.clustering.online import OnlineModel, make_model
-from worker.clustering.snapshot import ModelSnapshot
+from worker.clustering.snapshot import ModelSnapshot, displacements
 from worker.clustering.weights import RELIABILITY_PAIRS, telling_weights, within_user_reliability
 from worker.features.space import FeatureSpace, choose_vocabulary
 from worker.features.state import UserState, to_scale
@@ -45,6 +45,9 @@ class Trainer:
         self._window_len = 0
         self._window_pos = 0
         self.current: ModelSnapshot | None = None
+        # the newest snapshot handed out (by `add`, or resumed from): one `add` can fit several versions and hands
+        # out the last, so lifecycle events compare a version with this one, not with versions nobody saw
+        self.handed_out: ModelSnapshot | None = current
         self.model: OnlineModel | None = None
         self.since_publish = 0
         self.since_recheck = 0
@@ -78,7 +81,8 @@ class Trainer:
 
     # --- learning ------------------------------------------------------------------------------------
     def add(self, samples: Iterable[tuple[str, UserState, int]]) -> ModelSnapshot | None:
-        """Learn from ``(user_id, state, evaluated_at)`` samples; returns a new snapshot when one is due."""
+        """Learn from ``(user_id, state, evaluated_at)`` samples; returns a new snapshot when one is due (the newest
+        when they make several versions: its lifecycle events compare it with the snapshot handed out before)."""
         published: ModelSnapshot | None = None
         rows: list[list[float]] = []
         origins: list[int] = []
@@ -100,6 +104,8 @@ class Trainer:
             origins.append(state.origin or state.first_ts)
         if rows:
             published = self._learn(rows, origins) or published
+        if published is not None:
+            self.handed_out = published
         return published
 
     def _learn(self, rows: list[list[float]], origins: list[int]) -> ModelSnapshot | None:
@@ -223,15 +229,16 @@ class Trainer:
             typical_gap_ms=self.typical_gap_ms(),
             as_of_ms=self.as_of_ms,
         )
-        if self.current is None:
+        if self.handed_out is None:
             return dataclasses.replace(snap, lineage=first_lineage(snap))
         window = Window(self.window[: self._window_len], self.origins[: self._window_len])
-        changes, lineage = persona_changes(self.current, snap, window, self.settings.persona_drift_distance)
+        changes, lineage = persona_changes(self.handed_out, snap, window, self.settings.persona_drift_distance)
         for event in changes:
             log.info(
                 "model v%d: persona %s %s", snap.version, event["kind"], [p["id"] for p in event["to"] or event["from"]]
             )
-        return dataclasses.replace(snap, lineage=lineage, changes=changes)
+        displaced = displacements(self.handed_out.displaced, snap.version, changes)
+        return dataclasses.replace(snap, lineage=lineage, changes=changes, displaced=displaced)
 
     def half_lives(self) -> tuple[float, ...]:
         """The operator's half-lives, or those the stream's rhythm calls for (worker.features.timescale)."""

@@ -21,7 +21,8 @@ from typing import Any
 
 from worker import codec
 from worker.changes import BatchResult, InputRecord, Segmenter
-from worker.clustering import ModelSnapshot, Trainer
+from worker.clustering import ModelSnapshot
+from worker.clustering.trainer import Trainer
 from worker.errors import SegmentWorkerError
 from worker.events.timefmt import parse_timestamp
 from worker.features.state import UserState
@@ -157,11 +158,12 @@ class CoreRun:
         return rerouted
 
     def _adopt(self, snap: ModelSnapshot) -> None:
-        first = self.segmenter.model is None
+        before = self.segmenter.model
         self.segmenter.set_model(snap)
         self.outcome.snapshots.append(snap)
-        if first:
-            self._take(self.segmenter.sweep(set(range(self.settings.partitions)), 0.0))
+        every = set(range(self.settings.partitions))
+        since = before.version if before is not None else 0
+        self._take(self.segmenter.sweep(every, 0.0, set() if before else every, since))
 
 
 # --- pipeline --------------------------------------------------------------------------------------------

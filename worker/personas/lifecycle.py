@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from worker.changes.reasons import model_reasons
 from worker.clustering.snapshot import Lineage, ModelSnapshot
 from worker.events.timefmt import format_rfc3339
+from worker.personas.reasons import model_reasons
 
 SCHEMA = "persona-change.v1"
 KINDS = ("emerged", "split", "merged", "retired", "drifted", "renamed")

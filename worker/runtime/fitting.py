@@ -23,7 +23,8 @@ from multiprocessing import get_context
 
 from threadpoolctl import threadpool_limits
 
-from worker.clustering import ModelSnapshot, Trainer
+from worker.clustering import ModelSnapshot
+from worker.clustering.trainer import Trainer
 from worker.errors import SegmentWorkerError
 from worker.runtime.records import samples_in
 from worker.settings import Settings

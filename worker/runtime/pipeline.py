@@ -47,6 +47,7 @@ class ModelFollower:
     def __init__(self, models: Any, segmenter: Segmenter) -> None:
         self.models, self.segmenter = models, segmenter
         self._raw: bytes | None = None
+        self.previous = 0  # the version used before the one adopted last (0: none)
 
     def kept(self, version: int) -> bool:
         """Whether the models table still holds this version (0: no model, always)."""
@@ -75,6 +76,7 @@ class ModelFollower:
         snap = ModelSnapshot.from_bytes(raw)
         if not self.segmenter.set_model(snap):
             return False, False
+        self.previous = before.version if before is not None else 0
         metrics.MODEL_VERSION.set(snap.version)
         metrics.MODEL_PERSONAS.set(len(snap.persona_ids))
         metrics.MODEL_UPDATED.set_to_current_time()
@@ -190,7 +192,9 @@ class Pipeline:
         """Before a batch or a timer's work: take in a changed assignment and a newer model (or, after a restart,
         the model the crashed run used, see :mod:`worker.runtime.modelpin`). Users waiting for a persona get one
         when the model is new to them: the first model, or partitions just gained (their users may have waited
-        under an owner that never had a model, e.g. one that left before the first was trained)."""
+        under an owner that never had a model, e.g. one that left before the first was trained); members of
+        personas a model update ended or split are placed again (``Segmenter.sweep``). Decided by the adopted
+        version and the users' states alone, so a restart that pins the version re-emits the same changes."""
         gained = await self.ownership.refresh()
         if gained and self.segmenter.model is None and not self.pin.active:
             await self._pin(gained)
@@ -199,8 +203,12 @@ class Pipeline:
         adopted, first = self.model.refresh(self.pin.version)
         if adopted or gained:
             await self._record_model()
-        if self.segmenter.model is not None and (first or gained):
-            swept = self.segmenter.sweep(self.ownership.owned if first else gained, time.monotonic())
+        if self.segmenter.model is not None and (adopted or gained):
+            # the first model places everyone waiting; any model re-places the members of personas it ended or
+            # split since the model used before (all the kept displacements for partitions new to this worker)
+            scope = self.ownership.owned if adopted else gained
+            since = 0 if first or gained else self.model.previous
+            swept = self.segmenter.sweep(scope, time.monotonic(), scope if first else gained, since)
             await self.publish(swept, ())
 
     async def _pin(self, gained: set[int]) -> None:

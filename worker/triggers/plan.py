@@ -138,8 +138,9 @@ def plan(change: dict[str, Any], state: TriggerState, rules: Rules) -> Plan:
     before = (change.get("from_segment"), change.get("from_segment_name"))
     after = (change["to_segment"], change.get("to_segment_name"))
     reasons = tuple(r["feature"] for r in change.get("reasons") or ())
+    trigger = str(change.get("trigger") or "event")
     for campaign in rules.campaigns:
-        if not campaign.matches(before, after):
+        if not campaign.matches(before, after, trigger):
             continue
         send_at, deferred = defer(t, zone_name, campaign.quiet_hours)
         last = state.last_sent.get(campaign.name)

@@ -8,13 +8,17 @@
     campaigns:
       - name: win-back
         when: {from: "*", to: "dormant"}              # persona id or name, new, dormant; "*" any; null: first change
+                                                       # (and trigger: what caused the change, one or a list)
         channel: push
         cooldown: 7d                                   # per user and campaign
         holdout: 0.1                                   # share kept as control group, deterministic per user+campaign
         goal: {event_type: purchase, within: 7d}
 
-A campaign may override ``quiet_hours`` and ``max_per_user_per_day``; ``quiet_hours: null`` disables them. Every
-problem of the file is reported at once, with where it is.
+A campaign may override ``quiet_hours`` and ``max_per_user_per_day``; ``quiet_hours: null`` disables them.
+``when.trigger`` limits a campaign to changes of some causes (``segment-change.v1``'s ``trigger``); by default every
+cause but ``model_update``: a user the model re-placed because a persona split, merged or retired did nothing new,
+and a campaign reacting to it would notify a whole persona at once. Every problem of the file is reported at once,
+with where it is.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from worker.errors import ConfigError
 from worker.personas.registry import RESERVED
 
 ANY = "*"
+# the causes of a change to a segment (segment-change.v1 `trigger`; a change to none, erased or consent withdrawn,
+# ends the user's notifications instead), and those a campaign reacts to unless its rule says
+CHANGE_TRIGGERS = ("event", "silence", "model_update")
+DEFAULT_TRIGGERS = frozenset(("event", "silence"))
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
@@ -70,9 +78,13 @@ class Campaign:
     goal: Goal | None
     quiet_hours: QuietHours | None
     max_per_day: int | None  # None: no cap
+    triggers: frozenset[str] = DEFAULT_TRIGGERS
 
-    def matches(self, before: tuple[str | None, str | None], after: tuple[str, str | None]) -> bool:
-        """Whether a change (from (id, name), to (id, name)) is one this campaign reacts to."""
+    def matches(self, before: tuple[str | None, str | None], after: tuple[str, str | None], trigger: str) -> bool:
+        """Whether a change (from (id, name), to (id, name), caused by ``trigger``) is one this campaign reacts
+        to."""
+        if trigger not in self.triggers:
+            return False
         if self.to_segment != ANY and self.to_segment not in after:
             return False
         if self.from_segment is None:
@@ -128,6 +140,16 @@ def _cap(raw: Any, where: str, problems: list[str]) -> int | None:
     return raw
 
 
+def _triggers(raw: Any, where: str, problems: list[str]) -> frozenset[str]:
+    if raw is None:
+        return DEFAULT_TRIGGERS
+    named = [raw] if isinstance(raw, str) else raw
+    if not isinstance(named, list) or not named or any(t not in CHANGE_TRIGGERS for t in named):
+        problems.append(f"{where}: expected one or a list of {', '.join(CHANGE_TRIGGERS)}")
+        return DEFAULT_TRIGGERS
+    return frozenset(named)
+
+
 def _unknown(raw: dict[str, Any], known: set[str], where: str, problems: list[str]) -> None:
     for key in sorted(set(raw) - known):
         problems.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -170,13 +192,14 @@ def parse_rules(doc: Any) -> Rules:
         if not isinstance(when, dict) or "to" not in when or "from" not in when:
             problems.append(f"{where}.when: expected {{from: <persona, '*' or null>, to: <persona or '*'>}}")
             when = {"from": ANY, "to": ANY}
-        _unknown(when, {"from", "to"}, f"{where}.when", problems)
+        _unknown(when, {"from", "to", "trigger"}, f"{where}.when", problems)
         before, after = when.get("from"), when.get("to")
         if before is not None and not isinstance(before, str):
             problems.append(f"{where}.when.from: expected a persona id or name, '*' or null")
         if not isinstance(after, str):
             problems.append(f"{where}.when.to: expected a persona id or name, or '*'")
             after = ANY
+        triggers = _triggers(when.get("trigger"), f"{where}.when.trigger", problems)
         channel = raw.get("channel", "push")
         if not isinstance(channel, str) or not channel:
             problems.append(f"{where}.channel: expected a name such as push, email, sms, webhook")
@@ -207,6 +230,7 @@ def parse_rules(doc: Any) -> Rules:
                 max_per_day=_cap(raw["max_per_user_per_day"], f"{where}.max_per_user_per_day", problems)
                 if "max_per_user_per_day" in raw
                 else cap,
+                triggers=triggers,
             )
         )
     if problems:

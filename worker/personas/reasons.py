@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # (a type only: the trainer's lifecycle events import this module while the model's is loading)
-    from worker.clustering.snapshot import ModelSnapshot
+from worker.clustering.snapshot import ModelSnapshot
 
 TOP_REASONS = 3
 
