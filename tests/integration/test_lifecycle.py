@@ -78,9 +78,9 @@ def test_a_split_is_announced_and_moves_the_members_it_concerns_at_once_saying_w
         worker.stop()
     (source,) = [p["id"] for p in split["from"]]
     offshoots = {p["id"] for p in split["to"]} - {source}
-    assert Counter((c["from_segment"], c["model_version"]) for c in moved) == Counter(
-        {(source, split["model_version"]): len(moved)}
-    )
+    assert Counter(c["from_segment"] for c in moved) == Counter({source: len(moved)})
+    # moved by the version that announced the split, or by a later one when the worker skipped it
+    assert len({c["model_version"] for c in moved}) == 1 and moved[0]["model_version"] >= split["model_version"]
     assert {c["to_segment"] for c in moved} <= offshoots and len(moved) > 50
 
 
