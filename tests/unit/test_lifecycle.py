@@ -184,6 +184,7 @@ def test_a_persona_whose_users_go_two_ways_is_announced_as_split(seed: int) -> N
     assert split["to"][0]["id"] == source and offshoot not in snaps[0].persona_ids
     assert {f["from"] for f in split["flows"]} == {source}
     assert min(f["users"] for f in split["flows"]) > 200  # both ways taken by many
+    assert snaps[-1].ancestry == {offshoot: (source,)}  # a rule `{lineage: <source>}` follows the offshoot too
 
 
 def test_a_split_among_versions_one_step_of_the_trainer_fits_is_announced_with_the_version_handed_out() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from datetime import datetime
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from worker.changes.segmenter import change_id
+from worker.clustering.snapshot import ancestries
 from worker.events.timefmt import format_rfc3339
 from worker.triggers import RulesError, TriggerState, load_rules, parse_rules, plan
 from worker.triggers.plan import defer
@@ -259,6 +261,42 @@ campaigns:
     assert unknown == [("retired", "p3"), ("retired", "p7")]  # ids, names, reserved segments, "*", null: known
 
 
+def test_a_rule_by_lineage_follows_a_persona_into_what_split_off_or_merged_into_it() -> None:
+    r = rules("""
+campaigns:
+  - {name: family, when: {from: "*", to: {lineage: p3}}}
+  - {name: left-family, when: {from: {lineage: p3}, to: dormant}}
+  - {name: gone, when: {from: "*", to: {lineage: p9}}}
+""")
+    assert r.by_lineage and not rules(EXAMPLE).by_lineage
+    t = ms("2026-06-01T12:00:00+00:00")
+    # p7 split off from p3, then p3 and p4 merged into p4; p2 is unrelated
+    ancestry = {"p7": ("p3",), "p4": ("p3",)}
+
+    def fired(before: str, to: str) -> list[str]:
+        notes = plan(change("u", 2, t, to=to, before=before), TriggerState(), r, ancestry).notifications
+        return [n.campaign for n in notes]
+
+    assert fired("p2", "p3") == fired("p2", "p7") == fired("p2", "p4") == ["family"]
+    assert fired("p1", "p2") == []
+    assert fired("p7", "dormant") == ["left-family"] and fired("p2", "dormant") == []
+    assert [n.campaign for n in plan(change("u", 2, t, to="p7"), TriggerState(), r).notifications] == []  # unknown
+    assert r.unknown_personas(("p2", "p4", "p7"), (), ancestry) == [("gone", "lineage of p9")]
+    with pytest.raises(RulesError, match=r"when.to: expected a persona id or name, '\*', or \{lineage: <persona id>\}"):
+        rules("campaigns: [{name: x, when: {from: '*', to: {lineage: 3}}}]")
+
+
+def test_ancestry_follows_splits_and_merges_and_keeps_live_ids_only() -> None:
+    split = {"kind": "split", "from": [{"id": "p3"}], "to": [{"id": "p3"}, {"id": "p7"}]}
+    merge = {"kind": "merged", "from": [{"id": "p3"}, {"id": "p4"}], "to": [{"id": "p4"}]}
+    after_split = ancestries({}, (split,), ("p1", "p3", "p4", "p7"))
+    assert after_split == {"p7": ("p3",)}
+    after_merge = ancestries(after_split, (merge,), ("p1", "p4", "p7"))
+    assert after_merge == {"p4": ("p3",), "p7": ("p3",)}
+    split_again = {"kind": "split", "from": [{"id": "p7"}], "to": [{"id": "p7"}, {"id": "p8"}]}
+    assert ancestries(after_merge, (split_again,), ("p4", "p7", "p8"))["p8"] == ("p3", "p7")
+
+
 def test_a_failed_persona_check_never_stops_the_service() -> None:
     """The trigger service's look at the current model is advice: a broker that cannot be asked is logged."""
     import asyncio
@@ -278,3 +316,34 @@ def test_a_failed_persona_check_never_stops_the_service() -> None:
     check = Known(Settings(), rules, Unreachable())  # type: ignore[arg-type]
     asyncio.run(check.due())  # logged, not raised
     assert check.unknown == [] and check.version == 0
+
+
+def test_a_change_naming_a_newer_model_makes_the_service_read_the_model_at_once() -> None:
+    """Rules by lineage must know a persona that just split off: the model is read again before the change is
+    planned, not at the next minute's look."""
+    import asyncio
+
+    from tests.fakes import model_of
+    from worker.settings import Settings
+    from worker.triggers.personas import PersonaCheck
+
+    models = [dataclasses.replace(model_of(4, [[0, 0], [1, 1]], ["p3", "p7"]), ancestry={"p7": ("p3",)})]
+
+    class Current(PersonaCheck):
+        async def _current(self) -> Any:
+            return models[0]
+
+    check = Current(Settings(), rules("campaigns: [{name: a, when: {from: '*', to: {lineage: p3}}}]"), None)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        await check.due()
+        assert (check.version, check.ancestry) == (4, {"p7": ("p3",)})
+        models[0] = dataclasses.replace(models[0], version=5, ancestry={"p7": ("p3",), "p8": ("p3", "p7")})
+        await check.due()  # within the minute: not read again
+        assert check.version == 4
+        await check.at_least(4)
+        assert check.version == 4
+        await check.at_least(5)
+        assert check.version == 5 and check.ancestry["p8"] == ("p3", "p7")
+
+    asyncio.run(run())

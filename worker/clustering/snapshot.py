@@ -39,6 +39,23 @@ def displacements(
     return out
 
 
+def ancestries(
+    before: dict[str, tuple[str, ...]], changes: tuple[dict[str, Any], ...], live: tuple[str, ...]
+) -> dict[str, tuple[str, ...]]:
+    """``before`` with what ``changes`` add: a split's offshoots descend from its source (and what it descends
+    from), a merge's persona from the ids merged into it; only ``live`` ids kept."""
+    out = {pid: set(ids) for pid, ids in before.items()}
+    for event in changes:
+        kind, sources, targets = event["kind"], [p["id"] for p in event["from"]], [p["id"] for p in event["to"]]
+        if kind not in ("split", "merged"):
+            continue
+        for target in targets:
+            for source in sources:
+                if source != target:
+                    out.setdefault(target, set()).update({source, *out.get(source, ())})
+    return {pid: tuple(sorted(out[pid])) for pid in live if out.get(pid)}
+
+
 @dataclass(frozen=True)
 class Lineage:
     """Where a persona's id comes from: the model version and event time it got it, and the centroid (scaled
@@ -85,6 +102,8 @@ class ModelSnapshot:
     # before, that displaced its members (a split's source, an id merged away or retired): a worker adopting this
     # version places again the members it last placed under an older version, whichever versions it skipped
     displaced: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # per persona id: the ids it descends from (split off from, or merged in), for rules by lineage (`{lineage: p3}`)
+    ancestry: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         k, dim = self.centroids.shape
@@ -164,6 +183,7 @@ class ModelSnapshot:
                 "lineage": {pid: line.to_json() for pid, line in self.lineage.items()},
                 "changes": list(self.changes),
                 "displaced": {pid: list(at) for pid, at in self.displaced.items()},
+                "ancestry": {pid: list(ids) for pid, ids in self.ancestry.items()},
             }
         )
 
@@ -201,6 +221,7 @@ class ModelSnapshot:
                 lineage={str(pid): Lineage.from_json(raw) for pid, raw in d.get("lineage", {}).items()},
                 changes=tuple(d.get("changes", ())),
                 displaced={str(pid): (int(v), str(e)) for pid, (v, e) in d.get("displaced", {}).items()},
+                ancestry={str(pid): tuple(ids) for pid, ids in d.get("ancestry", {}).items()},
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"unreadable model snapshot: {exc}") from exc

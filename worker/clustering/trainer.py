@@ -19,7 +19,7 @@ import numpy as np
 
 from worker.clustering.batch import Fit, add_center, choose_k, fit_score, lloyd, subsample
 from worker.clustering.online import OnlineModel, make_model
-from worker.clustering.snapshot import ModelSnapshot, displacements
+from worker.clustering.snapshot import ModelSnapshot, ancestries, displacements
 from worker.clustering.weights import RELIABILITY_PAIRS, telling_weights, within_user_reliability
 from worker.features.space import FeatureSpace, choose_vocabulary
 from worker.features.state import UserState, to_scale
@@ -238,7 +238,8 @@ class Trainer:
                 "model v%d: persona %s %s", snap.version, event["kind"], [p["id"] for p in event["to"] or event["from"]]
             )
         displaced = displacements(self.handed_out.displaced, snap.version, changes)
-        return dataclasses.replace(snap, lineage=lineage, changes=changes, displaced=displaced)
+        ancestry = ancestries(self.handed_out.ancestry, changes, snap.persona_ids)
+        return dataclasses.replace(snap, lineage=lineage, changes=changes, displaced=displaced, ancestry=ancestry)
 
     def half_lives(self) -> tuple[float, ...]:
         """The operator's half-lives, or those the stream's rhythm calls for (worker.features.timescale)."""

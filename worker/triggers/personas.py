@@ -35,6 +35,7 @@ class PersonaCheck:
         self.topic = changelog(settings, MODELS_TABLE)
         self.version = 0  # of the model last compared
         self.unknown: list[tuple[str, str]] = []
+        self.ancestry: dict[str, tuple[str, ...]] = {}  # the current model's, for rules by lineage
         self._next = 0.0
 
     async def due(self) -> None:
@@ -49,13 +50,20 @@ class PersonaCheck:
                     "the current model's personas could not be read (tried again in %.0fs): %s", CHECK_EVERY, exc
                 )
 
+    async def at_least(self, version: int) -> None:
+        """Read the current model now when a change names a newer version than the one compared (a rule by lineage
+        must know a persona that just split off), failures as in :meth:`due`."""
+        if version > self.version:
+            self._next = 0.0
+            await self.due()
+
     async def check(self) -> list[tuple[str, str]]:
         """The rule segments the current model has no persona for (warned once per model version)."""
         model = await self._current()
         if model is None or model.version == self.version:
             return self.unknown
-        self.version = model.version
-        self.unknown = self.rules.unknown_personas(model.persona_ids, model.persona_names)
+        self.version, self.ancestry = model.version, model.ancestry
+        self.unknown = self.rules.unknown_personas(model.persona_ids, model.persona_names, model.ancestry)
         metrics.UNKNOWN_PERSONAS.set(len(self.unknown))
         for campaign, segment in self.unknown:
             log.warning(

@@ -22,7 +22,7 @@ from typing import Any
 
 from worker.events.timefmt import format_rfc3339, parse_timestamp, time_zone
 from worker.triggers.effect import Exposure, Outcomes
-from worker.triggers.rules import Campaign, QuietHours, Rules
+from worker.triggers.rules import Ancestry, Campaign, QuietHours, Rules
 
 KEEP_DAYS = 3  # local days of counts kept per user (changes arrive roughly in event-time order)
 EXPOSURE_GRACE_MS = 86_400_000  # an exposure is kept this long past its goal window (late goal events)
@@ -124,8 +124,9 @@ def local_day(t: int, zone_name: str | None) -> date:
     return datetime.fromtimestamp(t / 1000, tz=time_zone(zone_name) or UTC).date()
 
 
-def plan(change: dict[str, Any], state: TriggerState, rules: Rules) -> Plan:
-    """The notifications one ``segment-change.v1`` record causes; updates ``state``."""
+def plan(change: dict[str, Any], state: TriggerState, rules: Rules, ancestry: Ancestry | None = None) -> Plan:
+    """The notifications one ``segment-change.v1`` record causes; updates ``state``. ``ancestry``: the current
+    model's (rules by lineage)."""
     out = Plan()
     sequence = int(change.get("sequence") or 0)
     if sequence and sequence <= state.last_sequence:
@@ -140,7 +141,7 @@ def plan(change: dict[str, Any], state: TriggerState, rules: Rules) -> Plan:
     reasons = tuple(r["feature"] for r in change.get("reasons") or ())
     trigger = str(change.get("trigger") or "event")
     for campaign in rules.campaigns:
-        if not campaign.matches(before, after, trigger):
+        if not campaign.matches(before, after, trigger, ancestry):
             continue
         send_at, deferred = defer(t, zone_name, campaign.quiet_hours)
         last = state.last_sent.get(campaign.name)

@@ -8,7 +8,8 @@
     campaigns:
       - name: win-back
         when: {from: "*", to: "dormant"}              # persona id or name, new, dormant; "*" any; null: first change
-                                                       # (and trigger: what caused the change, one or a list)
+                                                       # ({lineage: p3}: p3 and what split off or merged into it;
+                                                       # trigger: what caused the change, one or a list)
         channel: push
         cooldown: 7d                                   # per user and campaign
         holdout: 0.1                                   # share kept as control group, deterministic per user+campaign
@@ -24,7 +25,7 @@ with where it is.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
@@ -62,6 +63,27 @@ class QuietHours:
 
 
 @dataclass(frozen=True, slots=True)
+class LineageOf:
+    """``{lineage: p3}`` in a rule: persona p3 and every persona that split off from it or that it merged into,
+    transitively (``ModelSnapshot.ancestry`` of the group's current model)."""
+
+    root: str
+
+    def __str__(self) -> str:
+        return f"lineage of {self.root}"
+
+
+Ancestry = Mapping[str, Sequence[str]]  # persona id -> the ids it descends from
+
+
+def _names(spec: str | LineageOf, segment: tuple[str | None, str | None], ancestry: Ancestry) -> bool:
+    """Whether a rule's ``from``/``to`` names the segment (id, name)."""
+    if isinstance(spec, LineageOf):
+        return segment[0] is not None and (segment[0] == spec.root or spec.root in ancestry.get(segment[0], ()))
+    return spec == ANY or (segment[0] is not None and spec in segment)
+
+
+@dataclass(frozen=True, slots=True)
 class Goal:
     event_type: str
     within_ms: int
@@ -70,8 +92,8 @@ class Goal:
 @dataclass(frozen=True, slots=True)
 class Campaign:
     name: str
-    from_segment: str | None  # persona id or name, "new", "dormant", ANY, or None (a user's first change, to new)
-    to_segment: str
+    from_segment: str | LineageOf | None  # persona id or name, new, dormant, ANY, a lineage; None: a first change
+    to_segment: str | LineageOf
     channel: str
     cooldown_ms: int
     holdout: float
@@ -80,28 +102,44 @@ class Campaign:
     max_per_day: int | None  # None: no cap
     triggers: frozenset[str] = DEFAULT_TRIGGERS
 
-    def matches(self, before: tuple[str | None, str | None], after: tuple[str, str | None], trigger: str) -> bool:
+    def matches(
+        self,
+        before: tuple[str | None, str | None],
+        after: tuple[str, str | None],
+        trigger: str,
+        ancestry: Ancestry | None = None,
+    ) -> bool:
         """Whether a change (from (id, name), to (id, name), caused by ``trigger``) is one this campaign reacts
-        to."""
-        if trigger not in self.triggers:
-            return False
-        if self.to_segment != ANY and self.to_segment not in after:
+        to; ``ancestry``: the current model's, for rules by lineage."""
+        if trigger not in self.triggers or not _names(self.to_segment, after, ancestry or {}):
             return False
         if self.from_segment is None:
             return before[0] is None
-        return self.from_segment == ANY or (before[0] is not None and self.from_segment in before)
+        return _names(self.from_segment, before, ancestry or {})
 
 
 @dataclass(frozen=True, slots=True)
 class Rules:
     campaigns: tuple[Campaign, ...]
 
-    def unknown_personas(self, ids: Sequence[str], names: Sequence[str]) -> list[tuple[str, str]]:
+    @property
+    def by_lineage(self) -> bool:
+        """Whether a campaign names a persona by lineage (and needs the current model's ancestry)."""
+        return any(isinstance(seg, LineageOf) for c in self.campaigns for seg in (c.from_segment, c.to_segment))
+
+    def unknown_personas(
+        self, ids: Sequence[str], names: Sequence[str], ancestry: Ancestry | None = None
+    ) -> list[tuple[str, str]]:
         """(campaign, segment) of each ``from``/``to`` that names a persona neither by an id nor by a name of the
-        model (``ids``, ``names``): a retired id, a typo — such a rule matches nothing."""
+        model (``ids``, ``names``), or a lineage no persona of it belongs to: a retired id, a typo — such a rule
+        matches nothing."""
         known = {ANY, *RESERVED, *ids, *names}
+        roots = {*ids, *(root for pid in ids for root in (ancestry or {}).get(pid, ()))}
         return [
-            (c.name, seg) for c in self.campaigns for seg in (c.from_segment, c.to_segment) if seg and seg not in known
+            (c.name, str(seg))
+            for c in self.campaigns
+            for seg in (c.from_segment, c.to_segment)
+            if seg and (seg.root not in roots if isinstance(seg, LineageOf) else seg not in known)
         ]
 
 
@@ -138,6 +176,18 @@ def _cap(raw: Any, where: str, problems: list[str]) -> int | None:
         problems.append(f"{where}: expected a whole number >= 0 or null")
         return None
     return raw
+
+
+def _segment(raw: Any, where: str, problems: list[str], first: bool = False) -> str | LineageOf | None:
+    """A rule's ``from`` or ``to``: a persona id or name, a reserved segment, ``*``, ``{lineage: <persona id>}``;
+    ``null`` (a user's first change) for ``from`` only."""
+    if isinstance(raw, str) or (raw is None and first):
+        return raw
+    if isinstance(raw, dict) and set(raw) == {"lineage"} and isinstance(raw["lineage"], str) and raw["lineage"]:
+        return LineageOf(raw["lineage"])
+    expected = "a persona id or name, '*'" + (" or null" if first else "") + ", or {lineage: <persona id>}"
+    problems.append(f"{where}: expected {expected}")
+    return None
 
 
 def _triggers(raw: Any, where: str, problems: list[str]) -> frozenset[str]:
@@ -193,12 +243,8 @@ def parse_rules(doc: Any) -> Rules:
             problems.append(f"{where}.when: expected {{from: <persona, '*' or null>, to: <persona or '*'>}}")
             when = {"from": ANY, "to": ANY}
         _unknown(when, {"from", "to", "trigger"}, f"{where}.when", problems)
-        before, after = when.get("from"), when.get("to")
-        if before is not None and not isinstance(before, str):
-            problems.append(f"{where}.when.from: expected a persona id or name, '*' or null")
-        if not isinstance(after, str):
-            problems.append(f"{where}.when.to: expected a persona id or name, or '*'")
-            after = ANY
+        before = _segment(when.get("from"), f"{where}.when.from", problems, first=True)
+        after = _segment(when.get("to"), f"{where}.when.to", problems) or ANY
         triggers = _triggers(when.get("trigger"), f"{where}.when.trigger", problems)
         channel = raw.get("channel", "push")
         if not isinstance(channel, str) or not channel:

@@ -19,6 +19,7 @@ state (a tombstone on the state topic) and takes the user out of the campaign co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -127,6 +128,8 @@ class TriggerService:
         """One fetch: changes planned, notifications written (and posted), then the trigger states, then the
         consumed offsets committed."""
         batch = _Batch()
+        if self.rules.by_lineage:
+            await self.personas.at_least(_newest_model(batches, self.settings.output_topic))
         for tp, records in batches.items():
             if tp.topic != self.settings.output_topic:
                 self._events(tp, records, batch.dirty)
@@ -160,7 +163,7 @@ class TriggerService:
             if state is None:
                 state = self.states[uid] = TriggerState()
                 self.partition_of[uid] = tp.partition
-            result = plan(change, state, self.rules)
+            result = plan(change, state, self.rules, self.personas.ancestry)
         except Exception as exc:  # not a segment change this version reads: dead-lettered, never a crash
             batch.dead.append(self._invalid(tp, r, exc))
             return
@@ -363,3 +366,14 @@ def serve(settings: Settings, rules: Rules) -> None:
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+def _newest_model(batches: dict[Any, Any], changes_topic: str) -> int:
+    """The newest model version the fetch's segment changes name (0 when none does)."""
+    newest = 0
+    for tp, records in batches.items():
+        if tp.topic == changes_topic:
+            for r in records:
+                with contextlib.suppress(Exception):  # an unreadable record is dead-lettered when planned
+                    newest = max(newest, int(codec.loads(r.value).get("model_version") or 0))
+    return newest
