@@ -56,7 +56,10 @@ def test_the_persona_that_emerges_mid_stream_is_announced_on_the_topic(bare_sett
     assert model.lineage["p5"].since_version == model.version
     assert sum(f["users"] for f in emerged["flows"]) == emerged["to"][0]["users"] > 100
     assert out.extra["metrics"].get("segment_worker_persona_changes_total|kind=emerged") == 1
-    assert not [c for c in out.changes if c["trigger"] == "model_update"]  # nobody's persona went or split
+    # whoever the update moved at once went to the new persona, citing the event (the worker may stop before
+    # adopting the version; the split test below waits for the moves)
+    moved = {(c["to_segment"], c["cause"]) for c in out.changes if c["trigger"] == "model_update"}
+    assert moved <= {("p5", emerged["event_id"])}
 
 
 def test_a_split_is_announced_and_moves_the_members_it_concerns_at_once_saying_why(

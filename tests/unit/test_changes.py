@@ -19,7 +19,7 @@ from worker.changes.gate import OffsetGate
 from worker.changes.hysteresis import decide
 from worker.changes.segmenter import change_id
 from worker.changes.silence import BUCKET_MS, SilenceIndex
-from worker.clustering.snapshot import ModelSnapshot, displacements
+from worker.clustering.snapshot import Displacement, ModelSnapshot, displacements
 from worker.events.timefmt import format_rfc3339, parse_timestamp
 from worker.features import UserState
 from worker.features.wire import MARKER, EncodedStates
@@ -513,9 +513,17 @@ def _update(
     )
 
 
-def _lifecycle(kind: str, before: list[str], after: list[str]) -> dict[str, Any]:
+def _lifecycle(kind: str, before: list[str], after: list[str], drawn: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An event as the worker reads it; ``drawn``: the personas an emerged one drew its users from."""
     event_id = hashlib.blake2b(f"{kind}{before}{after}".encode(), digest_size=16).hexdigest()
-    return {"kind": kind, "event_id": event_id, "from": [{"id": p} for p in before], "to": [{"id": p} for p in after]}
+    flows = [{"from": source, "to": after[0], "users": 10} for source in drawn]
+    return {
+        "kind": kind,
+        "event_id": event_id,
+        "from": [{"id": p} for p in before],
+        "to": [{"id": p} for p in after],
+        "flows": flows,
+    }
 
 
 @pytest.mark.parametrize("encoded", [False, True], ids=["objects", "encoded"])
@@ -594,10 +602,48 @@ def test_a_worker_that_skipped_the_version_of_a_split_still_moves_its_members_wi
     split = _lifecycle("split", ["p2"], ["p2", "p4"])
     v2 = _update(first, ("p1", "p2", "p4"), np.vstack([far, first.centroids[1:]]), split)
     v3 = _update(v2, v2.persona_ids, v2.centroids, None)  # published after v2 before this worker looked again
-    assert v3.changes == () and v3.displaced == {"p2": (2, split["event_id"])}
+    assert v3.changes == () and v3.displaced == {"p2": Displacement(2, split["event_id"], ("p4",))}
     seg.set_model(v3)
     assert seg.sweep({0}, 0.0, set(), since=2).changes == []  # a worker that used v2 placed them then
     moved = [codec.loads(c) for _, c, _ in seg.sweep({0}, 0.0, set(), since=1).changes]
     assert [(c["user_id"], c["to_segment"], c["model_version"], c["cause"]) for c in moved] == [
         ("b", "p4", 3, split["event_id"])
     ]
+
+
+def test_members_nearer_a_persona_that_emerged_move_to_it_at_once_and_no_one_else_moves() -> None:
+    s = Settings(min_events=3, confirmations=3, min_margin=0.0)
+    first = two_persona_model(s)
+    seg = Segmenter(s, {}, lambda _u: 0)
+    seg.set_model(first)
+    rec = record_factory()
+    for i in range(5):
+        step(seg, [rec("v", "view", T0 + i * 3_600_000), rec("b", "purchase", T0 + i * 3_600_000, 50.0)])
+    # p3 emerges where the buyers are, drawing from p2; p2 moves away, nearer the viewers than p1 is (v stays:
+    # an emergence opens the way to the new persona only)
+    emerged = _lifecycle("emerged", [], ["p3"], drawn=("p1", "p2"))
+    near_viewers = first.centroids[0] + 0.01
+    seg.set_model(
+        _update(first, ("p1", "p2", "p3"), np.vstack([first.centroids[0], near_viewers, first.centroids[1]]), emerged)
+    )
+    assert seg.model is not None and set(seg.model.displaced) == {"p1", "p2"}
+    moved = [codec.loads(c) for _, c, _ in seg.sweep({0}, 0.0, set(), since=1).changes]
+    assert [(c["user_id"], c["from_segment"], c["to_segment"], c["cause"]) for c in moved] == [
+        ("b", "p2", "p3", emerged["event_id"])
+    ]
+
+
+def test_displacements_of_one_version_combine_and_old_ones_are_dropped() -> None:
+    split = _lifecycle("split", ["p1"], ["p1", "p5"])
+    emerged = _lifecycle("emerged", [], ["p6"], drawn=("p1", "p2"))
+    retired = _lifecycle("retired", ["p3"], [])
+    merged = _lifecycle("merged", ["p4", "p2"], ["p2"])
+    old = {"p9": Displacement(1, "e" * 32)}
+    d = displacements(old, 70, (split, emerged, merged, retired))
+    assert d == {
+        "p1": Displacement(70, split["event_id"], ("p5", "p6")),  # both ways open, the first event named
+        "p2": Displacement(70, emerged["event_id"], ("p6",)),  # the merge's persona stays: only the emergence
+        "p3": Displacement(70, retired["event_id"]),
+        "p4": Displacement(70, merged["event_id"]),
+    }  # p9's, 69 versions old, dropped (DISPLACED_VERSIONS)
+    assert displacements(old, 64, ())["p9"].version == 1

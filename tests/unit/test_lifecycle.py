@@ -14,7 +14,7 @@ import pytest
 
 from tests.fakes import MODEL_SPACE, model_of
 from worker.changes import InputRecord, Segmenter
-from worker.clustering.snapshot import ModelSnapshot, displacements
+from worker.clustering.snapshot import Displacement, ModelSnapshot, displacements
 from worker.clustering.trainer import Trainer
 from worker.evaluation.engines import encode, run_core
 from worker.evaluation.run import sized
@@ -146,7 +146,7 @@ def test_lineage_survives_the_wire() -> None:
     events, lineage = persona_changes(
         dataclasses.replace(old, lineage=first_lineage(old)), new, around([(-2, 0, 40), (2, 0, 30)]), 2.5
     )
-    displaced = displacements({"p9": (1, "e" * 32)}, 2, events)
+    displaced = displacements({"p9": Displacement(1, "e" * 32)}, 2, events)
     snap = dataclasses.replace(new, lineage=lineage, changes=events, displaced=displaced)
     back = ModelSnapshot.from_bytes(snap.to_bytes())
     assert back.lineage == lineage and back.changes == events and back.as_of_ms == 2 * DAY

@@ -45,16 +45,17 @@ def decide(
 
 
 def decide_model_update(
-    state: UserState, candidate: str, margin: float, *, live: bool, min_margin: float
+    state: UserState, candidate: str, margin: float, *, to: tuple[str, ...], min_margin: float
 ) -> tuple[str | None, str] | None:
     """A user re-placed because the model changed, not the user: ``(from, to)`` when the segment changes now.
 
     Nothing the user does will confirm the move (their behaviour did not change), so none is waited for: a member
-    of a persona that is gone (``live`` False) moves to the nearest one; a member of a persona that stays (a
-    split's source) moves when another is nearer by ``min_margin``. Decided by the state and the model alone, and
-    the state is only touched by a move: deciding again after a crash gives the same answer."""
+    of a persona that is gone (``to`` empty) moves to the nearest one; a member of a persona that stays (a split's
+    source, one an emerged persona drew from) moves when one of the personas the update made for them (``to``) is
+    nearest, by ``min_margin``. Decided by the state and the model alone, and the state is only touched by a move:
+    deciding again after a crash gives the same answer."""
     current = state.segment
-    if candidate == current or (live and margin < min_margin):
+    if candidate == current or (to and (candidate not in to or margin < min_margin)):
         return None
     state.pending, state.pending_n = None, 0
     return current, candidate

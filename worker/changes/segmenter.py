@@ -37,7 +37,7 @@ from worker.changes.dormancy import DAY_MS, DEFAULT_TYPICAL_GAP_MS, Dormancy
 from worker.changes.hysteresis import decide, decide_model_update
 from worker.changes.kept import KeptStates
 from worker.changes.silence import SilenceIndex
-from worker.clustering.snapshot import ModelSnapshot
+from worker.clustering.snapshot import Displacement, ModelSnapshot
 from worker.errors import InvalidEvent
 from worker.events.ingest import ErasureRequest, EventParser, UserEvent
 from worker.events.timefmt import format_rfc3339, time_zone
@@ -102,7 +102,7 @@ class _Eval:
     consumed_at: float
     quiet: str | None = None  # a silence that moves the user to `lapsing` or `dormant`: the model is not asked
     row: list[float] | None = None  # the user's raw feature vector, for the model (None for a quiet check)
-    cause: str | None = None  # a model update's move: the persona-change event that caused it
+    cause: Displacement | None = None  # a model update's: the persona-change event and where it lets the user go
 
 
 class Segmenter:
@@ -416,20 +416,20 @@ class Segmenter:
             self._evaluate(model, evals, res)
         return self._done(res)
 
-    def _displaced(self, model: ModelSnapshot, since: int) -> dict[str, tuple[int, str | None]]:
-        """The personas of owned users that ``model`` may place again, each with the version and event that
-        displaced its members: displaced after version ``since`` (``ModelSnapshot.displaced``), or gone from the
-        model (version: the model's; event: None when it went in a version too old to be kept)."""
+    def _displaced(self, model: ModelSnapshot, since: int) -> dict[str, Displacement]:
+        """The personas of owned users that ``model`` may place again, each with the event that displaced its
+        members: after version ``since`` (``ModelSnapshot.displaced``), or gone from the model (when it went in a
+        version too old to be kept: no event, this version)."""
         live = set(model.persona_ids)
-        out: dict[str, tuple[int, str | None]] = {}
+        out: dict[str, Displacement] = {}
         for segment, users in self.counts.items():
             if users <= 0 or segment in RESERVED:
                 continue
-            at = model.displaced.get(segment)
+            d = model.displaced.get(segment)
             if segment not in live:
-                out[segment] = at or (model.version, None)
-            elif at is not None and at[0] > since:
-                out[segment] = at
+                out[segment] = Displacement(d.version if d else model.version, d.event_id if d else None)
+            elif d is not None and d.version > since:
+                out[segment] = d
         return out
 
     def _first_persona(self, uid: str, model: ModelSnapshot, now_mono: float) -> _Eval:
@@ -443,7 +443,7 @@ class Segmenter:
         return _Eval(uid, state, t, state.n, "event", source, now_mono, row=model.space.row(state, t))
 
     def _placed_again(
-        self, uid: str, model: ModelSnapshot, cause: tuple[int, str | None], owned: set[int], now_mono: float
+        self, uid: str, model: ModelSnapshot, cause: Displacement, owned: set[int], now_mono: float
     ) -> _Eval | None:
         """A displaced persona's member, evaluated when the version that last placed the user (kept in its state)
         is older than the displacement, or the persona is gone: a sweep run again after a restart passes over whom
@@ -452,11 +452,11 @@ class Segmenter:
         if self.partition_of(uid) not in owned:
             return None
         state = self._load(uid)
-        if state is None or (state.model_version >= cause[0] and state.segment in model.persona_ids):
+        if state is None or (state.model_version >= cause.version and state.segment in model.persona_ids):
             return None
         t = max(state.last_ts, min(model.as_of_ms, state.due) if state.due else model.as_of_ms)
         source = (state.source[0], state.source[1])
-        e = _Eval(uid, state, t, state.n, "model_update", source, now_mono, cause=cause[1])
+        e = _Eval(uid, state, t, state.n, "model_update", source, now_mono, cause=cause)
         e.row = model.space.row(state, t)
         return e
 
@@ -560,7 +560,9 @@ class Segmenter:
                 confirmations=s.confirmations,
                 min_margin=s.min_margin,
             )
-        moved = decide_model_update(state, candidate, margin, live=state.segment in ids, min_margin=s.min_margin)
+        assert e.cause is not None
+        to = e.cause.to if state.segment in ids else ()
+        moved = decide_model_update(state, candidate, margin, to=to, min_margin=s.min_margin)
         if moved is None:  # placed by this version all the same: not evaluated again for it
             state.model_version = max(state.model_version, version)
         return moved
@@ -605,7 +607,7 @@ class Segmenter:
             },
         }
         if e.trigger == "model_update":
-            record["cause"] = e.cause
+            record["cause"] = e.cause.event_id if e.cause else None
         return codec.dumps(record)
 
     def _check_rules(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:

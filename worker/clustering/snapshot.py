@@ -26,16 +26,50 @@ class Assignment:
 DISPLACED_VERSIONS = 64  # how many versions a displacement is kept for (a worker that far behind places users anyway)
 
 
+@dataclass(frozen=True)
+class Displacement:
+    """A model version's event that re-places a persona's members: where they may go (``to``; empty: anywhere,
+    the persona is gone)."""
+
+    version: int
+    event_id: str | None
+    to: tuple[str, ...] = ()
+
+    def to_json(self) -> list[Any]:
+        return [self.version, self.event_id, list(self.to)]
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> Displacement:
+        return cls(int(raw[0]), None if raw[1] is None else str(raw[1]), tuple(raw[2]) if len(raw) > 2 else ())
+
+
 def displacements(
-    before: dict[str, tuple[int, str]], version: int, changes: tuple[dict[str, Any], ...]
-) -> dict[str, tuple[int, str]]:
+    before: dict[str, Displacement], version: int, changes: tuple[dict[str, Any], ...]
+) -> dict[str, Displacement]:
     """``before`` with the displacements of ``changes`` (a version's lifecycle events) and without those older than
-    ``DISPLACED_VERSIONS``."""
-    out = {pid: at for pid, at in before.items() if at[0] > version - DISPLACED_VERSIONS}
+    ``DISPLACED_VERSIONS``: a split's source (its members may go to the offshoots), the personas an emerged one drew
+    from (to it), the ids merged away or retired (anywhere)."""
+    out = {pid: d for pid, d in before.items() if d.version > version - DISPLACED_VERSIONS}
+
+    def add(pid: str, event: dict[str, Any], to: tuple[str, ...]) -> None:
+        known = out.get(pid)
+        if known is not None and known.version == version:  # a second event of this version: both ways open
+            to = () if not to or not known.to else tuple(sorted({*known.to, *to}))
+            event = {"event_id": known.event_id}
+        out[pid] = Displacement(version, event["event_id"], to)
+
     for event in changes:
-        if event["kind"] in ("split", "merged", "retired"):
-            staying = {p["id"] for p in event["to"]} if event["kind"] == "merged" else set()
-            out.update((p["id"], (version, event["event_id"])) for p in event["from"] if p["id"] not in staying)
+        kind, sources = event["kind"], [p["id"] for p in event["from"]]
+        targets = tuple(p["id"] for p in event["to"])
+        if kind == "split":
+            add(sources[0], event, tuple(t for t in targets if t != sources[0]))
+        elif kind == "emerged":
+            for source in sorted({f["from"] for f in event["flows"]}):
+                add(source, event, targets)
+        elif kind in ("merged", "retired"):
+            for source in sources:
+                if source not in targets:
+                    add(source, event, ())
     return out
 
 
@@ -98,10 +132,10 @@ class ModelSnapshot:
     lineage: dict[str, Lineage] = field(default_factory=dict)
     # what this version did to the personas themselves (persona-change.v1 events; published once, by the trainer)
     changes: tuple[dict[str, Any], ...] = ()
-    # per persona id: (version, event id) of the newest event, in this version or one of the DISPLACED_VERSIONS
-    # before, that displaced its members (a split's source, an id merged away or retired): a worker adopting this
-    # version places again the members it last placed under an older version, whichever versions it skipped
-    displaced: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # per persona id: the newest event, in this version or one of the DISPLACED_VERSIONS before, that displaced its
+    # members (a split's source, a persona an emerged one drew from, an id merged away or retired): a worker adopting
+    # this version places again the members it last placed under an older version, whichever versions it skipped
+    displaced: dict[str, Displacement] = field(default_factory=dict)
     # per persona id: the ids it descends from (split off from, or merged in), for rules by lineage (`{lineage: p3}`)
     ancestry: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -182,7 +216,7 @@ class ModelSnapshot:
                 "as_of_ms": self.as_of_ms,
                 "lineage": {pid: line.to_json() for pid, line in self.lineage.items()},
                 "changes": list(self.changes),
-                "displaced": {pid: list(at) for pid, at in self.displaced.items()},
+                "displaced": {pid: d.to_json() for pid, d in self.displaced.items()},
                 "ancestry": {pid: list(ids) for pid, ids in self.ancestry.items()},
             }
         )
@@ -220,7 +254,7 @@ class ModelSnapshot:
                 as_of_ms=int(d.get("as_of_ms", 0)),
                 lineage={str(pid): Lineage.from_json(raw) for pid, raw in d.get("lineage", {}).items()},
                 changes=tuple(d.get("changes", ())),
-                displaced={str(pid): (int(v), str(e)) for pid, (v, e) in d.get("displaced", {}).items()},
+                displaced={str(pid): Displacement.from_json(raw) for pid, raw in d.get("displaced", {}).items()},
                 ancestry={str(pid): tuple(ids) for pid, ids in d.get("ancestry", {}).items()},
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
