@@ -516,6 +516,7 @@ class Segmenter:
     def _evaluate(self, model: ModelSnapshot | None, evals: list[_Eval], res: BatchResult) -> None:
         """Each evaluation in order: the model's persona for its row (every row in one vectorised call), or
         ``dormant`` for a dormancy check (no model needed)."""
+        s = self.settings
         rows = [e.row for e in evals if e.row is not None]
         if rows:
             assert model is not None
@@ -535,7 +536,18 @@ class Segmenter:
             else:
                 assert model is not None
                 j += 1
-                moved = self._decide(e, ids, version, ids[index[j]], margin[j])
+                if e.cause is None:  # the user's own evaluation
+                    moved = decide(
+                        state,
+                        ids[index[j]],
+                        margin[j],
+                        n=e.n,
+                        min_events=s.min_events,
+                        confirmations=s.confirmations,
+                        min_margin=s.min_margin,
+                    )
+                else:
+                    moved = self._model_moves(e, ids, version, ids[index[j]], margin[j])
                 if moved is None:
                     continue
                 (before, after), confidence = moved, margin[j]
@@ -545,25 +557,16 @@ class Segmenter:
             self._remember(state, before, after, e, reasons)
             res.transitions.append((before or "none", after))
 
-    def _decide(
+    def _model_moves(
         self, e: _Eval, ids: tuple[str, ...], version: int, candidate: str, margin: float
     ) -> tuple[str | None, str] | None:
-        """Whether the model's ``candidate`` for the evaluated user moves them (see worker.changes.hysteresis)."""
-        s, state = self.settings, e.state
-        if e.trigger != "model_update":
-            return decide(
-                state,
-                candidate,
-                margin,
-                n=e.n,
-                min_events=s.min_events,
-                confirmations=s.confirmations,
-                min_margin=s.min_margin,
-            )
-        assert e.cause is not None
-        to = e.cause.to if state.segment in ids else ()
-        moved = decide_model_update(state, candidate, margin, to=to, min_margin=s.min_margin)
-        if moved is None:  # placed by this version all the same: not evaluated again for it
+        """Whether a model update moves the user (worker.changes.hysteresis.decide_model_update); placed by this
+        version all the same when it does not (not evaluated again for it)."""
+        state, cause = e.state, e.cause
+        assert cause is not None
+        to = cause.to if state.segment in ids else ()
+        moved = decide_model_update(state, candidate, margin, to=to, min_margin=self.settings.min_margin)
+        if moved is None:
             state.model_version = max(state.model_version, version)
         return moved
 
