@@ -590,13 +590,7 @@ def test_a_split_moves_the_members_nearer_the_offshoot_and_places_the_rest_once(
 
 
 def test_a_worker_that_skipped_the_version_of_a_split_still_moves_its_members_with_its_cause() -> None:
-    s = Settings(min_events=3, confirmations=3, min_margin=0.0)
-    first = two_persona_model(s)
-    seg = Segmenter(s, {}, lambda _u: 0)
-    seg.set_model(first)
-    rec = record_factory()
-    for i in range(5):
-        step(seg, [rec("v", "view", T0 + i * 3_600_000), rec("b", "purchase", T0 + i * 3_600_000, 50.0)])
+    first, seg = _viewer_and_buyer()
     far = first.centroids.copy()
     far[1] += 10.0
     split = _lifecycle("split", ["p2"], ["p2", "p4"])
@@ -612,13 +606,7 @@ def test_a_worker_that_skipped_the_version_of_a_split_still_moves_its_members_wi
 
 
 def test_members_nearer_a_persona_that_emerged_move_to_it_at_once_and_no_one_else_moves() -> None:
-    s = Settings(min_events=3, confirmations=3, min_margin=0.0)
-    first = two_persona_model(s)
-    seg = Segmenter(s, {}, lambda _u: 0)
-    seg.set_model(first)
-    rec = record_factory()
-    for i in range(5):
-        step(seg, [rec("v", "view", T0 + i * 3_600_000), rec("b", "purchase", T0 + i * 3_600_000, 50.0)])
+    first, seg = _viewer_and_buyer()
     # p3 emerges where the buyers are, drawing from p2; p2 moves away, nearer the viewers than p1 is (v stays:
     # an emergence opens the way to the new persona only)
     emerged = _lifecycle("emerged", [], ["p3"], drawn=("p1", "p2"))
@@ -647,3 +635,15 @@ def test_displacements_of_one_version_combine_and_old_ones_are_dropped() -> None
         "p4": Displacement(70, merged["event_id"]),
     }  # p9's, 69 versions old, dropped (DISPLACED_VERSIONS)
     assert displacements(old, 64, ())["p9"].version == 1
+
+
+def _viewer_and_buyer() -> tuple[ModelSnapshot, Segmenter]:
+    """The two-persona model and a segmenter under it holding a viewer ``v`` (p1) and a buyer ``b`` (p2)."""
+    s = Settings(min_events=3, confirmations=3, min_margin=0.0)
+    first = two_persona_model(s)
+    seg = Segmenter(s, {}, lambda _u: 0)
+    seg.set_model(first)
+    rec = record_factory()
+    for i in range(5):
+        step(seg, [rec("v", "view", T0 + i * 3_600_000), rec("b", "purchase", T0 + i * 3_600_000, 50.0)])
+    return first, seg
