@@ -24,6 +24,7 @@ from worker.changes.segmenter import change_id
 from worker.events.timefmt import format_rfc3339
 from worker.kafkaio import create_topics, produce, read_all
 from worker.process import WorkerProcess, metric_total
+from worker.runtime.modelpin import MODEL_KEY, changelog_key
 from worker.settings import Settings
 from worker.topics import MODELS_TABLE, KafkaTopicAdmin, changelog
 from worker.triggers import Plan, TriggerState, parse_rules, plan
@@ -329,7 +330,7 @@ def test_rules_naming_a_persona_the_model_lacks_are_warned_and_counted(
         admin.close()
     model = model_of(3, [[1, 0], [0, 1]], ["p1", "p2"], ["creators", "readers"])
     create_topics(s.bootstrap_servers, {models: 1})
-    produce(s.bootstrap_servers, models, [(b"current", model.to_bytes())])
+    produce(s.bootstrap_servers, models, [(changelog_key(MODEL_KEY), model.to_bytes())])
     service = start_service(s, rules_file, log)
     try:
         poll_until(

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from worker import codec
+
 MODEL_KEY = "current"  # the newest published model in the models table
 MODEL_SLOTS = 16  # versions kept beside it (version v under slot_key(v)), for a restarted worker's pin
 META_MODEL = "model"  # the model version in a partition's position record
@@ -29,6 +31,12 @@ META_MODEL = "model"  # the model version in a partition's position record
 def slot_key(version: int) -> str:
     """The models-table key a model version is kept under (a newer version takes the slot of one 16 older)."""
     return f"v{version % MODEL_SLOTS}"
+
+
+def changelog_key(key: str) -> bytes:
+    """A models-table key as its changelog's records carry it: Faust writes the table's ``str`` keys as JSON
+    (``"current"`` with its quotes), which a reader of the topic outside Faust compares with."""
+    return codec.dumps(key)
 
 
 class ModelPin:

@@ -18,7 +18,7 @@ from worker.clustering.snapshot import ModelSnapshot
 from worker.kafkasecurity import kafka_python_config
 from worker.metrics import triggers as metrics
 from worker.refetch import RangeReader
-from worker.runtime.modelpin import MODEL_KEY
+from worker.runtime.modelpin import MODEL_KEY, changelog_key
 from worker.settings import Settings
 from worker.topics import MODELS_TABLE, KafkaTopicAdmin, changelog
 from worker.triggers.rules import Rules
@@ -81,7 +81,7 @@ class PersonaCheck:
         end = (await self.reader.ends(self.topic, [0]))[0]
         records, _ = await self.reader.read(self.topic, 0, max(0, end - TAIL), end)
         for r in reversed(records):
-            if r.key == MODEL_KEY.encode() and r.value:
+            if r.key == changelog_key(MODEL_KEY) and r.value:
                 return ModelSnapshot.from_bytes(r.value)
         return None
 

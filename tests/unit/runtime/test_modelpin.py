@@ -19,7 +19,7 @@ from worker.outbox import Outbox
 from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
 from worker.runtime import topology
-from worker.runtime.modelpin import MODEL_KEY, ModelPin, recorded_version, slot_key
+from worker.runtime.modelpin import MODEL_KEY, ModelPin, changelog_key, recorded_version, slot_key
 from worker.runtime.ownership import meta_keys
 from worker.runtime.pipeline import Pipeline
 from worker.runtime.positions import Positions
@@ -166,3 +166,12 @@ def test_the_recorded_version_is_the_newest_any_record_names() -> None:
     assert recorded_version([{"model": 2}, {"model": 3}, {}]) == 3
     assert recorded_version([{"max_ts": 1}]) is None
     assert recorded_version([{"model": 0}]) == 0
+
+
+def test_changelog_key_is_the_key_faust_writes_for_the_models_table() -> None:
+    """Readers of the models' changelog outside Faust (the trigger service, the report) find `current` by it: the
+    table's str keys go out JSON-encoded, not as their raw bytes."""
+    topo = topology.build(S, with_memberships=False)
+    for key in (MODEL_KEY, slot_key(3)):
+        _, wire_key, *_ = topo.stage(topo.models, key, b"{}")
+        assert wire_key == changelog_key(key) != key.encode()
