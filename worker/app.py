@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> faust.App:
             partition_of,
             s.half_lives_ms,
             functools.partial(_kept_models, topo),
+            pipeline.timeline,
         ),
     )
     return app

@@ -44,14 +44,15 @@ class WorkerProcess:
                 [sys.executable, "-m", "worker", *command], env=env, stdout=log, stderr=subprocess.STDOUT
             )
 
-    def get(self, path: str, retry_for: float = 15.0) -> Any:
-        """GET and decode; a 503 (a rebalance under way) is retried after its Retry-After for ``retry_for`` s."""
+    def get(self, path: str, retry_for: float = 15.0, raw: bool = False) -> Any:
+        """GET and decode (``raw``: the body as is); a 503 (a rebalance under way) is retried after its Retry-After
+        for ``retry_for`` s."""
         deadline = time.monotonic() + retry_for
         while True:
             try:
                 with urllib.request.urlopen(self.base + path, timeout=5) as resp:
                     body = resp.read()
-                return body if path == "/metrics" else codec.loads(body)
+                return body if raw or path == "/metrics" else codec.loads(body)
             except urllib.error.HTTPError as exc:
                 exc.close()  # it holds the response's socket open until collected
                 if exc.code != 503 or time.monotonic() > deadline:

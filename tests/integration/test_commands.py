@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import shown
 from worker import codec
 from worker.broker import EmbeddedBroker
 from worker.evaluation.score import TARGETS
@@ -46,6 +47,10 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     found = {p["truth"] for p in agree["purity"].values()}
     assert {"creators", "readers", "social consumers", "dormant"} <= found
     assert found & {"big spenders", "bargain hunters"}
+    # the run's personas page (written by default, in the current directory), as a browser shows it
+    page = shown(tmp_path / "personas.html")
+    assert sum(c.users for c in page.cards) == 240  # every user, in the segment of their last change
+    assert page.flows and page.scripts == 0 and page.fetches == []
 
 
 def readme_examples() -> list[str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,7 +16,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.helpers import poll_until
+from tests.browser import shown
+from tests.helpers import latest_changes, poll_until
 from worker import codec
 from worker.evaluation.engines import Outcome, encode, run_pipeline
 from worker.evaluation.run import sized
@@ -76,15 +79,47 @@ def test_a_split_is_announced_and_moves_the_members_it_concerns_at_once_saying_w
         produce(s.bootstrap_servers, s.input_topic, encode(events))
         poll_until(lambda: _moved_by_split(s), lambda seen: bool(seen[1]), 300, "members moved by a split")
         time.sleep(2.0)  # the sweep's changes go out in one round: all of it read
-        split, moved = _moved_by_split(s)
+        (tmp_path / "view.html").write_bytes(worker.get("/personas/view?window=28d", raw=True))
     finally:
         worker.stop()
+    split, moved = _moved_by_split(s)  # (read once the worker stopped: the report below reads the same)
     (source,) = [p["id"] for p in split["from"]]
     offshoots = {p["id"] for p in split["to"]} - {source}
     assert Counter(c["from_segment"] for c in moved) == Counter({source: len(moved)})
     # moved by the version that announced the split, or by a later one when the worker skipped it
     assert len({c["model_version"] for c in moved}) == 1 and moved[0]["model_version"] >= split["model_version"]
     assert {c["to_segment"] for c in moved} <= offshoots and len(moved) > 50
+    _the_page_shows_the_split(s, tmp_path, split, moved)
+
+
+def _the_page_shows_the_split(s: Settings, tmp_path: Path, split: dict[str, Any], moved: list[dict[str, Any]]) -> None:
+    """The personas page, as headless Chromium shows it: the worker's (``GET /personas/view``; it alone held every
+    partition) and the report's (``segment-worker report``, read from the topics): a card per persona of the model,
+    the split in the lifecycle, and the moves it made as the model-made part of the flows from the source."""
+    report = subprocess.run(
+        [sys.executable, "-m", "worker", "report", "-o", str(tmp_path / "report.html")],
+        env={**os.environ, **s.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "1 persona events" in report.stdout
+    final = latest_changes(read_all(s.bootstrap_servers, s.output_topic))
+    sizes = Counter(c["to_segment"] for c in final.values() if c["to_segment"])
+    source = split["from"][0]["id"]
+    for name in ("view.html", "report.html"):
+        page = shown(tmp_path / name, tmp_path / f"{name}.png")
+        assert page.scripts == 0 and page.fetches == [], name  # nothing to run or fetch: it works offline
+        assert {p["id"] for p in split["to"]} <= {c.segment for c in page.cards}, name
+        assert page.events == ["split"], name
+        by_model = Counter(c["to_segment"] for c in moved)
+        assert {t: page.flow(source, t, True) for t in by_model} == dict(by_model), name
+    report_page = shown(tmp_path / "report.html")
+    assert set(sizes) <= {c.segment for c in report_page.cards}
+    assert {c.segment: c.users for c in report_page.cards} == {  # the report counts every user's last change
+        c.segment: sizes[c.segment] for c in report_page.cards
+    }
 
 
 def _moved_by_split(s: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:

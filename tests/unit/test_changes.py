@@ -348,7 +348,7 @@ def test_an_erasure_deletes_the_user_with_one_final_change_and_a_fresh_profile_f
     assert final["changed_at"] == format_rfc3339(t_erase)
     assert final["source"] == {"topic": "erase-me", "partition": 0, "offset": 41}
     assert [(m[0], m[1], m[2]) for m in res.memberships] == [("u", "spenders", "exited")]
-    assert seg.counts["p2"] == 0 and ("p2", "none") in res.transitions
+    assert seg.counts["p2"] == 0 and ("p2", "none") in [t[:2] for t in res.transitions]
     assert len(res.samples) == len(res.sampled) and all(st is not None for st in res.sampled)
     assert all(b'"u"' not in sample for sample in res.samples)  # samples never name the user
     # again: nothing left to erase, nothing emitted

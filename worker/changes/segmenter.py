@@ -81,7 +81,8 @@ class BatchResult:
     processed: int = 0
     duplicates: int = 0
     partitions: set[int] = field(default_factory=set)
-    transitions: list[tuple[str, str]] = field(default_factory=list)  # (from or "none", to)
+    # per change: from and to ("none" for no segment), event time (ms), trigger
+    transitions: list[tuple[str, str, int, str]] = field(default_factory=list)
     # user id, segment, action, the segment-membership record
     memberships: list[tuple[str, str, str, bytes]] = field(default_factory=list)
     erased: set[str] = field(default_factory=set)  # users whose state is to be deleted (tombstones)
@@ -342,8 +343,7 @@ class Segmenter:
             if state.segment is not None:
                 before = state.segment
                 e = _Eval(uid, state, t, state.n, why, (rec.src_partition, rec.src_offset), rec.consumed_at)
-                res.changes.append((uid, self._emit(state.model_version, e, before, None, 1.0, []), rec.consumed_at))
-                res.transitions.append((before, "none"))
+                self._emit(res, state.model_version, e, before, None, 1.0, [])
             if state.rule_segments:
                 self._set_rule_segments(res, uid, state, t, [], {})
         wiped.add(uid)
@@ -368,9 +368,8 @@ class Segmenter:
         e = _Eval(uid, state, state.last_ts, state.n, "event", (rec.src_partition, rec.src_offset), rec.consumed_at)
         before = state.segment
         state.pending, state.pending_n = None, 0
-        res.changes.append((uid, self._emit(max(0, state.model_version), e, before, NEW, 1.0, []), rec.consumed_at))
+        self._emit(res, max(0, state.model_version), e, before, NEW, 1.0, [])
         self._remember(state, before, NEW, e, [])
-        res.transitions.append((before or "none", NEW))
 
     def _sample(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
         key = hashlib.blake2b(uid.encode("utf-8", "surrogatepass"), key=self._sample_key, digest_size=8).hexdigest()
@@ -553,9 +552,8 @@ class Segmenter:
                 (before, after), confidence = moved, margin[j]
                 from_index = ids.index(before) if before in ids else None
                 reasons = model_reasons(model, a.scaled[j], from_index, index[j])
-            res.changes.append((e.user_id, self._emit(version, e, before, after, confidence, reasons), e.consumed_at))
+            self._emit(res, version, e, before, after, confidence, reasons)
             self._remember(state, before, after, e, reasons)
-            res.transitions.append((before or "none", after))
 
     def _model_moves(
         self, e: _Eval, ids: tuple[str, ...], version: int, candidate: str, margin: float
@@ -572,13 +570,16 @@ class Segmenter:
 
     def _emit(
         self,
+        res: BatchResult,
         version: int,
         e: _Eval,
         before: str | None,
         after: str | None,
         margin: float,
         reasons: list[dict[str, Any]],
-    ) -> bytes:
+    ) -> None:
+        """The change record of ``e``'s move and its transition, into ``res``; the user's state and the counts
+        follow it."""
         state = e.state
         state.seq += 1
         state.segment = after
@@ -611,7 +612,8 @@ class Segmenter:
         }
         if e.trigger == "model_update":
             record["cause"] = e.cause.event_id if e.cause else None
-        return codec.dumps(record)
+        res.changes.append((e.user_id, codec.dumps(record), e.consumed_at))
+        res.transitions.append((before or "none", after or "none", e.t, e.trigger))
 
     def _check_rules(self, res: BatchResult, uid: str, state: UserState, t: int) -> None:
         """Custom segments: a membership event for each one the user enters or leaves as of event time ``t``."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from worker import codec
 from worker.broker import EmbeddedBroker, free_port
+from worker.cli import report as page
 from worker.evaluation.engines import Outcome, run_pipeline
 from worker.personas.registry import NEW, RESERVED
 from worker.process import metric_total
@@ -42,6 +43,7 @@ def demo(
     seed: int,
     timeout: float,
     json_out: str | None = None,
+    page_out: str | None = None,
 ) -> int:
     started = time.monotonic()
     deadline = started + timeout
@@ -64,6 +66,8 @@ def demo(
                 f"{switching} switch persona, {silent} go silent"
             )
             outcome = run_pipeline(s, pop.events, environ, work, broker.bootstrap, say, deadline, BAD_RECORDS_KEYED)
+            if page_out:  # what `segment-worker report` writes, from the run's topics (the broker goes with it)
+                say(page.report(s, page_out, None) + " (open it in a browser)")
     report = _report(pop, outcome, time.monotonic() - started)
     print(report["text"], flush=True)
     if json_out:

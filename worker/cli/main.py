@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="population seed")
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     demo.add_argument("--json", dest="json_out", default=None, help="also write the summary as JSON to FILE")
+    demo.add_argument(
+        "--page",
+        dest="page_out",
+        default="personas.html",
+        help="write the run's personas page (segment-worker report) to FILE; '' for none (default personas.html)",
+    )
     _add_settings_flags(demo, skip=("broker",))
 
     gen = sub.add_parser("generate", help="synthetic events with known personas, to JSONL or a topic")
@@ -79,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "in-process, and report which users would migrate differently",
     )
     rep.add_argument("--shadow-json", default=None, help="with --shadow: write the full comparison to FILE")
+    page = sub.add_parser("report", help="the personas page (cards, flows, lifecycle) of the group, as one HTML file")
+    page.add_argument("--output", "-o", default="personas.html", help="HTML file to write (default personas.html)")
+    page.add_argument(
+        "--window", default="all", help="flows over the last DURATION of event time (7d, 12h, ...; default all)"
+    )
+    _add_settings_flags(page)
     erase = sub.add_parser("erase", help="request the erasure of users (erasure-request.v1 on the erasure topic)")
     erase.add_argument("user_ids", nargs="+", metavar="USER_ID", help="raw user ids (pseudonymised by the worker)")
     erase.add_argument("--request-id", default=None, help="your reference, carried in each request")
@@ -124,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 seed=args.seed,
                 timeout=args.timeout,
                 json_out=args.json_out,
+                page_out=args.page_out or None,
             )
             sys.exit(code)
         elif args.command == "evaluate":
@@ -144,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             if not settings.trigger_rules:
                 raise ConfigError("triggers needs a rules file: --rules FILE or SEGMENT_WORKER_TRIGGER_RULES")
             serve(settings, load_rules(settings.trigger_rules))
+        elif args.command == "report":
+            from worker.cli.report import report
+
+            print(report(_settings(args, environ), args.output, args.window))
         elif args.command == "erase":
             from worker.cli.tools import erase_cmd
 

@@ -27,6 +27,7 @@ from worker.clustering import ModelSnapshot
 from worker.features import wire
 from worker.outbox import Outbox, Record
 from worker.personas.registry import small_personas
+from worker.personas.timeline import Timeline
 from worker.runtime import faust_internals as fi
 from worker.runtime.handoff import Fetched
 from worker.runtime.modelpin import META_MODEL, MODEL_KEY, ModelPin, recorded_version, slot_key
@@ -110,6 +111,7 @@ class Pipeline:
         self.encoder = OutputEncoder(topo.outputs, partition_of)
         self.streams = topo.stream_topics
         self.lock = asyncio.Lock()
+        self.timeline = Timeline()  # the moves this worker delivered since it started (the personas page)
         self._meta_keys = meta_keys(settings.partitions)
 
     async def handle(self, stream: str, batch: list[InputRecord]) -> None:
@@ -278,7 +280,7 @@ class Pipeline:
         states = [(uid, self.topo.stage(users, uid, wire.encode(state))) for uid, state in res.dirty.items()]
         states += [(uid, self.topo.stage(users, uid, None)) for uid in res.erased]  # tombstones: the user goes
         metas, durable_after = self._stage_positions(res.partitions.union(advanced))
-        delivered = _Delivered(outputs, res)
+        delivered = _Delivered(outputs, res, self.timeline)
         await self.outbox.add(outputs, states, metas, delivered, lambda: self.positions.stored(durable_after), seal)
         self._count(res)
 
@@ -327,9 +329,11 @@ class Pipeline:
 
 class _Delivered:
     """What a batch's delivered outputs are counted as: per topic, events settled, event→change latency and the
-    segment transitions (snapshotted from the batch, called by the outbox once the broker has them)."""
+    segment transitions, also into the timeline of moves (snapshotted from the batch, called by the outbox once the
+    broker has them)."""
 
-    def __init__(self, outputs: list[Record], res: BatchResult) -> None:
+    def __init__(self, outputs: list[Record], res: BatchResult, timeline: Timeline) -> None:
+        self.timeline = timeline
         self.per_topic = Counter(topic for topic, *_ in outputs)
         self.applied = res.processed
         self.consumed = [consumed_at for _, _, consumed_at in res.changes]
@@ -342,5 +346,6 @@ class _Delivered:
         now = time.monotonic()
         for consumed_at in self.consumed:
             metrics.EVENT_TO_CHANGE.observe(max(0.0, now - consumed_at))
-        for before, after in self.transitions:
+        for before, after, _, _ in self.transitions:
             metrics.SEGMENT_CHANGES.labels(before, after).inc()
+        self.timeline.add_all(self.transitions)

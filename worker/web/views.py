@@ -3,6 +3,7 @@ that serve them (:func:`register`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,12 @@ from faust.web.exceptions import ServiceUnavailable
 from worker import codec, metrics
 from worker.changes import Segmenter
 from worker.clustering import ModelSnapshot
+from worker.errors import ConfigError
 from worker.events.timefmt import format_rfc3339
 from worker.features.state import UserState, features_at
+from worker.personas import page
 from worker.personas.registry import RESERVED
+from worker.personas.timeline import Timeline
 from worker.runtime.modelpin import MODEL_SLOTS
 
 
@@ -128,6 +132,22 @@ class Sources:
     partition_of: Callable[[str], int]
     half_lives: Any  # the settings' half-lives, for users whose state predates learned ones
     kept_models: Callable[[], list[ModelSnapshot]]  # the model versions the group keeps (the models table's slots)
+    timeline: Timeline  # the moves this worker delivered since it started
+
+
+def personas_page(src: Sources, window: str | None, now_ms: int) -> str:
+    """``GET /personas/view``: the personas page (worker.personas.page) of this worker's partitions, its lifecycle
+    events those of the model versions the group keeps."""
+    seg = src.segmenter
+    scope = (
+        f"this worker: users of partitions {', '.join(map(str, sorted(src.owned))) or 'none'}, the moves it "
+        "delivered since it started (segment-worker report reads the whole group)"
+    )
+    events = [e for m in src.kept_models() for e in m.changes]
+    built = page.build(
+        seg.model, seg.counts, src.timeline, events, scope=scope, window_ms=page.window_ms(window), now_ms=now_ms
+    )
+    return page.render(built)
 
 
 def _json(view: View, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -140,7 +160,8 @@ def _retry_later(view: View, error: str, user_id: str) -> Response:
 
 
 def register(app: faust.App, src: Sources) -> None:
-    """The worker's pages: /metrics, /healthz, /readyz, /personas, /personas/history and /users/{user_id}."""
+    """The worker's pages: /metrics, /healthz, /readyz, /personas, /personas/history, /personas/view and
+    /users/{user_id}."""
     seg = src.segmenter
 
     @app.page("/metrics")
@@ -177,6 +198,15 @@ def register(app: faust.App, src: Sources) -> None:
     class History(View):
         async def get(self, request: Request) -> Response:
             return _json(self, history_document(src.kept_models()))
+
+    @app.page("/personas/view")
+    class PersonasPage(View):
+        async def get(self, request: Request) -> Response:
+            try:
+                html = personas_page(src, request.query.get("window"), int(time.time() * 1000))
+            except ConfigError as exc:
+                return _json(self, {"error": str(exc)}, status=400)
+            return self.bytes(html.encode(), content_type="text/html")  # the page says utf-8 itself
 
     @app.page("/users/{user_id}")
     async def user_view(web: View, request: Request, user_id: str) -> Response:
