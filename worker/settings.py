@@ -77,6 +77,10 @@ class Settings:
     notifications_topic: str = field(
         default="notifications", metadata={"help": "triggers: topic of notification records"}
     )
+    persona_notifications_topic: str = field(
+        default="persona-notifications",
+        metadata={"help": "triggers: topic of operators' alerts on persona events (when: {persona_event: ...})"},
+    )
     trigger_rules: str = field(default="", metadata={"help": "triggers: the rules file (YAML)"})
     triggers_web_port: int = field(default=6068, metadata={"help": "triggers: port of its /metrics"})
     webhook_url: str = field(

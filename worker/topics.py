@@ -94,6 +94,10 @@ def _single(name: str, role: str, compacted: bool = False, retention: float | No
     return TopicSpec(name, 1, False, role, _env("app_id"), compacted=compacted, retention=retention)
 
 
+def _persona_topic(s: Settings) -> TopicSpec:
+    return _any_count(s, s.persona_topic, "persona lifecycle events (written by the trainer)", "persona_topic")
+
+
 def worker_topics(s: Settings) -> tuple[TopicSpec, ...]:
     """Every topic ``segment-worker run`` reads or writes."""
     specs = [
@@ -106,7 +110,7 @@ def worker_topics(s: Settings) -> tuple[TopicSpec, ...]:
         _copartitioned(s, changelog(s, USERS_TABLE), "user states (changelog)", "app_id", compacted=True),
         _copartitioned(s, changelog(s, META_TABLE), "partition positions (changelog)", "app_id", compacted=True),
         _any_count(s, s.dlq_topic, "dead letters (written by key)", "dlq_topic"),
-        _any_count(s, s.persona_topic, "persona lifecycle events (written by the trainer)", "persona_topic"),
+        _persona_topic(s),
         _single(internal_topic(s, SAMPLES), "training samples (partition 0)", retention=SAMPLES_RETENTION),
         _single(changelog(s, MODELS_TABLE), "model snapshots (changelog, partition 0)", compacted=True),
         _single(internal_topic(s, LEADER), "Faust's leader election"),
@@ -118,9 +122,9 @@ def worker_topics(s: Settings) -> tuple[TopicSpec, ...]:
     return tuple(specs)
 
 
-def trigger_topics(s: Settings, goals: bool) -> tuple[TopicSpec, ...]:
+def trigger_topics(s: Settings, goals: bool, persona_events: bool = False) -> tuple[TopicSpec, ...]:
     """Every topic ``segment-worker triggers`` reads or writes (the input and re-routing topics when a campaign
-    has a goal)."""
+    has a goal; the persona-change topic and the operators' alerts when one alerts on persona events)."""
     specs = [
         _copartitioned(s, s.output_topic, "segment changes (read)", "output_topic"),
         _copartitioned(
@@ -135,6 +139,16 @@ def trigger_topics(s: Settings, goals: bool) -> tuple[TopicSpec, ...]:
             s, notifications_dlq_topic(s), "undeliverable notifications (written by key)", "notifications_topic"
         ),
     ]
+    if persona_events:
+        specs += [
+            _persona_topic(s),
+            _any_count(
+                s,
+                s.persona_notifications_topic,
+                "alerts on persona events (written by key)",
+                "persona_notifications_topic",
+            ),
+        ]
     if goals:
         specs += [
             _copartitioned(s, s.input_topic, "goal events (read)", "input_topic"),

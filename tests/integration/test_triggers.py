@@ -18,11 +18,13 @@ import yaml
 
 from tests.fakes import model_of
 from tests.helpers import poll_until, send_changes, service_setup, serving_metrics, start_service, wait_for_records
+from tests.unit.test_operators import events as persona_events
 from worker import codec
 from worker.broker import free_port
 from worker.changes.segmenter import change_id
 from worker.events.timefmt import format_rfc3339
 from worker.kafkaio import create_topics, produce, read_all
+from worker.personas.lifecycle import event_key
 from worker.process import WorkerProcess, metric_total
 from worker.runtime.modelpin import MODEL_KEY, changelog_key
 from worker.settings import Settings
@@ -32,6 +34,7 @@ from worker.triggers import Plan, TriggerState, parse_rules, plan
 pytestmark = pytest.mark.integration
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "notification.v1.json").read_text())
+PERSONA_SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "persona-notification.v1.json").read_text())
 RULES = """
 defaults:
   quiet_hours: {start: "22:00", end: "08:00"}
@@ -344,3 +347,53 @@ def test_rules_naming_a_persona_the_model_lacks_are_warned_and_counted(
     text = log.read_text()
     assert "campaign stale names 'p9', which is no persona of model v3" in text and "'p7'" in text
     assert "campaign by-id" not in text and "campaign by-name" not in text
+
+
+OPS_RULES = """
+campaigns:
+  - {name: ops-merges, when: {persona_event: [merged, retired]}, channel: slack}
+  - {name: ops-all-new, when: {persona_event: emerged}}
+  - {name: to-readers, when: {from: "*", to: readers}}
+"""
+
+
+def test_persona_events_alert_operators_started_before_any_persona_topic(
+    worker_settings: Settings, tmp_path: Path
+) -> None:
+    """The service first, on a broker without the persona topic (it creates it with the worker's spec); the
+    trainer's events arrive after, one of them twice and beside a record that is none: one alert per event and
+    campaign that asks for its kind (the same record again for the event announced again), schema-valid, naming
+    the rule left without its persona; the unreadable record dead-lettered, the service going on."""
+    app = worker_settings.app_id
+    s, rules_file = service_setup(
+        worker_settings,
+        tmp_path,
+        OPS_RULES,
+        persona_topic=f"{app}-personas",
+        persona_notifications_topic=f"{app}-persona-notifications",
+    )
+    service = start_service(s, rules_file, tmp_path / "triggers.log")
+    try:
+        poll_until(lambda: serving_metrics(service), lambda m: "segment_worker_triggers_users" in m, 30, "metrics")
+        merged, emerged = sorted(persona_events(), key=lambda e: e["kind"], reverse=True)
+        records = [(event_key(e).encode(), codec.dumps(e)) for e in (merged, emerged, merged)]
+        produce(s.bootstrap_servers, s.persona_topic, [*records, (b"p9", b"not a persona event")])
+        alerts = [
+            codec.loads(r.value)
+            for r in wait_for_records(s.bootstrap_servers, s.persona_notifications_topic, lambda rs: len(rs) >= 3, 60)
+        ]
+        dead = wait_for_records(s.bootstrap_servers, f"{s.notifications_topic}-dlq", lambda rs: len(rs) >= 1, 60)
+        metrics = service.metrics()
+    finally:
+        service.stop()
+    for alert in alerts:
+        jsonschema.validate(alert, PERSONA_SCHEMA)
+    assert Counter((a["campaign"], a["kind"]) for a in alerts) == {
+        ("ops-merges", "merged"): 2,
+        ("ops-all-new", "emerged"): 1,
+    }
+    first, again = [a for a in alerts if a["kind"] == "merged"]
+    assert first == again  # announced again: the same record (a sender dedupes by notification_id)
+    assert first["rules_naming_gone"] == [{"campaign": "to-readers", "segment": "readers"}]
+    assert [r.headers["dlq.reason"] for r in dead] == [b"invalid_persona_event"]
+    assert metrics["segment_worker_triggers_persona_notifications_total|campaign=ops-merges|kind=merged"] == 2

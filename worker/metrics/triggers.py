@@ -43,4 +43,10 @@ CAMPAIGN_CONVERSIONS = Gauge(
     ["campaign", "persona", "group"],
     registry=REGISTRY,
 )
+PERSONA_NOTIFICATIONS = Counter(
+    PREFIX + "persona_notifications",
+    "Alerts written on persona-change events (campaigns with when.persona_event).",
+    ["campaign", "kind"],
+    registry=REGISTRY,
+)
 GOAL_EVENTS = Counter(PREFIX + "goal_events", "User events of a campaign goal type read.", registry=REGISTRY)

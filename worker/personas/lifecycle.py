@@ -30,9 +30,10 @@ import numpy as np
 from worker.clustering.snapshot import Lineage, ModelSnapshot
 from worker.events.timefmt import format_rfc3339
 from worker.personas.reasons import model_reasons
+from worker.personas.registry import PERSONA_EVENTS
 
 SCHEMA = "persona-change.v1"
-KINDS = ("emerged", "split", "merged", "retired", "drifted", "renamed")
+KINDS = PERSONA_EVENTS
 MAIN_SHARE = 0.6  # the share of a persona's members that makes one other persona their source or their destination
 NEWCOMERS = 0.5  # a new id more than half of whose members began after their source persona emerged, not split
 

@@ -17,6 +17,8 @@ LAPSING = "lapsing"  # reserved id: users silent for part of that, on their way 
 NEW = "new"  # reserved id: a user from the first event until the model places them (below `min_events`)
 RESERVED = (NEW, LAPSING, DORMANT)  # segments that are not personas of a model: the same in every model
 QUIET = (LAPSING, DORMANT)  # the segments silence moves a user to
+# what a model update can do to a persona (persona-change.v1 `kind`; worker.personas.lifecycle)
+PERSONA_EVENTS = ("emerged", "split", "merged", "retired", "drifted", "renamed")
 
 
 SMALL_SHARE = 0.01  # a persona with fewer of the users placed in personas than this is small

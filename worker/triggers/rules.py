@@ -14,6 +14,9 @@
         cooldown: 7d                                   # per user and campaign
         holdout: 0.1                                   # share kept as control group, deterministic per user+campaign
         goal: {event_type: purchase, within: 7d}
+      - name: persona-retired
+        when: {persona_event: retired}                 # one or a list of the persona-change kinds: an operator
+        channel: ops                                   # alert per event (persona-notification.v1), no user
 
 A campaign may override ``quiet_hours`` and ``max_per_user_per_day``; ``quiet_hours: null`` disables them.
 ``when.trigger`` limits a campaign to changes of some causes (``segment-change.v1``'s ``trigger``); by default every
@@ -34,7 +37,7 @@ from typing import Any
 import yaml
 
 from worker.errors import ConfigError
-from worker.personas.registry import RESERVED
+from worker.personas.registry import PERSONA_EVENTS, RESERVED
 
 ANY = "*"
 # the causes of a change to a segment (segment-change.v1 `trigger`; a change to none, erased or consent withdrawn,
@@ -101,6 +104,8 @@ class Campaign:
     quiet_hours: QuietHours | None
     max_per_day: int | None  # None: no cap
     triggers: frozenset[str] = DEFAULT_TRIGGERS
+    # an operators' campaign: the persona-change kinds it alerts on (it never matches a user's change)
+    persona_events: frozenset[str] = frozenset()
 
     def matches(
         self,
@@ -111,7 +116,7 @@ class Campaign:
     ) -> bool:
         """Whether a change (from (id, name), to (id, name), caused by ``trigger``) is one this campaign reacts
         to; ``ancestry``: the current model's, for rules by lineage."""
-        if trigger not in self.triggers or not _names(self.to_segment, after, ancestry or {}):
+        if self.persona_events or trigger not in self.triggers or not _names(self.to_segment, after, ancestry or {}):
             return False
         if self.from_segment is None:
             return before[0] is None
@@ -123,9 +128,27 @@ class Rules:
     campaigns: tuple[Campaign, ...]
 
     @property
+    def persona_campaigns(self) -> tuple[Campaign, ...]:
+        """The campaigns that alert on persona-change events (``when: {persona_event: ...}``)."""
+        return tuple(c for c in self.campaigns if c.persona_events)
+
+    @property
     def by_lineage(self) -> bool:
         """Whether a campaign names a persona by lineage (and needs the current model's ancestry)."""
         return any(isinstance(seg, LineageOf) for c in self.campaigns for seg in (c.from_segment, c.to_segment))
+
+    def naming(self, personas: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """(campaign, segment) of each user campaign's ``from``/``to`` that names one of ``personas`` ((id, name)
+        pairs) by its id, its name or as the root of a lineage."""
+        ids = {pid for pid, _ in personas}
+        words = ids | {name for _, name in personas}
+        return [
+            (c.name, str(seg))
+            for c in self.campaigns
+            if not c.persona_events
+            for seg in (c.from_segment, c.to_segment)
+            if seg and (seg.root in ids if isinstance(seg, LineageOf) else seg in words)
+        ]
 
     def unknown_personas(
         self, ids: Sequence[str], names: Sequence[str], ancestry: Ancestry | None = None
@@ -200,6 +223,36 @@ def _triggers(raw: Any, where: str, problems: list[str]) -> frozenset[str]:
     return frozenset(named)
 
 
+def _persona_campaign(raw: dict[str, Any], name: str, where: str, problems: list[str]) -> Campaign:
+    """``when: {persona_event: <kind or list>}``: an alert per persona-change event of those kinds, for operators
+    (no user: none of a user campaign's quiet hours, caps, cooldown, holdout or goal applies)."""
+    for key in sorted(set(raw) - {"name", "when", "channel"}):
+        problems.append(f"{where}: {key!r} is for campaigns on users' changes, not on persona events")
+    when = raw["when"]
+    for key in sorted(set(when) - {"persona_event"}):
+        problems.append(f"{where}.when: {key!r} does not go with persona_event")
+    named = [when["persona_event"]] if isinstance(when["persona_event"], str) else when["persona_event"]
+    if not isinstance(named, list) or not named or any(k not in PERSONA_EVENTS for k in named):
+        problems.append(f"{where}.when.persona_event: expected one or a list of {', '.join(PERSONA_EVENTS)}")
+        named = list(PERSONA_EVENTS)
+    channel = raw.get("channel", "ops")
+    if not isinstance(channel, str) or not channel:
+        problems.append(f"{where}.channel: expected a name such as ops, email, webhook")
+    return Campaign(
+        name=name,
+        from_segment=ANY,
+        to_segment=ANY,
+        channel=str(channel),
+        cooldown_ms=0,
+        holdout=0.0,
+        goal=None,
+        quiet_hours=None,
+        max_per_day=None,
+        triggers=frozenset(),
+        persona_events=frozenset(named),
+    )
+
+
 def _unknown(raw: dict[str, Any], known: set[str], where: str, problems: list[str]) -> None:
     for key in sorted(set(raw) - known):
         problems.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -239,6 +292,9 @@ def parse_rules(doc: Any) -> Rules:
         names.add(name)
         where = f"campaign {name}"
         when = raw.get("when")
+        if isinstance(when, dict) and "persona_event" in when:
+            campaigns.append(_persona_campaign(raw, name, where, problems))
+            continue
         if not isinstance(when, dict) or "to" not in when or "from" not in when:
             problems.append(f"{where}.when: expected {{from: <persona, '*' or null>, to: <persona or '*'>}}")
             when = {"from": ANY, "to": ANY}

@@ -34,6 +34,7 @@ from worker.events.timefmt import parse_timestamp
 from worker.kafkasecurity import aiokafka_config
 from worker.metrics import triggers as metrics
 from worker.outbox import Record, deliver_all
+from worker.personas.lifecycle import event_key
 from worker.refetch import RangeReader
 from worker.routing import partitioner
 from worker.runtime.records import dead_letter_headers
@@ -41,6 +42,7 @@ from worker.settings import Settings
 from worker.topics import REROUTING, TRIGGERS_STATE, internal_topic, prepare_topics, trigger_topics
 from worker.topics import notifications_dlq_topic as dlq_topic
 from worker.triggers.effect import Tally
+from worker.triggers.operators import persona_notifications
 from worker.triggers.personas import PersonaCheck
 from worker.triggers.plan import Notification, TriggerState, observe_event, plan
 from worker.triggers.rules import Rules
@@ -58,6 +60,7 @@ class _Batch:
     dirty: dict[str, int] = field(default_factory=dict)  # users whose trigger state changed -> partition
     gone: dict[str, int] = field(default_factory=dict)  # users who left: their state is deleted
     dead: list[Record] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # persona-notification.v1 records (operators)
 
 
 def state_topic(s: Settings) -> str:
@@ -91,7 +94,7 @@ class TriggerService:
         s = self.settings
         # every topic read or written, before the group is joined: the state topic has the change topic's
         # partitioning; the input and re-routing topics (goal events) too
-        prepare_topics(s, trigger_topics(s, bool(self.goals)))
+        prepare_topics(s, trigger_topics(s, bool(self.goals), bool(self.rules.persona_campaigns)))
         producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=5, **aiokafka_config(s)
         )
@@ -108,6 +111,7 @@ class TriggerService:
         )
         await producer.start()
         topics = [s.output_topic, *([s.input_topic, self.by_user] if self.goals else [])]
+        topics += [s.persona_topic] if self.rules.persona_campaigns else []
         consumer.subscribe(topics, listener=_Listener(self))
         await consumer.start()
         try:
@@ -131,6 +135,9 @@ class TriggerService:
         if self.rules.by_lineage:
             await self.personas.at_least(_newest_model(batches, self.settings.output_topic))
         for tp, records in batches.items():
+            if tp.topic == self.settings.persona_topic:
+                self._persona_events(tp, records, batch)
+                continue
             if tp.topic != self.settings.output_topic:
                 self._events(tp, records, batch.dirty)
                 continue
@@ -177,17 +184,28 @@ class TriggerService:
         for campaign, reason in result.skipped:
             metrics.SKIPPED.labels(campaign, reason).inc()
 
-    def _invalid(self, tp: TopicPartition, r: Any, exc: Exception) -> Record:
+    def _persona_events(self, tp: TopicPartition, records: list[Any], batch: _Batch) -> None:
+        """Persona-change events: the operators' alerts of the campaigns that ask for their kind."""
+        for r in records:
+            try:
+                batch.alerts.extend(persona_notifications(codec.loads(r.value), self.rules))
+            except Exception as exc:  # not a persona event this version reads: dead-lettered, never a crash
+                batch.dead.append(self._invalid(tp, r, exc, "invalid_persona_event", "a persona-change event"))
+
+    def _invalid(
+        self, tp: TopicPartition, r: Any, exc: Exception, reason: str = "invalid_change", what: str = "a segment change"
+    ) -> Record:
         metrics.CHANGES.labels("invalid").inc()
         detail = f"{type(exc).__name__}: {exc}"[:200]
         log.warning(  # the problem, never the record: at most log_max_chars of it
-            "%s/%d/%d: not a segment change: %s",
+            "%s/%d/%d: not %s: %s",
             tp.topic,
             tp.partition,
             r.offset,
+            what,
             detail[: self.settings.log_max_chars],
         )
-        headers = dead_letter_headers("invalid_change", detail, tp.topic, tp.partition, r.offset)
+        headers = dead_letter_headers(reason, detail, tp.topic, tp.partition, r.offset)
         return (dlq_topic(self.settings), r.key, r.value or b"", None, headers)
 
     async def _notify(self, producer: AIOKafkaProducer, batch: _Batch) -> None:
@@ -198,19 +216,25 @@ class TriggerService:
             (s.notifications_topic, n.user_id.encode(), codec.dumps(n.to_record()), None, None)
             for n in batch.notifications
         ]
+        written += [
+            (s.persona_notifications_topic, event_key(a).encode(), codec.dumps(a), None, None) for a in batch.alerts
+        ]
         await _send_all(producer, [*written, *batch.dead])
         for n in batch.notifications:  # counted once written
             metrics.NOTIFICATIONS.labels(n.campaign, "holdout" if n.holdout else "treated").inc()
+        for a in batch.alerts:
+            metrics.PERSONA_NOTIFICATIONS.labels(a["campaign"], a["kind"]).inc()
         if self.sink is None:
             return
-        outcomes = await self.sink.deliver([n.to_record() for n in batch.notifications if not n.holdout])
+        posted = [n.to_record() for n in batch.notifications if not n.holdout] + batch.alerts
+        outcomes = await self.sink.deliver(posted)
         failed = [o for o in outcomes if not o.delivered]
         await _send_all(
             producer,
             (
                 (
                     dlq_topic(s),
-                    o.record["user_id"].encode(),
+                    (o.record.get("user_id") or event_key(o.record)).encode(),
                     codec.dumps(o.record),
                     None,
                     [("webhook.error", o.error.encode()), ("webhook.attempts", str(o.attempts).encode())],
