@@ -181,3 +181,28 @@ def test_a_persona_count_change_is_adopted_only_when_two_rechecks_in_a_row_call_
     adopted = tr._recheck()
     assert adopted is not None and adopted.version == 2
     assert adopted.persona_ids == (*first.persona_ids, "p3")
+
+
+def test_a_persona_no_recent_user_is_nearest_to_retires_at_the_next_update() -> None:
+    """An online update can leave a centroid where nobody is: once the window has enough samples to tell, the
+    next version drops it and announces it retired (not a live persona with no users)."""
+    s = Settings(warmup_samples=100, k_max=4, publish_every=50)
+    samples = population(300, 1_767_225_600_000 + 20 * DAY)
+    first = Trainer(s).add(samples[:100])
+    assert first is not None and len(first.persona_ids) == 2
+    far = first.centroids.max(0) + 50.0
+    ghost = dataclasses.replace(
+        first,
+        centroids=np.vstack([first.centroids, far]),
+        persona_ids=(*first.persona_ids, "p9"),
+        persona_names=(*first.persona_names, "nobody"),
+        next_persona=10,
+    )
+    tr = Trainer(s, ghost)
+    early = tr.add(samples[100:150])  # 50 samples in the window: too few to tell (20 per centroid)
+    assert early is not None and "p9" in early.persona_ids
+    later = tr.add(samples[150:200])
+    assert later is not None and later.persona_ids == first.persona_ids
+    assert [(e["kind"], [p["id"] for p in e["from"]], e["flows"]) for e in later.changes] == [("retired", ["p9"], [])]
+    after = tr.add(samples[200:250])  # the online model went on without it
+    assert after is not None and after.persona_ids == first.persona_ids and after.changes == ()

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from worker.clustering.batch import Fit, add_center, choose_k, fit_score, lloyd, subsample
+from worker.clustering.batch import Fit, add_center, choose_k, fit_score, lloyd, sq_distances, subsample
 from worker.clustering.online import OnlineModel, make_model
 from worker.clustering.snapshot import ModelSnapshot, ancestries, displacements
 from worker.clustering.weights import RELIABILITY_PAIRS, telling_weights, within_user_reliability
@@ -31,6 +31,7 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 # a stream too small to reach WARMUP_SAMPLES users is fitted once its samples span this many slowest half-lives
 LONG_WARMUP_HALF_LIVES = 4
+EMPTY_CHECK_SAMPLES = 20  # window samples per centroid before a centroid that holds none of them is retired
 
 
 class Trainer:
@@ -267,11 +268,29 @@ class Trainer:
             ids, next_number = match_ids(
                 cur.persona_ids, cur.centroids, centroids, self.settings.new_persona_distance, cur.next_persona
             )
+        keep = self._holding(centroids)
+        if keep is not None:  # a persona nobody in the window is nearest to retires (and is announced so)
+            log.info("model v%d: %s hold no recent user", cur.version + 1, sorted(set(ids) - {ids[j] for j in keep}))
+            centroids, ids = centroids[keep], [ids[j] for j in keep]
         snap = self._snapshot(
             cur.version + 1, cur.space, cur.mean, cur.scale, centroids, ids, next_number, self.seen, cur.k_scores
         )
         self.current = snap
+        if keep is not None:
+            self.resume(snap)  # the online model goes on without the empty centroids
         return snap
+
+    def _holding(self, centroids: np.ndarray) -> list[int] | None:
+        """The centroids some user of the recent window is nearest to, when others are not (None when every one
+        holds someone, the window is too short to tell, or dropping the empty ones would leave fewer than
+        ``k_min``). An online update can leave a centroid where nobody is any more: it is retired rather than
+        listed as a live persona with no users."""
+        k, n = len(centroids), self._window_len
+        if n < EMPTY_CHECK_SAMPLES * k:
+            return None
+        held = np.bincount(sq_distances(self.window[:n], centroids).argmin(1), minlength=k)
+        keep = [j for j in range(k) if held[j]]
+        return keep if max(1, self.settings.k_min) <= len(keep) < k else None
 
     def _recheck(self) -> ModelSnapshot | None:
         """Try one persona more and one fewer on the recent window, each refined from the current centroids;
