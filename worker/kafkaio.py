@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,12 @@ class Record:
 
 def read_all(bootstrap: str, topic: str, timeout: float = 30.0, security: Security = None) -> list[Record]:
     """Every record currently in ``topic`` (up to the end offsets at call time), without a consumer group."""
+    return list(read_each(bootstrap, topic, timeout, security))
+
+
+def read_each(bootstrap: str, topic: str, timeout: float = 30.0, security: Security = None) -> Iterator[Record]:
+    """The records of :func:`read_all` as they are fetched (each partition's in offset order), for a topic too
+    large to hold; ``timeout``: seconds without a record before it gives up (however long the whole read)."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -129,14 +135,13 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0, security: Securi
         end = true_end_offsets(consumer, tps)
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        out: list[Record] = []
         while any(consumer.position(tp) < end[tp] for tp in tps):
             if time.monotonic() > deadline:
                 raise BrokerError(f"timed out reading {topic}")
             for tp, msgs in consumer.poll(timeout_ms=500).items():
+                deadline = time.monotonic() + timeout
                 for m in msgs:
-                    out.append(Record(tp.partition, m.offset, m.key, m.value, {k: v for k, v in (m.headers or [])}))
-        return out
+                    yield Record(tp.partition, m.offset, m.key, m.value, {k: v for k, v in (m.headers or [])})
     finally:
         consumer.close()
 

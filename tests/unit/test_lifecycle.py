@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.fakes import MODEL_SPACE, model_of
+from tests.parallel import Key, submitted
 from worker.changes import InputRecord, Segmenter
 from worker.clustering.snapshot import Displacement, ModelSnapshot, displacements
 from worker.clustering.trainer import Trainer
@@ -24,6 +27,7 @@ from worker.settings import Settings
 from worker.synth.population import generate_world
 from worker.synth.scenarios import world
 
+Worlds = dict[Key, Future[list[ModelSnapshot]]]
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "persona-change.v1.json").read_text())
 DIM = MODEL_SPACE.dim
 DAY = 86_400_000
@@ -154,16 +158,35 @@ def test_lineage_survives_the_wire() -> None:
     assert lineage["p3"].since_version == 2 and lineage["p2"].since_version == 1
 
 
-def _trained(name: str, seed: int) -> list[ModelSnapshot]:
+def trained(name: str, seed: int) -> list[ModelSnapshot]:
+    """The snapshots of 28 days of world ``name`` (2,000 users) through the core engine (run in a child)."""
     settings = sized(Settings(), 2000)
     return run_core(settings, encode(generate_world(world(name, seed), 2000, 28, seed).events)).snapshots
 
 
+WORLD_OF = {  # the world each test that trains one runs (with its `seed`; the last test names its own)
+    "test_the_persona_that_appears_mid_stream_is_announced_once": "emerging",
+    "test_a_persona_whose_users_go_two_ways_is_announced_as_split": "split",
+}
+
+
+@pytest.fixture(scope="module")
+def worlds(request: pytest.FixtureRequest) -> Iterator[dict[Key, Future[list[ModelSnapshot]]]]:
+    """The worlds the selected tests train on, all at once, two at a time (each ~15 s alone)."""
+
+    def args(test: str, params: dict[str, Any]) -> Key | None:
+        name = params.get("name", WORLD_OF.get(test))
+        return None if name is None else (name, params["seed"])
+
+    with submitted(request, trained, args) as runs:
+        yield runs
+
+
 @pytest.mark.parametrize("seed", [1, 2])
-def test_the_persona_that_appears_mid_stream_is_announced_once(seed: int) -> None:
+def test_the_persona_that_appears_mid_stream_is_announced_once(seed: int, worlds: Worlds) -> None:
     """`emerging`: a fifth persona appears mid-stream with new users. The trainer announces it as emerged, once,
     with the users it drew from the other personas, and nothing else new or gone."""
-    snaps = _trained("emerging", seed)
+    snaps = worlds[("emerging", seed)].result()
     events = [e for snap in snaps for e in snap.changes if e["kind"] != "drifted"]
     assert [(e["kind"], len(e["to"])) for e in events] == [("emerged", 1)]
     emerged = events[0]
@@ -172,11 +195,11 @@ def test_the_persona_that_appears_mid_stream_is_announced_once(seed: int) -> Non
 
 
 @pytest.mark.parametrize("seed", [2, 3])
-def test_a_persona_whose_users_go_two_ways_is_announced_as_split(seed: int) -> None:
+def test_a_persona_whose_users_go_two_ways_is_announced_as_split(seed: int, worlds: Worlds) -> None:
     """`split`: half the users of the largest persona take up a new behaviour mid-stream. The trainer announces one
     split of that persona into itself and a new id, drawn from it alone. (Seed 1 draws a new behaviour close enough
     to another persona that its users just move there: no new persona, no event.)"""
-    snaps = _trained("split", seed)
+    snaps = worlds[("split", seed)].result()
     events = [e for snap in snaps for e in snap.changes]
     assert [(e["kind"], len(e["from"]), len(e["to"])) for e in events] == [("split", 1, 2)]
     (split,) = events
@@ -206,7 +229,7 @@ def test_a_split_among_versions_one_step_of_the_trainer_fits_is_announced_with_t
 
 
 @pytest.mark.parametrize(("name", "seed"), [("stable", 1), ("stable", 2), ("switching", 1)])
-def test_no_lifecycle_event_where_the_personas_stay(name: str, seed: int) -> None:
-    snaps = _trained(name, seed)
+def test_no_lifecycle_event_where_the_personas_stay(name: str, seed: int, worlds: Worlds) -> None:
+    snaps = worlds[(name, seed)].result()
     assert len(snaps) >= 8  # 28 days of model updates
     assert [e["kind"] for snap in snaps for e in snap.changes] == []

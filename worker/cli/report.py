@@ -18,7 +18,7 @@ from worker import codec
 from worker.clustering.snapshot import ModelSnapshot
 from worker.errors import TopicError
 from worker.events.timefmt import parse_timestamp
-from worker.kafkaio import read_all
+from worker.kafkaio import read_all, read_each
 from worker.kafkasecurity import kafka_python_config
 from worker.personas.page import build, render, window_ms
 from worker.personas.timeline import Timeline
@@ -51,7 +51,8 @@ class GroupView:
 
 
 def read_group(settings: Settings, timeout: float = 120.0) -> GroupView:
-    """The group's topics, each read to its end as of now."""
+    """The group's topics, each read to its end as of now (the changes as they come: a log of millions of users
+    is never held whole)."""
     models, personas, changes = changelog(settings, MODELS_TABLE), settings.persona_topic, settings.output_topic
     security = kafka_python_config(settings)
     admin = KafkaTopicAdmin(settings.bootstrap_servers, security)
@@ -72,8 +73,7 @@ def read_group(settings: Settings, timeout: float = 120.0) -> GroupView:
     if found[personas] is not None:
         events = read_all(settings.bootstrap_servers, personas, timeout, security)
         view.events = [codec.loads(r.value) for r in events if r.value]
-    records = read_all(settings.bootstrap_servers, changes, timeout, security)
-    for r in sorted(records, key=lambda r: (r.partition, r.offset)):  # a user's changes: one partition, in order
+    for r in read_each(settings.bootstrap_servers, changes, timeout, security):  # a user's: one partition, in order
         if r.value:
             view.add_change(codec.loads(r.value))
     return view
