@@ -14,10 +14,11 @@ from typing import Any
 
 import jsonschema
 from confluent_kafka.admin import AdminClient, ConfigResource
+from kafka import KafkaConsumer, TopicPartition
 
 from worker import codec
 from worker.broker import free_port
-from worker.kafkaio import Record, create_topics, produce, read_all
+from worker.kafkaio import Record, create_topics, produce, read_all, true_end_offsets
 from worker.process import WorkerProcess, metric_total
 from worker.settings import Settings
 from worker.topics import TopicSpec
@@ -38,6 +39,34 @@ def wait_for_records(
             return records
         assert time.monotonic() < deadline, f"{topic}: {what or 'condition'} not met; last saw {len(records)} records"
         time.sleep(1.0)
+
+
+class TopicTail:
+    """A topic read from its start and kept: each :meth:`read` fetches only what was added since the last one, up
+    to the end as of the call (as :func:`worker.kafkaio.read_all` would return, without reading it all again)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.ends = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+        self.reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+        parts = self.reader.partitions_for_topic(topic) or set()
+        assert parts, f"topic {topic} not found"
+        self.tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        self.reader.assign(self.tps)
+        self.reader.seek_to_beginning(*self.tps)
+        self.records: list[Record] = []
+
+    def read(self, timeout: float = 60.0) -> list[Record]:
+        end = true_end_offsets(self.ends, self.tps)
+        deadline = time.monotonic() + timeout
+        while any(self.reader.position(tp) < end[tp] for tp in self.tps):
+            assert time.monotonic() < deadline, f"timed out reading {self.tps[0].topic}"
+            for tp, msgs in self.reader.poll(timeout_ms=500).items():
+                self.records += [Record(tp.partition, m.offset, m.key, m.value, dict(m.headers or [])) for m in msgs]
+        return self.records
+
+    def close(self) -> None:
+        self.ends.close()
+        self.reader.close()
 
 
 def poll_until(get: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str) -> Any:

@@ -22,9 +22,9 @@ import pytest
 from confluent_kafka import Consumer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from tests.helpers import assert_topic_configs, holds_for, latest_changes, poll_until, wait_for_records
+from tests.helpers import TopicTail, assert_topic_configs, holds_for, latest_changes, poll_until, wait_for_records
 from worker import codec
-from worker.kafkaio import create_topics, partition_counts, read_all
+from worker.kafkaio import create_topics, partition_counts
 from worker.process import WorkerProcess, metric_total
 from worker.settings import Settings
 from worker.topics import worker_topics
@@ -154,10 +154,19 @@ def test_empty_broker_worker_first_then_a_plain_producer(bare_settings: Settings
     # every user the worker placed in a segment has a change chain ending there, and no one else has one (once the
     # first model is in use: its arrival places the waiting users, a burst of changes after the events)
     poll_until(lambda: worker.get("/personas")["model_version"], bool, 240, "a model in use")
+    changes = TopicTail(bootstrap, s.output_topic)  # each look reads what was added since the last (~70,000 in all)
+    try:
+        _changes_agree_with_the_api_and_a_third_party_client(s, worker, changes, users)
+    finally:
+        changes.close()
 
+
+def _changes_agree_with_the_api_and_a_third_party_client(
+    s: Settings, worker: Any, changes: TopicTail, users: set[str]
+) -> None:
     def settled() -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
         sizes = {k.split("segment=")[1]: v for k, v in worker.metrics().items() if "persona_users|" in k}
-        return sizes, latest_changes(read_all(bootstrap, s.output_topic))
+        return sizes, latest_changes(changes.read())
 
     def agree(found: tuple[dict[str, float], dict[str, dict[str, Any]]]) -> bool:
         sizes, last = found
@@ -172,7 +181,7 @@ def test_empty_broker_worker_first_then_a_plain_producer(bare_settings: Settings
         # the API first: a user's state is written after its changes, so a model update placing users again
         # (trigger model_update) can show in the topic before it shows in the API, never the other way round
         api = {uid: worker.get(f"/users/{uid}")["segment"] for uid in sample}
-        return api, latest_changes(read_all(bootstrap, s.output_topic))
+        return api, latest_changes(changes.read())
 
     poll_until(
         api_then_changes,
@@ -184,12 +193,9 @@ def test_empty_broker_worker_first_then_a_plain_producer(bare_settings: Settings
     # a third-party client (librdkafka) in a consumer group reads the same changes, keyed by user id (the worker
     # may still be writing: a later model update places users again, so each read is compared record by record
     # with what the topic held after it)
-    written = read_all(bootstrap, s.output_topic)
-    positions = {(r.partition, r.offset) for r in written}
-    seen = read_with_confluent(bootstrap, s.output_topic, f"{s.app_id}-confluent", positions)
-    after = {
-        (r.partition, r.offset): codec.loads(r.value or b"")["event_id"] for r in read_all(bootstrap, s.output_topic)
-    }
+    positions = {(r.partition, r.offset) for r in changes.read()}
+    seen = read_with_confluent(s.bootstrap_servers, s.output_topic, f"{s.app_id}-confluent", positions)
+    after = {(r.partition, r.offset): codec.loads(r.value or b"")["event_id"] for r in changes.read()}
     assert {(m.partition(), m.offset()): codec.loads(m.value())["event_id"] for m in seen}.items() <= after.items()
     read = [(m.partition(), m.offset()) for m in seen]
     assert positions <= set(read) and len(read) == len(set(read))  # all of them, each once

@@ -27,7 +27,7 @@ from worker.settings import Settings
 from worker.synth.population import generate_world
 from worker.synth.scenarios import world
 
-Worlds = dict[Key, Future[list[ModelSnapshot]]]
+Worlds = dict[Key, Future[Any]]
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "persona-change.v1.json").read_text())
 DIM = MODEL_SPACE.dim
 DAY = 86_400_000
@@ -164,21 +164,45 @@ def trained(name: str, seed: int) -> list[ModelSnapshot]:
     return run_core(settings, encode(generate_world(world(name, seed), 2000, 28, seed).events)).snapshots
 
 
-WORLD_OF = {  # the world each test that trains one runs (with its `seed`; the last test names its own)
+def handed_out_in_steps() -> list[tuple[int, list[tuple[str, int, int]]]]:
+    """The `split` world (seed 2, 2,000 users) folded by a trainer in steps of 8,000 samples, as its host does: the
+    versions handed out and their events (kind, version before, version) (run in a child)."""
+    settings = sized(Settings(), 2000)
+    records = encode(generate_world(world("split", 2), 2000, 28, 2).events)
+    segmenter = Segmenter(settings, {}, lambda _u: 0)
+    samples = []
+    for i in range(0, len(records), 2000):
+        batch = [InputRecord(v, k, 0, i + j, 0, i + j, 0.0) for j, (k, v) in enumerate(records[i : i + 2000])]
+        res = segmenter.process(batch, 2**62, 0.0)
+        segmenter.store.update(res.dirty)
+        samples += [sample for chunk in sample_chunks(res.samples) for sample in samples_in(chunk)]
+    trainer = Trainer(settings)
+    handed = [snap for i in range(0, len(samples), 8000) if (snap := trainer.add(samples[i : i + 8000]))]
+    return [
+        (s.version, [(e["kind"], e["model_version_before"], e["model_version"]) for e in s.changes]) for s in handed
+    ]
+
+
+JOBS = {  # the job of each test that trains (with its `seed`; the last test names its world)
     "test_the_persona_that_appears_mid_stream_is_announced_once": "emerging",
     "test_a_persona_whose_users_go_two_ways_is_announced_as_split": "split",
+    "test_no_lifecycle_event_where_the_personas_stay": "",
 }
+STEPS = (handed_out_in_steps,)
 
 
 @pytest.fixture(scope="module")
-def worlds(request: pytest.FixtureRequest) -> Iterator[dict[Key, Future[list[ModelSnapshot]]]]:
-    """The worlds the selected tests train on, all at once, two at a time (each ~15 s alone)."""
+def worlds(request: pytest.FixtureRequest) -> Iterator[dict[Key, Future[Any]]]:
+    """What the selected tests train, all at once, two at a time (each world ~15 s alone)."""
 
-    def args(test: str, params: dict[str, Any]) -> Key | None:
-        name = params.get("name", WORLD_OF.get(test))
-        return None if name is None else (name, params["seed"])
+    def job(test: str, params: dict[str, Any]) -> Key | None:
+        if test == "test_a_split_among_versions_one_step_of_the_trainer_fits_is_announced_with_the_version_handed_out":
+            return STEPS
+        if test not in JOBS:
+            return None
+        return (trained, params.get("name") or JOBS[test], params["seed"])
 
-    with submitted(request, trained, args) as runs:
+    with submitted(request, job) as runs:
         yield runs
 
 
@@ -186,7 +210,7 @@ def worlds(request: pytest.FixtureRequest) -> Iterator[dict[Key, Future[list[Mod
 def test_the_persona_that_appears_mid_stream_is_announced_once(seed: int, worlds: Worlds) -> None:
     """`emerging`: a fifth persona appears mid-stream with new users. The trainer announces it as emerged, once,
     with the users it drew from the other personas, and nothing else new or gone."""
-    snaps = worlds[("emerging", seed)].result()
+    snaps = worlds[(trained, "emerging", seed)].result()
     events = [e for snap in snaps for e in snap.changes if e["kind"] != "drifted"]
     assert [(e["kind"], len(e["to"])) for e in events] == [("emerged", 1)]
     emerged = events[0]
@@ -199,7 +223,7 @@ def test_a_persona_whose_users_go_two_ways_is_announced_as_split(seed: int, worl
     """`split`: half the users of the largest persona take up a new behaviour mid-stream. The trainer announces one
     split of that persona into itself and a new id, drawn from it alone. (Seed 1 draws a new behaviour close enough
     to another persona that its users just move there: no new persona, no event.)"""
-    snaps = worlds[("split", seed)].result()
+    snaps = worlds[(trained, "split", seed)].result()
     events = [e for snap in snaps for e in snap.changes]
     assert [(e["kind"], len(e["from"]), len(e["to"])) for e in events] == [("split", 1, 2)]
     (split,) = events
@@ -210,26 +234,18 @@ def test_a_persona_whose_users_go_two_ways_is_announced_as_split(seed: int, worl
     assert snaps[-1].ancestry == {offshoot: (source,)}  # a rule `{lineage: <source>}` follows the offshoot too
 
 
-def test_a_split_among_versions_one_step_of_the_trainer_fits_is_announced_with_the_version_handed_out() -> None:
+def test_a_split_among_versions_one_step_of_the_trainer_fits_is_announced_with_the_version_handed_out(
+    worlds: Worlds,
+) -> None:
     """The trainer's host folds up to 32,000 samples a step and publishes the newest version it fits: the events
     of that version compare it with the version published before (a split in a version in between was lost)."""
-    settings = sized(Settings(), 2000)
-    records = encode(generate_world(world("split", 2), 2000, 28, 2).events)
-    segmenter = Segmenter(settings, {}, lambda _u: 0)
-    samples = []
-    for i in range(0, len(records), 2000):
-        batch = [InputRecord(v, k, 0, i + j, 0, i + j, 0.0) for j, (k, v) in enumerate(records[i : i + 2000])]
-        res = segmenter.process(batch, 2**62, 0.0)
-        segmenter.store.update(res.dirty)
-        samples += [sample for chunk in sample_chunks(res.samples) for sample in samples_in(chunk)]
-    trainer = Trainer(settings)
-    handed = [snap for i in range(0, len(samples), 8000) if (snap := trainer.add(samples[i : i + 8000]))]
-    assert [snap.version for snap in handed] == [3, 7, 10]  # (versions 4-6 and 8-9 were fitted, never published)
-    assert [(e["kind"], e["model_version_before"], e["model_version"]) for e in handed[2].changes] == [("split", 7, 10)]
+    handed = worlds[STEPS].result()
+    assert [version for version, _ in handed] == [3, 7, 10]  # (versions 4-6 and 8-9 were fitted, never published)
+    assert handed[2][1] == [("split", 7, 10)]
 
 
 @pytest.mark.parametrize(("name", "seed"), [("stable", 1), ("stable", 2), ("switching", 1)])
 def test_no_lifecycle_event_where_the_personas_stay(name: str, seed: int, worlds: Worlds) -> None:
-    snaps = worlds[(name, seed)].result()
+    snaps = worlds[(trained, name, seed)].result()
     assert len(snaps) >= 8  # 28 days of model updates
     assert [e["kind"] for snap in snaps for e in snap.changes] == []
