@@ -33,6 +33,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.hypothesis_profile = "ci"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Two groups for pytest-xdist (``-n 2 --dist loadgroup`` in pyproject): the tests of the embedded broker on
+    one worker, one after another as always (worker processes, crash and rebalance timing), and the rest — pure
+    code, CPU-bound — on the other, at the same time: the suite fits its CI budget."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("broker" if "integration" in item.keywords else "core"))
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     seed = config.getoption("hypothesis_seed")
     return f"hypothesis seed {seed} (replay a failure: pytest --hypothesis-seed={seed})"
