@@ -212,6 +212,9 @@ def run_pipeline(
             total,
         )
         done = time.monotonic()
+        # and the trainer has learned every sample the stream gave it (its fits trail the stream, the more so on
+        # a busy machine): the models are those of all the data
+        m = _wait(worker, _trainer_caught_up, say, deadline, total)
         personas = worker.get("/personas")
     finally:
         worker.stop()
@@ -228,6 +231,11 @@ def run_pipeline(
         personas,
         {"metrics": m, "phase2_events": len(rest) + len(extra_records), "phase2_seconds": done - t2},
     )
+
+
+def _trainer_caught_up(m: dict[str, float]) -> bool:
+    sent = m.get("segment_worker_training_samples_sent_total", 0.0)
+    return m.get("segment_worker_training_samples_total", 0.0) >= sent
 
 
 def _wait(

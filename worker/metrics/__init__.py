@@ -53,6 +53,9 @@ PERSONA_CHANGES = Counter(
     PREFIX + "persona_changes", "Persona lifecycle events announced by the trainer (on the trainer worker).", ["kind"]
 )
 TRAINING_SAMPLES = Counter(PREFIX + "training_samples", "Samples learned by the trainer (on the trainer worker).")
+SAMPLES_SENT = Counter(
+    PREFIX + "training_samples_sent", "Training samples this worker sent to the trainer (acknowledged by the broker)."
+)
 RECORDS_REDELIVERED = Counter(
     PREFIX + "records_redelivered",
     "Records delivered again after they were applied, skipped by the partition's offset gate.",

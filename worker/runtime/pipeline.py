@@ -338,11 +338,13 @@ class _Delivered:
         self.applied = res.processed
         self.consumed = [consumed_at for _, _, consumed_at in res.changes]
         self.transitions = res.transitions
+        self.samples = len(res.samples)
 
     def __call__(self) -> None:
         for topic, count in self.per_topic.items():
             metrics.OUTPUTS_DELIVERED.labels(topic).inc(count)
         metrics.EVENTS_SETTLED.inc(self.applied)
+        metrics.SAMPLES_SENT.inc(self.samples)
         now = time.monotonic()
         for consumed_at in self.consumed:
             metrics.EVENT_TO_CHANGE.observe(max(0.0, now - consumed_at))
