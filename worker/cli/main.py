@@ -33,16 +33,7 @@ def _settings(args: argparse.Namespace, environ: dict[str, str], **defaults: Any
     return Settings.load(environ, {**defaults, **flags})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="segment-worker",
-        description="Streaming customer segmentation on Kafka: personas per user, segment-change events.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="run the worker against a Kafka cluster")
-    _add_settings_flags(run)
-
+def _add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="embedded broker + synthetic users + the worker, with a summary")
     demo.add_argument("--users", type=int, default=1000, help="synthetic users (default 1000)")
     demo.add_argument("--days", type=float, default=28.0, help="days of event time (default 28)")
@@ -57,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(demo, skip=("broker",))
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segment-worker",
+        description="Streaming customer segmentation on Kafka: personas per user, segment-change events.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the worker against a Kafka cluster")
+    _add_settings_flags(run)
+
+    _add_demo(sub)
     gen = sub.add_parser("generate", help="synthetic events with known personas, to JSONL or a topic")
     gen.add_argument("--users", type=int, default=1000)
     gen.add_argument("--days", type=float, default=28.0)
