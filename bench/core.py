@@ -1,6 +1,6 @@
 """Throughput of the pure core (Segmenter + Trainer) without Kafka: where the per-event Python time goes.
 
-python bench/core.py [--users 2000] [--days 28] [--repeat 5] [--profile]
+python bench/core.py [--users 2000] [--days 28] [--repeat 5] [--profile] [--interpreted]
 
 Prints the segmenter's events/s and a digest of the change ids in the order they were emitted: a change to the
 core that should not change its behaviour keeps the count and the digest. With ``--repeat N`` the segmenter runs
@@ -15,18 +15,24 @@ import cProfile
 import hashlib
 import pstats
 import time
+from typing import TYPE_CHECKING
 
-from worker import codec
-from worker.changes import InputRecord, Segmenter
-from worker.clustering.snapshot import ModelSnapshot
-from worker.clustering.trainer import Trainer
-from worker.features.state import UserState
-from worker.runtime.records import sample_chunks, samples_in
-from worker.settings import Settings
-from worker.synth import generate
+from worker import corebuild
+
+if TYPE_CHECKING:
+    from worker.clustering.snapshot import ModelSnapshot
+    from worker.features.state import UserState
 
 
 def run(users: int, days: float, batch: int, repeat: int) -> None:
+    # imported here: after main() chose the core's build
+    from worker import codec
+    from worker.changes import InputRecord, Segmenter
+    from worker.clustering.trainer import Trainer
+    from worker.runtime.records import sample_chunks, samples_in
+    from worker.settings import Settings
+    from worker.synth import generate
+
     s = Settings()
     pop = generate(users, days, seed=1)
     raw = [codec.dumps(e) for e in pop.events]
@@ -78,7 +84,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=1, help="segmenter passes (best time per batch counts)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--interpreted", action="store_true", help="the core interpreted even where it is compiled")
     a = ap.parse_args()
+    build = corebuild.activate(force_source=a.interpreted)
+    print(f"core: {build.label}" + (f" ({build.reason})" if build.reason else ""))
     if a.profile:
         prof = cProfile.Profile()
         prof.runcall(run, a.users, a.days, a.batch, a.repeat)

@@ -24,7 +24,7 @@ import faust
 from aiokafka.errors import ConsumerStoppedError
 from faust.types import TP
 
-from worker import codec, metrics
+from worker import codec, corebuild, metrics
 from worker.changes import Segmenter
 from worker.clustering import ModelSnapshot
 from worker.features import wire
@@ -57,6 +57,7 @@ AGENTS = ((INPUT, "ingest"), (BY_USER, "ingest-by-user"), (ERASURES, "erasures")
 
 def create_app(settings: Settings) -> faust.App:
     s = settings
+    _announce_core()
     # custom segments (rules on features), evaluated in the same pass as the personas; their own topic
     segment_rules = load_segment_rules(s.segment_rules, s.half_lives_ms) if s.segment_rules else ()
     topo = topology.build(s, with_memberships=bool(segment_rules))
@@ -102,6 +103,13 @@ def create_app(settings: Settings) -> faust.App:
         ),
     )
     return app
+
+
+def _announce_core() -> None:
+    build = corebuild.current()
+    metrics.CORE_BUILD.labels(build.label).set(1)
+    if not build.compiled:
+        log.warning("the per-event core runs interpreted, at about half the compiled throughput: %s", build.reason)
 
 
 def _kept_models(topo: topology.Topology) -> list[ModelSnapshot]:

@@ -70,6 +70,10 @@ class FeatureSpace:
         object.__setattr__(self, "_zeros", (0.0,) * len(self.half_lives_ms))
         object.__setattr__(self, "_in_vocabulary", frozenset(self.vocabulary))
 
+    def __reduce__(self) -> tuple[type[FeatureSpace], tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]]:
+        # pickled by its arguments: a compiled frozen class cannot take its fields back one by one
+        return FeatureSpace, (self.vocabulary, self.half_lives_ms, self.fixed)
+
     @property
     def dim(self) -> int:
         return len(self.names)

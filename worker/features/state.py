@@ -22,42 +22,46 @@ _KEYED = 4096  # source partitions whose fence key (the partition as a string) i
 _PARTITION_KEYS = [str(p) for p in range(_KEYED)]
 
 
+# the attributes of a state (a compiled core keeps them in fixed slots of its own)
+_SLOTS = (
+    "context",
+    "daypart",
+    "due",
+    "first_ts",
+    "half_lives",
+    "history",
+    "last_session",
+    "last_ts",
+    "max_gap",
+    "model_version",
+    "n",
+    "offsets",
+    "opted_out",
+    "origin",
+    "pending",
+    "pending_n",
+    "rates",
+    "ref_ts",
+    "rule_segments",
+    "rule_seq",
+    "segment",
+    "segment_since",
+    "seq",
+    "sessions",
+    "silence_step",
+    "source",
+    "spend",
+    "value_total",
+    "weekend",
+)
+
+
 class UserState:
     """Everything the worker keeps for one user (serialised with :meth:`to_fields`)."""
 
-    __slots__ = (
-        "context",
-        "daypart",
-        "due",
-        "first_ts",
-        "half_lives",
-        "history",
-        "last_session",
-        "last_ts",
-        "max_gap",
-        "model_version",
-        "n",
-        "offsets",
-        "opted_out",
-        "origin",
-        "pending",
-        "pending_n",
-        "rates",
-        "ref_ts",
-        "rule_segments",
-        "rule_seq",
-        "segment",
-        "segment_since",
-        "seq",
-        "sessions",
-        "silence_step",
-        "source",
-        "spend",
-        "value_total",
-        "weekend",
-    )
+    __slots__ = _SLOTS
 
-    def __init__(self, n_half_lives: int) -> None:
+    def __init__(self, n_half_lives: int = 0) -> None:
         self.n = 0  # events applied
         self.first_ts = 0
         self.last_ts = 0  # newest event time
@@ -106,16 +110,17 @@ class UserState:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> UserState:
-        state = cls.__new__(cls)
+        state = cls()
         missing = len(_FIELDS) - len(fields)
         if 0 < missing <= len(_ADDED):  # written before the newest fields existed
             fields = [*fields, *(default() for _, default in _ADDED[len(_ADDED) - missing :])]
+        half_lives = fields[_HALF_LIVES_AT] if len(fields) == len(_FIELDS) else None
+        if half_lives is not None:  # a JSON list; the attribute is a tuple (a compiled core checks)
+            fields = [*fields[:_HALF_LIVES_AT], tuple(half_lives), *fields[_HALF_LIVES_AT + 1 :]]
         for name, value in zip(_FIELDS, fields, strict=True):
             setattr(state, name, value)
         state.opted_out = False
         state.origin = state.origin or state.first_ts
-        if state.half_lives is not None:
-            state.half_lives = tuple(state.half_lives)
         return state
 
     # --- dedupe fence --------------------------------------------------------------------------------
@@ -148,9 +153,10 @@ _ADDED: tuple[tuple[str, Any], ...] = (
 )
 _NOT_WIRED = ("opted_out",)  # a marker has a form of its own
 _FIELDS = (
-    *(s for s in UserState.__slots__ if s not in dict(_ADDED) and s not in _NOT_WIRED),
+    *(s for s in _SLOTS if s not in dict(_ADDED) and s not in _NOT_WIRED),
     *(name for name, _ in _ADDED),
 )
+_HALF_LIVES_AT = _FIELDS.index("half_lives")
 
 
 def local_hour_weekday(ts: int, timezone: str | None) -> tuple[int, int]:

@@ -184,6 +184,9 @@ class EncodedStates(MutableMapping[str, UserState]):
     def __init__(self, data: MutableMapping[str, bytes]) -> None:
         self.data = data
 
+    def __reduce__(self) -> tuple[type[EncodedStates], tuple[MutableMapping[str, bytes]]]:
+        return EncodedStates, (self.data,)  # copied and pickled by its bytes (a compiled class has no other way)
+
     def __getitem__(self, user_id: str) -> UserState:
         return decode(self.data[user_id])
 
@@ -240,7 +243,7 @@ def _decode(buf: bytes) -> UserState:
     packed = _doubles(mask.bit_count()).unpack_from(buf, pos)
     pos += 8 * len(packed)
     floats = _spread(mask, count)((*packed, 0.0))
-    s = UserState.__new__(UserState)
+    s = UserState()
     s.n = s_n
     s.first_ts = first
     last = s.last_ts = first + d_last

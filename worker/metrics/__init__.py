@@ -32,6 +32,11 @@ CONSENT_WITHDRAWALS = Counter(
 EVENTS_EXCLUDED = Counter(
     PREFIX + "events_excluded", "Valid events of users without consent to segmentation, not applied."
 )
+CORE_BUILD = Gauge(
+    PREFIX + "core_build",
+    "1 for the build of the per-event core this process runs: compiled (mypyc) or python (interpreted).",
+    ["build"],
+)
 PERSONA_USERS = Gauge(PREFIX + "persona_users", "Users per persona on this worker's partitions.", ["segment"])
 SMALL_PERSONAS = Gauge(
     PREFIX + "small_personas", "Personas of the model in use holding under 1 % of this worker's users in a persona."
