@@ -157,6 +157,7 @@ def true_end_offsets(
     pending = {tp for tp in tps if reported[tp] > 0}
     if not pending:
         return ends
+    consumer.unsubscribe()  # a consumer used before keeps each partition's last high watermark through assign()
     consumer.assign(sorted(pending, key=lambda tp: (tp.topic, tp.partition)))
     for tp in pending:
         consumer.seek(tp, reported[tp] - 1)

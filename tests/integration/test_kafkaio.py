@@ -36,6 +36,16 @@ def test_reads_go_to_the_last_record_of_batches_longer_than_a_poll(broker: Embed
         assert max(r.offset for r in records if r.partition == p.partition) == end - 1
     # the worker's own reader (a restart pins its model up to these ends) agrees
     assert asyncio.run(_reader_ends(broker.bootstrap, topic)) == {tp.partition: end for tp, end in ends.items()}
+    # asked again after more records, the same consumer sees the new ends (not the high watermarks it saw before)
+    third = [(b"k%d" % (i % 7), b"c%d" % i) for i in range(900)]
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(3)]
+        assert sum(true_end_offsets(consumer, tps).values()) == len(first) + len(second)
+        produce(broker.bootstrap, topic, third)
+        assert sum(true_end_offsets(consumer, tps).values()) == len(first) + len(second) + len(third)
+    finally:
+        consumer.close()
 
 
 async def _reader_ends(bootstrap: str, topic: str) -> dict[int, int]:
