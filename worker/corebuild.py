@@ -37,6 +37,7 @@ CORE_MODULES: tuple[str, ...] = (
     "worker.features.state",
     "worker.features.watermark",
     "worker.features.wire",
+    "worker.runtime.records",
 )
 DIGEST_FILE = "_corebuild.json"  # in the package directory: {module: SHA-256 of the source compiled}
 ROOT = Path(__file__).resolve().parent.parent  # the directory holding the package

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.changes import InputRecord
-from worker.runtime.records import input_record
+from worker.runtime.records import input_records
 
 
 @dataclass(slots=True)
@@ -92,7 +92,5 @@ class Handoff:
             if f.generation != current:
                 stale(f.stream, len(f.records))
                 continue
-            batch = out.setdefault(f.stream, [])
-            s, p = f.stream, f.partition
-            batch.extend(input_record(s, p, r.offset, r.key, r.value, r.headers, n, now) for r in f.records)
+            out.setdefault(f.stream, []).extend(input_records(f.stream, f.records, n, now))
         return out

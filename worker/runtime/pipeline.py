@@ -33,7 +33,7 @@ from worker.runtime.handoff import Fetched
 from worker.runtime.modelpin import META_MODEL, MODEL_KEY, ModelPin, recorded_version, slot_key
 from worker.runtime.ownership import Ownership, meta_keys
 from worker.runtime.positions import Positions
-from worker.runtime.records import OutputEncoder, input_record
+from worker.runtime.records import OutputEncoder, input_records
 from worker.runtime.topology import Topology
 from worker.settings import Settings
 from worker.topics import TopicWatch
@@ -152,9 +152,7 @@ class Pipeline:
             await self._fill_holes(stream, batch, fetched, confirmed)
             now = time.monotonic()
             n = self.settings.partitions
-            batch.extend(
-                input_record(stream, r.partition, r.offset, r.key, r.value, r.headers, n, now) for r in fetched
-            )
+            batch.extend(input_records(stream, fetched, n, now))
             before = dict(gate.next)
             admitted = gate.admit(batch, confirmed)
             advanced = [p for p, position in gate.next.items() if before.get(p) != position]

@@ -43,6 +43,12 @@ def input_record(
     return InputRecord(value, key, partition, offset, src_p, src_o, now, kind)
 
 
+def input_records(stream: str, records: Iterable[Any], partitions: int, now: float) -> list[InputRecord]:
+    """:func:`input_record` of each fetched record (aiokafka's, or a :class:`worker.kafkaio.Record`), in one
+    call: the per-record loop runs inside the compiled core."""
+    return [input_record(stream, r.partition, r.offset, r.key, r.value, r.headers, partitions, now) for r in records]
+
+
 def dead_letter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> Headers:
     """Why a record was dead-lettered and where it came from (the dead-letter contract in README)."""
     return [

@@ -13,14 +13,15 @@ from worker.runtime.records import BY_USER, H_KIND, H_SRC_OFFSET, H_SRC_PARTITIO
 
 
 class Rec(NamedTuple):  # the fields of an aiokafka ConsumerRecord the hand-off reads
+    partition: int
     offset: int
     key: bytes | None
     value: bytes | None
     headers: Any
 
 
-def recs(start: int, count: int) -> list[Rec]:
-    return [Rec(o, b"k", b"v%d" % o, ()) for o in range(start, start + count)]
+def recs(partition: int, start: int, count: int) -> list[Rec]:
+    return [Rec(partition, o, b"k", b"v%d" % o, ()) for o in range(start, start + count)]
 
 
 def handoff(max_fetches: int = 8) -> Handoff:
@@ -30,9 +31,9 @@ def handoff(max_fetches: int = 8) -> Handoff:
 def test_consumed_topics_leave_the_fetch_and_the_rest_stays_for_faust() -> None:
     h = handoff()
     fetch: dict[Any, list[Any]] = {
-        TP("events", 0): recs(0, 3),
-        TP("app-training-samples", 0): recs(0, 1),
-        TP("app-by-user", 1): recs(5, 2),
+        TP("events", 0): recs(0, 0, 3),
+        TP("app-training-samples", 0): recs(0, 0, 1),
+        TP("app-by-user", 1): recs(1, 5, 2),
     }
 
     async def scenario() -> dict[str, Any]:
@@ -53,7 +54,7 @@ def test_consumed_topics_leave_the_fetch_and_the_rest_stays_for_faust() -> None:
 def test_headers_of_a_rerouted_erasure_survive_the_handoff() -> None:
     h = handoff()
     headers = [(H_SRC_PARTITION, b"1"), (H_SRC_OFFSET, b"42"), (H_KIND, b"erasure")]
-    fetch: dict[Any, list[Any]] = {TP("app-by-user", 0): [Rec(9, b"u", b"{}", headers)]}
+    fetch: dict[Any, list[Any]] = {TP("app-by-user", 0): [Rec(0, 9, b"u", b"{}", headers)]}
 
     async def scenario() -> Any:
         await h.take(fetch, generation=1)
@@ -68,8 +69,8 @@ def test_fetches_of_an_older_generation_are_dropped_and_counted() -> None:
     stale: Counter[str] = Counter()
 
     async def scenario() -> Any:
-        await h.take({TP("events", 0): recs(0, 4)}, generation=1)
-        await h.take({TP("events", 1): recs(0, 2)}, generation=2)
+        await h.take({TP("events", 0): recs(0, 0, 4)}, generation=1)
+        await h.take({TP("events", 1): recs(1, 0, 2)}, generation=2)
         return h.batches(await h.next(100, 0.0), 2, 0.0, lambda stream, n: stale.update({stream: n}))
 
     batches = asyncio.run(scenario())
@@ -82,7 +83,7 @@ def test_next_gathers_fetches_up_to_the_batch_size_within_the_window() -> None:
 
     async def scenario() -> list[int]:
         for i in range(4):
-            await h.take({TP("events", 0): recs(10 * i, 10)}, generation=0)
+            await h.take({TP("events", 0): recs(0, 10 * i, 10)}, generation=0)
         first = await h.next(max_records=15, window=0.0)  # two fetches reach 15
         rest = await h.next(max_records=100, window=0.0)  # the other two, none waited for
         late = asyncio.get_running_loop().call_later(0.05, lambda: h.queue.put_nowait([]))
@@ -97,8 +98,8 @@ def test_a_full_queue_holds_the_fetcher_until_the_pipeline_takes_one() -> None:
     h = handoff(max_fetches=1)
 
     async def scenario() -> tuple[bool, bool]:
-        await h.take({TP("events", 0): recs(0, 1)}, generation=0)
-        second = asyncio.create_task(h.take({TP("events", 0): recs(1, 1)}, generation=0))
+        await h.take({TP("events", 0): recs(0, 0, 1)}, generation=0)
+        second = asyncio.create_task(h.take({TP("events", 0): recs(0, 1, 1)}, generation=0))
         await asyncio.sleep(0.01)
         held = not second.done()
         await h.next(10, 0.0)
@@ -112,8 +113,8 @@ def test_revocation_clears_what_was_queued() -> None:
     h = handoff()
 
     async def scenario() -> dict[str, int]:
-        await h.take({TP("events", 0): recs(0, 3), TP("events", 1): recs(0, 2)}, generation=0)
-        await h.take({TP("app-by-user", 0): recs(0, 4)}, generation=0)
+        await h.take({TP("events", 0): recs(0, 0, 3), TP("events", 1): recs(1, 0, 2)}, generation=0)
+        await h.take({TP("app-by-user", 0): recs(0, 0, 4)}, generation=0)
         return dict(h.clear())
 
     assert asyncio.run(scenario()) == {INPUT: 5, BY_USER: 4}  # counted as held, per stream
