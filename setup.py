@@ -1,8 +1,8 @@
 """Build step beside pyproject.toml: the per-event core compiled with mypyc where it can be.
 
-The modules listed in ``worker/corebuild.py`` are compiled to C extensions (about twice the events per second of the
-same code interpreted). The pure-Python modules stay installed beside them and run wherever the compiled ones do not
-apply (``worker/corebuild.py`` decides at import). ``SEGMENT_WORKER_BUILD_CORE`` chooses:
+The modules listed in ``worker/corebuild.py`` are compiled to C extensions (1.6-1.7x the events per second of the
+same code interpreted, bench/core.py). The pure-Python modules stay installed beside them and run wherever the
+compiled ones do not apply (``worker/corebuild.py`` decides at import). ``SEGMENT_WORKER_BUILD_CORE`` chooses:
 
 - ``auto`` (default): compile; when that fails (no C compiler, no Python headers) install the interpreted core and
   say so in the build log;

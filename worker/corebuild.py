@@ -1,6 +1,6 @@
 """The per-event core, compiled or not: which build this process runs, and never a stale one.
 
-``setup.py`` compiles the modules of :data:`CORE_MODULES` with mypyc where a C compiler is at hand (about twice the
+``setup.py`` compiles the modules of :data:`CORE_MODULES` with mypyc where a C compiler is at hand (1.6-1.7x the
 events per second of the same code interpreted; see README "Performance") and records the SHA-256 of each source
 it compiled in :data:`DIGEST_FILE`. An editable install keeps the compiled files beside the sources, so after an
 edit the extension would run the code before it: :func:`activate` (called by ``worker/__init__``, before any core
