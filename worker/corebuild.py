@@ -74,8 +74,8 @@ class CoreBuild:
 def inspect(root: Path, modules: Sequence[str] = CORE_MODULES) -> CoreBuild:
     """The build the sources under ``root`` would run: compiled only if every module is, from its current source."""
     digests_path = root / "worker" / DIGEST_FILE
-    if not digests_path.exists():
-        return CoreBuild(False, "installed without compiling the core")
+    if not digests_path.exists() or not any(_compiled_file(source_path(root, m)) for m in modules):
+        return CoreBuild(False, "installed without compiling the core")  # a failed compile can leave its digests
     digests: dict[str, str] = json.loads(digests_path.read_bytes())
     for module in modules:
         source = source_path(root, module)

@@ -48,6 +48,8 @@ def test_a_missing_compiled_file_or_digest_file_means_the_interpreted_core(tmp_p
     root = _tree(tmp_path)
     corebuild.source_path(root, "pkg.fast").with_suffix(SO_SUFFIX).unlink()
     assert corebuild.inspect(root, MODULES).reason == "pkg.fast has no compiled file"
+    corebuild.source_path(root, "pkg.slow").with_suffix(SO_SUFFIX).unlink()  # a compile that failed left its digests
+    assert corebuild.inspect(root, MODULES) == corebuild.CoreBuild(False, "installed without compiling the core")
     (root / "worker" / corebuild.DIGEST_FILE).unlink()
     assert corebuild.inspect(root, MODULES) == corebuild.CoreBuild(False, "installed without compiling the core")
 
