@@ -30,8 +30,6 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from worker import codec
 from worker.changes.dormancy import DAY_MS, DEFAULT_TYPICAL_GAP_MS, Dormancy
 from worker.changes.hysteresis import decide, decide_model_update
@@ -102,7 +100,7 @@ class _Eval:
     source: tuple[int, int]
     consumed_at: float
     quiet: str | None = None  # a silence that moves the user to `lapsing` or `dormant`: the model is not asked
-    row: list[float] | None = None  # the user's raw feature vector, for the model (None for a quiet check)
+    row: bytes | None = None  # the user's raw feature vector (FeatureSpace.packed_row; None for a quiet check)
     cause: Displacement | None = None  # a model update's: the persona-change event and where it lets the user go
 
 
@@ -268,7 +266,7 @@ class Segmenter:
                     t = state.last_ts
                     source = (rec.src_partition, rec.src_offset)
                     evals.append(
-                        _Eval(uid, state, t, state.n, "event", source, rec.consumed_at, row=space.row(state, t))
+                        _Eval(uid, state, t, state.n, "event", source, rec.consumed_at, row=space.packed_row(state, t))
                     )
         self._close_part(res, evals, now_mono, wiped)
         return self._done(res)
@@ -439,7 +437,7 @@ class Segmenter:
         state.due = self.dormancy.next_check(state, 0)
         if state.due:
             self.silence.schedule(self.partition_of(uid), uid, state.due)
-        return _Eval(uid, state, t, state.n, "event", source, now_mono, row=model.space.row(state, t))
+        return _Eval(uid, state, t, state.n, "event", source, now_mono, row=model.space.packed_row(state, t))
 
     def _placed_again(
         self, uid: str, model: ModelSnapshot, cause: Displacement, owned: set[int], now_mono: float
@@ -456,7 +454,7 @@ class Segmenter:
         t = max(state.last_ts, min(model.as_of_ms, state.due) if state.due else model.as_of_ms)
         source = (state.source[0], state.source[1])
         e = _Eval(uid, state, t, state.n, "model_update", source, now_mono, cause=cause)
-        e.row = model.space.row(state, t)
+        e.row = model.space.packed_row(state, t)
         return e
 
     def _want_sample(self, n: int) -> bool:
@@ -501,7 +499,7 @@ class Segmenter:
         self._sample(res, uid, state, t)  # (a quiet user's faded state is no persona to learn)
         if self.model is None:
             return None
-        e.row = self.model.space.row(state, t)
+        e.row = self.model.space.packed_row(state, t)
         return e
 
     def _quiet_segment(self, state: UserState, silence_ms: int) -> str | None:
@@ -519,7 +517,7 @@ class Segmenter:
         rows = [e.row for e in evals if e.row is not None]
         if rows:
             assert model is not None
-            a = model.assign(model.space.transform(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)))
+            a = model.assign(model.space.model_units(rows))
             index, margin = a.index.tolist(), a.margin.tolist()
         ids = model.persona_ids if model is not None else ()
         version = model.version if model is not None else 0

@@ -85,7 +85,7 @@ class Trainer:
         """Learn from ``(user_id, state, evaluated_at)`` samples; returns a new snapshot when one is due (the newest
         when they make several versions: its lifecycle events compare it with the snapshot handed out before)."""
         published: ModelSnapshot | None = None
-        rows: list[list[float]] = []
+        rows: list[bytes] = []  # FeatureSpace.packed_row
         origins: list[int] = []
         provisional = self.settings.half_lives_ms
         for uid, state, t in samples:
@@ -101,7 +101,7 @@ class Trainer:
                 continue
             space = self.current.space
             to_scale(state, provisional, space.half_lives_ms)  # sent by a worker that had no model yet
-            rows.append(space.row(state, t))
+            rows.append(space.packed_row(state, t))
             origins.append(state.origin or state.first_ts)
         if rows:
             published = self._learn(rows, origins) or published
@@ -109,11 +109,11 @@ class Trainer:
             self.handed_out = published
         return published
 
-    def _learn(self, rows: list[list[float]], origins: list[int]) -> ModelSnapshot | None:
+    def _learn(self, rows: list[bytes], origins: list[int]) -> ModelSnapshot | None:
         s = self.settings
         snap = self.current
         assert snap is not None and self.model is not None
-        x = snap.space.transform(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1))
+        x = snap.space.model_units(rows)
         xs = (x - snap.mean) / snap.scale
         published = None
         i = 0

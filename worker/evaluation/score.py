@@ -54,7 +54,7 @@ TARGETS: dict[str, tuple[str, float]] = {
 class _Replay:
     """Each user's raw feature rows at the event times asked for."""
 
-    rows: dict[tuple[str, int], list[float]]
+    rows: dict[tuple[str, int], bytes]  # FeatureSpace.packed_row
     events: dict[str, list[int]]  # event times per user, sorted
 
 
@@ -63,7 +63,7 @@ def _replay(pop: Population, s: Settings, snap: ModelSnapshot, queries: Mapping[
     by_user: dict[str, list[Any]] = defaultdict(list)
     for e in pop.events:
         by_user[e["user_id"]].append(parser.parse(codec.dumps(e), 2**62))
-    rows: dict[tuple[str, int], list[float]] = {}
+    rows: dict[tuple[str, int], bytes] = {}
     times: dict[str, list[int]] = {}
     gap = int(s.session_gap_seconds * 1000)
     for uid, evs in by_user.items():
@@ -76,12 +76,12 @@ def _replay(pop: Population, s: Settings, snap: ModelSnapshot, queries: Mapping[
             while i < len(evs) and evs[i].ts <= t:
                 apply_event(state, evs[i], snap.space.half_lives_ms, s.max_types_per_user, gap)
                 i += 1
-            rows[uid, t] = snap.space.row(state, t)
+            rows[uid, t] = snap.space.packed_row(state, t)
     return _Replay(rows, times)
 
 
-def _scaled(snap: ModelSnapshot, rows: Sequence[list[float]]) -> np.ndarray:
-    x = snap.space.transform(np.asarray(rows, dtype=np.float64).reshape(len(rows), snap.space.dim))
+def _scaled(snap: ModelSnapshot, rows: Sequence[bytes]) -> np.ndarray:
+    x = snap.space.model_units(rows)
     out: np.ndarray = (x - snap.mean) / snap.scale
     return out
 
