@@ -29,11 +29,13 @@ def run(users: int, days: float, batch: int, repeat: int) -> None:
     from worker import codec
     from worker.changes import InputRecord, Segmenter
     from worker.clustering.trainer import Trainer
+    from worker.runtime.fitting import limit_blas
     from worker.runtime.records import sample_chunks, samples_in
     from worker.settings import Settings
     from worker.synth import generate
 
     s = Settings()
+    limit_blas(s.blas_threads)  # as the worker runs (an idle BLAS thread spinning beside it was 15 % of a profile)
     pop = generate(users, days, seed=1)
     raw = [codec.dumps(e) for e in pop.events]
     batches = [
