@@ -9,6 +9,7 @@ import numpy as np
 
 from worker.clustering.snapshot import ModelSnapshot
 from worker.features.space import FeatureSpace
+from worker.producing import Record
 from worker.runtime.ownership import Ownership
 
 
@@ -34,6 +35,11 @@ class FakeProducer:
         else:
             self.waiting.append((fut, (topic, value)))
         return fut
+
+    async def send_all(self, records: list[Record]) -> list[Any]:
+        """Every record sent, then each delivery awaited (the outbox's interface, as the worker's BatchSender)."""
+        futures = [await self.send(*r) for r in records]
+        return list(await asyncio.gather(*futures))
 
     def release(self) -> None:
         for fut, rec in self.waiting:

@@ -30,8 +30,9 @@ from worker.clustering import ModelSnapshot
 from worker.features import wire
 from worker.kafkasecurity import aiokafka_config, kafka_python_config
 from worker.localstore import LocalStore
-from worker.outbox import Outbox, Record
+from worker.outbox import Outbox
 from worker.personas.lifecycle import event_key
+from worker.producing import Record
 from worker.refetch import RangeReader
 from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
@@ -131,7 +132,9 @@ def _outbox(topo: topology.Topology, local: LocalStore | None) -> Outbox:
             )
 
     outbox = Outbox(
-        topo.send, on_round=lambda seconds, _records: metrics.OUTBOX_ROUND_SECONDS.observe(seconds), on_stored=stored
+        topo.send_all,
+        on_round=lambda seconds, _records: metrics.OUTBOX_ROUND_SECONDS.observe(seconds),
+        on_stored=stored,
     )
     metrics.OUTBOX_PENDING.set_function(lambda: outbox.pending)
     return outbox
@@ -169,8 +172,7 @@ def _trainer(s: Settings, topo: topology.Topology, changelog: ChangelogReader, s
         await fi.commit_offsets(topo.app.consumer, {samples_tp: offset})
 
     async def announce(events: tuple[dict[str, Any], ...]) -> None:
-        sent = [await topo.send(topo.personas, event_key(e).encode(), codec.dumps(e), None, None) for e in events]
-        await asyncio.gather(*sent)
+        await topo.send_all([(topo.personas, event_key(e).encode(), codec.dumps(e), None, None) for e in events])
 
     return TrainerHost(s, sampler, topo.samples_topic, newest_model, publish, commit, announce)
 

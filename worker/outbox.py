@@ -19,7 +19,7 @@ output whose state did not land. A round's callbacks run after it is delivered (
 latency is observed after its outputs), and ``on_stored`` gets the round's states and positions with what the
 broker answered for each (the local state store keeps what the changelog holds).
 
-Pure asyncio around a ``send`` coroutine; no Faust.
+Pure asyncio around a ``send_all`` coroutine (:class:`worker.producing.BatchSender` in the worker); no Faust.
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# (topic, key, value (None: a tombstone), partition, headers)
-Record = tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]
-Send = Callable[
-    [str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None], Awaitable[Awaitable[Any]]
-]
+from worker.producing import Record
+
+# sends the records and returns each one's answer from the broker, in order, once every one is delivered
+SendAll = Callable[[list[Record]], Awaitable[Sequence[Any]]]
 
 
 @dataclass(slots=True)
@@ -60,12 +59,12 @@ class _Round:
 class Outbox:
     def __init__(
         self,
-        send: Send,
+        send_all: SendAll,
         max_pending: int = 50_000,
         on_round: Callable[[float, int], None] | None = None,
         on_stored: Callable[[list[tuple[Record, Any]]], None] | None = None,
     ) -> None:
-        self._send = send
+        self._send_all = send_all
         self._max_pending = max_pending
         self._on_round = on_round  # (seconds, records) of each delivered round
         self._on_stored = on_stored  # (record, the send's result) of each delivered state and position
@@ -173,17 +172,11 @@ class Outbox:
                 self._changed.notify_all()
 
     async def _deliver(self, records: Iterable[Record]) -> list[tuple[Record, Any]]:
-        return await deliver_all(self._send, records)
+        sent = list(records)
+        if not sent:
+            return []
+        return list(zip(sent, await self._send_all(sent), strict=True))
 
     def _raise(self) -> None:
         if self._error is not None:
             raise RuntimeError("segment-worker outbox: a delivery failed") from self._error
-
-
-async def deliver_all(send: Send, records: Iterable[Record]) -> list[tuple[Record, Any]]:
-    """Send records and wait until every one is delivered; returns each with the broker's answer."""
-    sent = list(records)
-    futures = [await send(*rec) for rec in sent]
-    if not futures:
-        return []
-    return list(zip(sent, await asyncio.gather(*futures), strict=True))

@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 
 from tests.fakes import FakeProducer
-from worker.outbox import Outbox, Record
+from worker.outbox import Outbox
+from worker.producing import Record
 
 
 def rec(topic: str, value: str) -> Record:
@@ -26,7 +27,7 @@ async def settle() -> None:
 def test_each_kind_is_delivered_before_the_next_is_sent() -> None:
     async def scenario() -> list[tuple[str, bytes]]:
         prod = FakeProducer(auto=False)
-        box = Outbox(prod.send)
+        box = Outbox(prod.send_all)
         task = asyncio.create_task(box.run())
         await box.add([rec("out", "c1")], [("u1", rec("state", "s1"))], [(0, rec("pos", "p1"))])
         await settle()
@@ -50,7 +51,7 @@ def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key(
         sizes: list[int] = []
         stored: list[list[tuple[bytes, int]]] = []
         box = Outbox(
-            prod.send,
+            prod.send_all,
             on_round=lambda seconds, records: sizes.append(records),
             on_stored=lambda pairs: stored.append([(r[2], answer) for r, answer in pairs]),
         )
@@ -90,7 +91,7 @@ def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key(
 def test_a_round_s_outputs_go_out_while_the_round_before_delivers_its_states() -> None:
     async def scenario() -> None:
         prod = FakeProducer(auto=False)
-        box = Outbox(prod.send)
+        box = Outbox(prod.send_all)
         task = asyncio.create_task(box.run())
         await box.add([rec("out", "a")], [("u", rec("state", "u@a"))], [(0, rec("pos", "a"))])
         await settle()
@@ -116,7 +117,7 @@ def test_a_round_s_outputs_go_out_while_the_round_before_delivers_its_states() -
 def test_a_sealed_round_is_wholly_delivered_before_anything_added_after_it() -> None:
     async def scenario() -> None:
         prod = FakeProducer(auto=False)
-        box = Outbox(prod.send)
+        box = Outbox(prod.send_all)
         task = asyncio.create_task(box.run())
         await box.add([rec("out", "a")], [("u", rec("state", "u@a"))])
         await box.add([], [], [(0, rec("pos", "model 2"))], seal=True)  # one round with a: queued together
@@ -140,7 +141,7 @@ def test_a_failed_delivery_stops_the_loop_and_is_raised_to_producers_and_drainer
     async def scenario() -> None:
         prod = FakeProducer()
         prod.fail_on = b"bad"
-        box = Outbox(prod.send)
+        box = Outbox(prod.send_all)
         task = asyncio.create_task(box.run())
         done: list[str] = []
         await box.add([rec("out", "bad")], [("u", rec("state", "s"))], after_all=lambda: done.append("x"))
@@ -158,7 +159,7 @@ def test_a_failed_delivery_stops_the_loop_and_is_raised_to_producers_and_drainer
 def test_back_pressure_holds_producers_while_too_much_is_queued() -> None:
     async def scenario() -> None:
         prod = FakeProducer(auto=False)
-        box = Outbox(prod.send, max_pending=3)
+        box = Outbox(prod.send_all, max_pending=3)
         task = asyncio.create_task(box.run())
         await box.add([rec("out", "1")])
         await settle()  # taken as round 1, awaiting delivery

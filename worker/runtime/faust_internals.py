@@ -13,6 +13,7 @@ requires). What each use relies on:
   generation; ``Consumer._new_consumer_thread`` builds the ``AIOKafkaConsumerThread`` whose ``_create_consumer``
   returns the aiokafka consumer before it starts, and aiokafka's ``AIOKafkaConsumer._fetch_max_wait_ms`` is what
   its ``start()`` gives the fetcher (:func:`fetch_handoff`);
+- ``Producer._ensure_producer()``: the aiokafka producer the app's producer runs (:func:`kafka_producer`);
 - ``Consumer._commit_offsets`` (positions the worker keeps itself, committed without Faust's acknowledgement
   tracking), ``on_buffer_drop`` and the ``_buffered_partitions``/``_paused_partitions`` sets (a partition left out
   of fetching after a full stream buffer).
@@ -24,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
@@ -63,6 +65,13 @@ class SelfRecoveredTable(KeyRoutedTable):
 class SinglePartitionGlobalTable(faust.GlobalTable):  # type: ignore[misc]
     def partition_for_key(self, key: Any) -> int:
         return 0
+
+
+def kafka_producer(app: Any) -> AIOKafkaProducer:
+    """The aiokafka producer under the app's Faust producer (started with it), for its batch API
+    (:class:`worker.producing.BatchSender`)."""
+    producer: AIOKafkaProducer = app.producer._ensure_producer()
+    return producer
 
 
 def values(table: Any) -> dict[Any, bytes]:

@@ -25,9 +25,10 @@ from worker import codec, metrics
 from worker.changes import BatchResult, InputRecord, Segmenter
 from worker.clustering import ModelSnapshot
 from worker.features import wire
-from worker.outbox import Outbox, Record
+from worker.outbox import Outbox
 from worker.personas.registry import small_personas
 from worker.personas.timeline import Timeline
+from worker.producing import Record
 from worker.runtime import faust_internals as fi
 from worker.runtime.handoff import Fetched
 from worker.runtime.modelpin import META_MODEL, MODEL_KEY, ModelPin, recorded_version, slot_key

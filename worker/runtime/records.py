@@ -11,7 +11,7 @@ from typing import Any
 from worker import codec
 from worker.changes import BatchResult, InputRecord
 from worker.features.state import UserState
-from worker.outbox import Record
+from worker.producing import Record
 
 # a re-routed record names where it first arrived (its offset fence) and, for an erasure request, its kind
 H_SRC_PARTITION = "sw.src.partition"

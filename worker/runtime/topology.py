@@ -13,7 +13,7 @@ from typing import Any
 import faust
 
 from worker.kafkasecurity import faust_credentials
-from worker.outbox import Record
+from worker.producing import BatchSender, Record
 from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
 from worker.runtime.handoff import Handoff
@@ -106,6 +106,7 @@ class Topology:
     outputs: OutputTopics
     handoff: Handoff  # the consumed streams' fetches, past Faust's streams
     personas: str  # the persona lifecycle events (persona-change.v1), written by the member that trains
+    send_all: BatchSender  # records to the app's producer in batches, each answered with where it landed
 
     @property
     def stream_topics(self) -> dict[str, str]:
@@ -116,15 +117,9 @@ class Topology:
         name: str = self.samples.get_topic_name()
         return name
 
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, headers: Any
-    ) -> Any:
-        """Hand one record to the producer; returns the delivery future."""
-        return await self.app.producer.send(topic, key, value, partition, None, headers)
-
     async def put(self, table: Any, key: str, value: bytes) -> None:
         """Set a table key and wait until its changelog record is delivered."""
-        await (await self.send(*self.stage(table, key, value)))
+        await self.send_all([self.stage(table, key, value)])
 
     def stage(self, table: Any, key: str, value: bytes | None) -> Record:
         """Set a table key in memory (``None``: delete it) and return its changelog record (a tombstone for a
@@ -173,4 +168,5 @@ def build(s: Settings, with_memberships: bool) -> Topology:
     handoff = Handoff({stream: topic.get_topic_name() for stream, topic in streams.items()}, n)
     app.transport.Consumer = fi.fetch_handoff(app.transport.Consumer, handoff, s.fetch_max_wait_ms)
     personas = _raw_topic(app, s.persona_topic, n).get_topic_name()
-    return Topology(app, streams, samples, users, part_meta, models, outputs, handoff, personas)
+    sender = BatchSender(lambda: fi.kafka_producer(app))
+    return Topology(app, streams, samples, users, part_meta, models, outputs, handoff, personas, sender)

@@ -33,8 +33,8 @@ from worker.events.pseudonym import pseudonymizer
 from worker.events.timefmt import parse_timestamp
 from worker.kafkasecurity import aiokafka_config
 from worker.metrics import triggers as metrics
-from worker.outbox import Record, deliver_all
 from worker.personas.lifecycle import event_key
+from worker.producing import BatchSender, Record
 from worker.refetch import RangeReader
 from worker.routing import partitioner
 from worker.runtime.records import dead_letter_headers
@@ -342,11 +342,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 async def _send_all(producer: AIOKafkaProducer, records: Iterable[Record]) -> None:
     """Send and wait until every record is acknowledged (a ``None`` value is a tombstone)."""
-
-    async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None, headers: Any) -> Any:
-        return await producer.send(topic, value, key=key, partition=partition, headers=headers)
-
-    await deliver_all(send, records)
+    await BatchSender(lambda: producer)(list(records))
 
 
 def serve(settings: Settings, rules: Rules) -> None:

@@ -57,7 +57,7 @@ def worker(models: list[ModelSnapshot], metas: dict[int, dict[str, Any]], logs: 
     for p, meta in metas.items():
         topo.stage(topo.part_meta, meta_keys(S.partitions)[p], codec.dumps(meta))
     producer = FakeProducer()
-    outbox = Outbox(producer.send)
+    outbox = Outbox(producer.send_all)
     segmenter = Segmenter(S, wire.EncodedStates(fi.values(topo.users)), partitioner(S.partitions))
     positions = Positions(topo.stream_topics)
     topics: Any = FakeTopics()

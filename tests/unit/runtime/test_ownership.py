@@ -29,7 +29,7 @@ def build() -> tuple[Assigned, topology.Topology, FakeChangelog, FakeTopics]:
     topo = topology.build(S, with_memberships=False)
     segmenter = Segmenter(S, wire.EncodedStates(fi.values(topo.users)), partitioner(S.partitions))
     changelog, topics = FakeChangelog(), FakeTopics()
-    outbox = Outbox(FakeProducer().send)
+    outbox = Outbox(FakeProducer().send_all)
     positions = Positions(topo.stream_topics)
     own = Assigned(S, topo, changelog, positions, segmenter, outbox, topics, beginning)  # type: ignore[arg-type]
     return own, topo, changelog, topics

@@ -32,7 +32,7 @@ class Topics:
 def build() -> tuple[Pipeline, FakeProducer, Outbox]:
     topo = topology.build(S, with_memberships=False)
     producer = FakeProducer()
-    outbox = Outbox(producer.send)
+    outbox = Outbox(producer.send_all)
     segmenter = Segmenter(S, wire.EncodedStates(fi.values(topo.users)), partitioner(S.partitions))
     positions = Positions(topo.stream_topics)
     topics: Any = Topics()
