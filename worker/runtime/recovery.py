@@ -54,10 +54,23 @@ def gc_paused(large: Callable[[], bool]) -> Iterator[None]:
 def changelog_key_decoder(app: faust.App, table: Any) -> Callable[[bytes], Any]:
     """The key decoder of a table's changelog records: the direct one for JSON string keys (half the cost of Faust's
     serializer registry, which counts at a million records), Faust's for any other."""
-    key_ser = table.key_serializer or app.conf.key_serializer
-    if key_ser == "json" and table.key_type is str:
+    if _json_str_keys(app, table):
         return codec.loads
+    key_ser = table.key_serializer or app.conf.key_serializer
     return functools.partial(app.serializers.loads_key, table.key_type, serializer=key_ser)
+
+
+def changelog_key_encoder(app: faust.App, table: Any) -> Callable[[Any], bytes]:
+    """The key encoder of a table's changelog records: for JSON string keys the same bytes as Faust's (whose json
+    codec is orjson too) at a tenth of the cost, per user state written; Faust's for any other."""
+    if _json_str_keys(app, table):
+        return codec.dumps
+    key_ser = table.key_serializer or app.conf.key_serializer
+    return functools.partial(app.serializers.dumps_key, table.key_type, serializer=key_ser)
+
+
+def _json_str_keys(app: faust.App, table: Any) -> bool:
+    return bool((table.key_serializer or app.conf.key_serializer) == "json" and table.key_type is str)
 
 
 class ChangelogReader:

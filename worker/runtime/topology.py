@@ -7,7 +7,8 @@ bytes their changelog has and are written through :meth:`Topology.stage`, whose 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -18,6 +19,7 @@ from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
 from worker.runtime.handoff import Handoff
 from worker.runtime.records import BY_USER, ERASURES, INPUT, OutputTopics
+from worker.runtime.recovery import changelog_key_encoder
 from worker.settings import Settings
 from worker.topics import META_TABLE, MODELS_TABLE, REROUTING, SAMPLES, SAMPLES_RETENTION, USERS_TABLE, internal_topic
 from worker.web.auth import auth_middleware
@@ -107,6 +109,7 @@ class Topology:
     handoff: Handoff  # the consumed streams' fetches, past Faust's streams
     personas: str  # the persona lifecycle events (persona-change.v1), written by the member that trains
     send_all: BatchSender  # records to the app's producer in batches, each answered with where it landed
+    key_encoders: dict[str, Callable[[Any], bytes]] = field(default_factory=dict)  # per table (stage)
 
     @property
     def stream_topics(self) -> dict[str, str]:
@@ -136,7 +139,10 @@ class Topology:
         else:
             fi.values(table)[key] = value
             fi.key_partitions(table)[key] = partition
-        key_bytes = self.app.serializers.dumps_key(table.key_type, key, serializer=table.key_serializer)
+        encode = self.key_encoders.get(table.name)
+        if encode is None:
+            encode = self.key_encoders[table.name] = changelog_key_encoder(self.app, table)
+        key_bytes = encode(key)
         return (table.changelog_topic.get_topic_name(), key_bytes, value, partition, None)
 
 

@@ -4,15 +4,17 @@ the embedded broker (it reports the start of the last record batch as the end of
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faust
 from aiokafka import TopicPartition
 
 from worker import codec
 from worker.localstore import LocalStore
-from worker.runtime.recovery import ChangelogReader
+from worker.runtime.recovery import ChangelogReader, changelog_key_decoder, changelog_key_encoder
 
 TOPIC = "app-users-changelog"
 BATCH = 3  # records per fetched batch (a fetch returns whole batches)
@@ -143,3 +145,17 @@ def test_a_copy_the_changelog_does_not_continue_is_discarded(tmp_path: Path) -> 
     assert read(FakeLog(other, start=5), table, {0}, local)[0] == 0
     assert table.data.data == {}
     local.close()
+
+
+def test_changelog_keys_are_the_bytes_faust_writes_and_reads() -> None:
+    """The direct key codec of the user and meta tables (JSON string keys) agrees with Faust's serializer registry
+    byte for byte: a key written differently would be a second key to the changelog's compaction."""
+    app = faust.App(f"keys-{uuid.uuid4().hex[:8]}", broker="kafka://127.0.0.1:1")
+    table = app.Table("users", key_type=str, value_type=bytes)
+    encode, decode = changelog_key_encoder(app, table), changelog_key_decoder(app, table)
+    assert encode is codec.dumps and decode is codec.loads  # the direct path is taken
+    for key in ["u1", "user-12345", 'quo"te', "back\\slash", "tab\there", "\x00\x1f", "naïve", "日本", "🙂", "a/b", ""]:
+        assert encode(key) == app.serializers.dumps_key(str, key, serializer=table.key_serializer)
+        assert decode(encode(key)) == key == app.serializers.loads_key(str, encode(key), serializer="json")
+    numbered = app.Table("numbered", key_type=int, value_type=bytes)  # any other key: Faust's own codec
+    assert changelog_key_encoder(app, numbered)(7) == app.serializers.dumps_key(int, 7, serializer="json") == b"7"
