@@ -2,7 +2,7 @@
 
     python bench/throughput.py [--users 3000] [--days 28] [--partitions 8] [--workers 1] [--runs 1]
                                [--trainer process|thread] [--no-latency] [--latency-rate R]
-                               [--blas-threads N] [--fetch-max-wait-ms MS]
+                               [--blas-threads N] [--fetch-max-wait-ms MS] [--batch-size N]
 
 Starts the embedded broker and fills one topic with synthetic events. Times a plain aiokafka consumer that decodes
 every record with orjson on it (the median of five passes); then, for each ``--workers`` count, starts that many
@@ -11,7 +11,9 @@ the last (applied, and its outputs acknowledged by the broker; read from their /
 worker processes spent meanwhile (``process_cpu_seconds_total``): events/s, the ratio to the raw loop and CPU µs
 per event. Then a latency run: a fresh worker on a fresh topic, the first third of the events to fit the first
 model (and deliver its sweep: every waiting user's first persona at once), the rest produced at half the saturated
-rate; event→change p50/p99 of those from its histogram.
+rate; event→change p50/p90/p99 of those, from the event's timestamp in the input topic to its change's in the
+output topic (fetch, queueing, batch and outbox included), and from the worker's histogram (which starts at the
+fetch's hand-off to the pipeline).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 from common import bench_settings
 from confluent_kafka import Producer
 
@@ -67,6 +70,45 @@ async def raw_loop(bootstrap: str, topic: str, n: int) -> float:
         return n / (time.perf_counter() - started)
     finally:
         await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` with its timestamp (no consumer group)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    out: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        while batches := await consumer.getmany(timeout_ms=2000, max_records=10_000):
+            for records in batches.values():
+                out.extend(records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def end_to_end(bootstrap: str, s: Settings, since_ms: int) -> list[float]:
+    """Seconds from each event produced since ``since_ms`` to the change it caused (trigger ``event``), sorted: the
+    event's timestamp in the input topic (set by its producer) to the change's (set when the worker handed it to
+    its producer, milliseconds before the broker acknowledged it). Fetching, queueing, the batch and the outbox
+    are all inside; the worker's own histogram starts when a fetch reaches its pipeline."""
+    produced = {
+        (r.partition, r.offset): r.timestamp
+        for r in asyncio.run(read_topic(bootstrap, s.input_topic))
+        if r.timestamp >= since_ms
+    }
+    out = []
+    for r in asyncio.run(read_topic(bootstrap, s.output_topic)):
+        change = orjson.loads(r.value)
+        at = produced.get((change["source"]["partition"], change["source"]["offset"]))
+        if at is not None and change["trigger"] == "event":
+            out.append((r.timestamp - at) / 1000)
+    return sorted(out)
+
+
+def quantile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
 def histogram_quantile(m: dict[str, float], name: str, q: float, before: dict[str, float] | None = None) -> float:
@@ -122,6 +164,7 @@ class Bench:
             trainer_process=a.trainer == "process",
             blas_threads=a.blas_threads,
             fetch_max_wait_ms=a.fetch_max_wait_ms,
+            batch_size=a.batch_size,
             **({"input_topic": input_topic} if input_topic else {}),
         )
         if input_topic is None:
@@ -164,9 +207,12 @@ class Bench:
             for w in workers:
                 w.stop()
 
-    def paced(self, records: list[tuple[bytes, bytes]], rate: float) -> tuple[dict[str, float], dict[str, float]]:
+    def paced(
+        self, records: list[tuple[bytes, bytes]], rate: float
+    ) -> tuple[dict[str, float], dict[str, float], list[float]]:
         """One worker on a fresh topic: the first third of the events as fast as they go (the first model is
-        fitted meanwhile), then the rest at ``rate`` per second; its metrics before and after the paced part."""
+        fitted meanwhile), then the rest at ``rate`` per second; its metrics before and after the paced part, and
+        the event->change seconds of the paced part's events (:func:`end_to_end`)."""
         settings, (worker,) = self.workers(1)
         warm, rest = records[: len(records) // 3], records[len(records) // 3 :]
         try:
@@ -174,10 +220,11 @@ class Bench:
             while not self._done(before := worker.metrics(), len(warm)) or not before.get(MODEL_VERSION):
                 time.sleep(0.2)
             before = self._quiet(worker)
+            since_ms = int(time.time() * 1000)
             produce_paced(self.broker.bootstrap, settings.input_topic, rest, rate)
             while not self._done(after := worker.metrics(), len(records)):
                 time.sleep(0.2)
-            return before, after
+            return before, after, end_to_end(self.broker.bootstrap, settings, since_ms)
         finally:
             worker.stop()
 
@@ -231,7 +278,10 @@ def main() -> None:
     )
     ap.add_argument("--blas-threads", type=int, default=Settings.blas_threads, help="blas_threads (0: the library's)")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=Settings.fetch_max_wait_ms, help="fetch_max_wait_ms")
+    ap.add_argument("--batch-size", type=int, default=Settings.batch_size, help="batch_size")
     a = ap.parse_args()
+    if not a.runs and not a.latency_rate and not a.no_latency:
+        ap.error("--runs 0 needs --latency-rate (half the saturated rate is not measured)")
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         pop = generate(a.users, a.days, seed=3)
         records = [(e["user_id"].encode(), codec.dumps(e)) for e in pop.events]
@@ -264,15 +314,16 @@ def main() -> None:
                 )
         if not a.no_latency:
             target = a.latency_rate or 0.5 * rates[0]
-            before, after = bench.paced(records, target)
+            before, after, seconds = bench.paced(records, target)
             p50 = histogram_quantile(after, LATENCY, 0.5, before)
             p99 = histogram_quantile(after, LATENCY, 0.99, before)
-            count = after.get(LATENCY + "_count", 0) - before.get(LATENCY + "_count", 0)
             print(
                 f"BLAS threads {a.blas_threads or 'default'}, fetch wait {a.fetch_max_wait_ms} ms, "
-                f"at {target:,.0f} events/s, after the first model: "
-                "event->change "
-                f"p50 <= {p50}s, p99 <= {p99}s ({count:,.0f} changes; histogram bucket bounds); meanwhile "
+                f"batches of at most {a.batch_size:,}, trainer in a {a.trainer}, "
+                f"at {target:,.0f} events/s, after the first model: event->change (produced to written, "
+                f"{len(seconds):,} changes) p50 {quantile(seconds, 0.5):.3f}s, p90 {quantile(seconds, 0.9):.3f}s, "
+                f"p99 {quantile(seconds, 0.99):.3f}s, max {quantile(seconds, 1.0):.3f}s; from the fetch's hand-off "
+                f"(the worker's histogram, bucket bounds) p50 <= {p50}s, p99 <= {p99}s; meanwhile "
                 + ", ".join(
                     f"{label} p50 <= {histogram_quantile(after, name, 0.5, before)}s, "
                     f"p99 <= {histogram_quantile(after, name, 0.99, before)}s"
