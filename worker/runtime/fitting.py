@@ -1,10 +1,11 @@
 """Where the trainer's fits run: a thread of the worker (default), or a child process (``TRAINER_PROCESS``).
 
 A fit takes seconds of Python and numpy (the re-check's silhouettes most of all). In a thread it shares the
-interpreter lock with the event loop; in a process of its own it takes another core, and decodes the samples there
-too. On the 2-core bench machine, which also runs the broker and the producer, the process made the worker slower
-(``bench/throughput.py --trainer process``: 15.3-19.9k against 22.0-22.2k events/s, no better latency): there is no
-core to spare. It is for machines that have one.
+interpreter lock with the event loop and Faust's consumer thread; in a process of its own it takes another core,
+and decodes the samples there too. On the 2-core bench machine, which also runs the broker and the producer
+(``bench/throughput.py``, 2026-12-01): saturated, the process gave 19-23k events/s against the thread's 21-24k; at
+~11k events/s, event->change measured end to end p99 0.34-0.72 s against 1.1-1.4 s (in a thread, fetched records
+waited for the interpreter lock and reached the pipeline 0.3-0.8 s old).
 
 Both keep one :class:`~worker.clustering.Trainer` and take the samples topic's record values; models come back as
 snapshots. The child is spawned (a fork of a process running threads and an event loop is unsafe), holds the
