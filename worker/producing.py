@@ -22,8 +22,14 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from worker.errors import SegmentWorkerError
+
 # (topic, key, value (None: a tombstone), partition (None: by the key), headers)
 Record = tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]
+
+
+class ProducerError(SegmentWorkerError):
+    """A record the producer's batches cannot take."""
 
 
 class Delivered(NamedTuple):
@@ -34,7 +40,7 @@ class Delivered(NamedTuple):
 class _Batch(NamedTuple):
     topic: str
     partition: int
-    indexes: list[int]  # of its records in the list sent
+    indexes: list[int]  # of its records in the list sent, in order
 
 
 class BatchSender:
@@ -49,33 +55,38 @@ class BatchSender:
         if not records:
             return []
         producer = self._producer()
-        batches: list[_Batch] = []
-        futures: list[asyncio.Future[Any]] = []
+        sent: list[tuple[_Batch, asyncio.Future[Any]]] = []
         for (topic, partition), indexes in (await self._by_partition(producer, records)).items():
-            builder = producer.create_batch()
-            first = 0
-            for n, i in enumerate(indexes):
-                _, key, value, _, headers = records[i]
-                if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is not None:
-                    continue
-                # full: what it holds goes now, the record starts the next batch (a first record always fits)
-                futures.append(await self._send(producer, builder, topic, partition))
-                batches.append(_Batch(topic, partition, indexes[first:n]))
-                builder, first = producer.create_batch(), n
-                builder.append(key=key, value=value, timestamp=None, headers=headers or [])
-            futures.append(await self._send(producer, builder, topic, partition))
-            batches.append(_Batch(topic, partition, indexes[first:]))
+            sent += await self._send_partition(producer, records, _Batch(topic, partition, indexes))
         answers: list[Delivered] = [Delivered(-1, -1)] * len(records)
-        for batch, meta in zip(batches, await asyncio.gather(*futures), strict=True):
+        metas = await asyncio.gather(*(future for _, future in sent))
+        for (batch, _), meta in zip(sent, metas, strict=True):
             base = meta.offset if meta is not None else -1  # (none with acks=0)
             for j, i in enumerate(batch.indexes):
                 answers[i] = Delivered(batch.partition, base + j if base >= 0 else -1)
         return answers
 
+    async def _send_partition(
+        self, producer: AIOKafkaProducer, records: Sequence[Record], todo: _Batch
+    ) -> list[tuple[_Batch, asyncio.Future[Any]]]:
+        """The records of one topic partition in as few batches as hold them, each sent once full."""
+        sent = []
+        builder, first = producer.create_batch(), 0
+        for n, i in enumerate(todo.indexes):
+            _, key, value, _, headers = records[i]
+            while builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                if n == first:  # aiokafka takes any record into an empty batch: this would loop
+                    raise ProducerError(f"a record of {len(value or b'')} bytes refused by an empty batch")
+                # full: what it holds goes now, the record starts the next batch
+                sent.append((todo._replace(indexes=todo.indexes[first:n]), await self._send(producer, builder, todo)))
+                builder, first = producer.create_batch(), n
+        sent.append((todo._replace(indexes=todo.indexes[first:]), await self._send(producer, builder, todo)))
+        return sent
+
     @staticmethod
-    async def _send(producer: AIOKafkaProducer, builder: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+    async def _send(producer: AIOKafkaProducer, builder: Any, to: _Batch) -> asyncio.Future[Any]:
         builder.close()  # a plain send to the partition meanwhile goes into a batch of its own
-        future: asyncio.Future[Any] = await producer.send_batch(builder, topic, partition=partition)
+        future: asyncio.Future[Any] = await producer.send_batch(builder, to.topic, partition=to.partition)
         return future
 
     async def _by_partition(
