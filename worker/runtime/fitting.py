@@ -1,4 +1,4 @@
-"""Where the trainer's fits run: a thread of the worker (default), or a child process (``TRAINER_PROCESS``).
+"""Where the trainer's fits run: a child process (``TRAINER_PROCESS``, the default), or a thread of the worker.
 
 A fit takes seconds of Python and numpy (the re-check's silhouettes most of all). In a thread it shares the
 interpreter lock with the event loop and Faust's consumer thread; in a process of its own it takes another core,
