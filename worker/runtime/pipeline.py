@@ -124,6 +124,7 @@ class Pipeline:
         batches = self.topo.handoff.batches(fetched, fi.generation(self.app), time.monotonic(), self._stale)
         for stream, batch in batches.items():
             await self.handle(stream, batch)
+            await asyncio.sleep(0)  # the outbox's sends and acknowledgements, between batches
 
     @staticmethod
     def _stale(stream: str, count: int) -> None:

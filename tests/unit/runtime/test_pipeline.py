@@ -11,10 +11,12 @@ from tests.fakes import FakeProducer
 from worker import codec
 from worker.changes import Segmenter
 from worker.features import wire
+from worker.kafkaio import Record
 from worker.outbox import Outbox
 from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
 from worker.runtime import topology
+from worker.runtime.handoff import Fetched
 from worker.runtime.ownership import Ownership
 from worker.runtime.pipeline import Pipeline
 from worker.runtime.positions import Positions
@@ -98,3 +100,22 @@ def test_a_redelivered_batch_sends_nothing() -> None:
     # the consumer delivers the batch again (a rebalance, a seek): the gate drops it
     (_, first), (_, again) = run_batches(pipeline, producer, outbox, records(0), records(0))
     assert first == 9 and again == first
+
+
+def test_the_event_loop_gets_a_turn_after_each_batch_of_a_take() -> None:
+    """A batch holds the event loop while the core runs, and the next fetch is usually queued already: without a
+    turn in between, consecutive batches starve the outbox's sends and the broker's answers (every change waits)."""
+    pipeline, _, outbox = build()
+    pipeline.positions.open(INPUT, 0, 10, 0.0)
+    fetched = [Record(r.partition, r.offset, r.key, r.value, {}) for r in records(0)]
+
+    async def scenario() -> list[str]:
+        delivery = asyncio.create_task(outbox.run())
+        turns: list[str] = []
+        asyncio.get_running_loop().call_soon(turns.append, "loop")
+        await pipeline.take([Fetched(fi.generation(pipeline.app), INPUT, 0, fetched)])
+        turns.append("take returned")
+        delivery.cancel()
+        return turns
+
+    assert asyncio.run(scenario()) == ["loop", "take returned"]
