@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 def run(settings: Settings) -> None:
     from worker.app import create_app
+    from worker.runtime.collector import settle_after_start
     from worker.runtime.fitting import limit_blas
 
     created = prepare_topics(settings, worker_topics(settings))
@@ -25,7 +26,9 @@ def run(settings: Settings) -> None:
     limit_blas(settings.blas_threads)
     loop = use_event_loop(settings.event_loop)
     print(f"segment-worker: event loop {loop}", file=sys.stderr)
-    faust_worker(create_app(settings), settings.log_level).execute_from_commandline()
+    app = create_app(settings)
+    settle_after_start()
+    faust_worker(app, settings.log_level).execute_from_commandline()
 
 
 def faust_worker(app: faust.App, log_level: str) -> Worker:

@@ -5,6 +5,7 @@
 - :mod:`.positions` (pure) — each consumed partition's position: gates, what the changelog holds, what the group
   was told, when to probe the broker.
 - :mod:`.faust_internals` — every touch of Faust's private API, with the version range it was checked against.
+- :mod:`.collector` — the cyclic garbage collector's settings for a long-running worker.
 - :mod:`.recovery` — reading a table's changelog to its real end, with the local copy.
 - :mod:`.topology` — the Faust app, its topics and tables.
 - :mod:`.handoff` — whole fetches of the consumed topics, from Faust's consumer to the pipeline.

@@ -14,11 +14,9 @@ the partition is read in full.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -27,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from worker import codec
 from worker.localstore import LocalStore, Marker, digest
 from worker.runtime import faust_internals as fi
+from worker.runtime.collector import gc_paused
 
 log = logging.getLogger("worker")
 
@@ -34,21 +33,6 @@ log = logging.getLogger("worker")
 # broker may report an end offset before it, so only a fetch can tell; a false "missing" costs a full read)
 VERIFY_IDLE = 5
 FREEZE_AFTER = 100_000  # records read at once beyond which the cyclic collector leaves them alone (gc_paused)
-
-
-@contextlib.contextmanager
-def gc_paused(large: Callable[[], bool]) -> Iterator[None]:
-    """The cyclic collector off while millions of long-lived objects arrive (it would rescan all of them on every
-    full collection: pauses of seconds that stall the event loop). After a ``large`` read, one collection, then
-    everything alive goes to the permanent generation (reference counting still frees them)."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        if large():
-            gc.collect()
-            gc.freeze()
-        gc.enable()
 
 
 def changelog_key_decoder(app: faust.App, table: Any) -> Callable[[bytes], Any]:
