@@ -40,32 +40,32 @@ class Handoff:
         """``streams``: consumed stream name → its topic; ``max_fetches``: fetches queued before the fetcher waits."""
         self.stream_of = {topic: stream for stream, topic in streams.items()}
         self.partitions = partitions
-        self.queue: asyncio.Queue[list[Fetched]] = asyncio.Queue(max_fetches)
+        self.queue: asyncio.Queue[tuple[float, list[Fetched]]] = asyncio.Queue(max_fetches)  # (when queued, what)
 
     async def take(self, records: dict[Any, list[Any]], generation: int) -> None:
         """Take the consumed topics' partitions out of a fetch (what stays goes on through Faust)."""
         mine = [tp for tp in records if tp.topic in self.stream_of]
         if mine:
             fetched = [Fetched(generation, self.stream_of[tp.topic], tp.partition, records.pop(tp)) for tp in mine]
-            await self.queue.put(fetched)
+            await self.queue.put((time.monotonic(), fetched))
 
     def clear(self) -> Counter[str]:
         """Drop every queued fetch (partitions are being revoked); returns how many records were dropped, per
         stream."""
         dropped: Counter[str] = Counter()
         while not self.queue.empty():
-            for f in self.queue.get_nowait():
+            for f in self.queue.get_nowait()[1]:
                 dropped[f.stream] += len(f.records)
         return dropped
 
     async def next(self, max_records: int, window: float) -> list[Fetched]:
-        """The next fetches: at least one, then more while they come within ``window`` seconds and the records
-        stay under ``max_records``."""
-        fetched = await self.queue.get()
+        """The next fetches: at least one, then more while the records stay under ``max_records`` and they come
+        within ``window`` seconds of the first one's arrival (a fetch that waited out a batch goes at once)."""
+        queued_at, fetched = await self.queue.get()
         count = sum(len(f.records) for f in fetched)
-        deadline = time.monotonic() + window
+        deadline = queued_at + window
         while count < max_records:
-            more = self.queue.get_nowait() if not self.queue.empty() else await self._within(deadline)
+            more = self.queue.get_nowait()[1] if not self.queue.empty() else await self._within(deadline)
             if more is None:
                 break
             fetched += more
@@ -77,7 +77,7 @@ class Handoff:
         if left <= 0:
             return None
         try:
-            return await asyncio.wait_for(self.queue.get(), left)
+            return (await asyncio.wait_for(self.queue.get(), left))[1]
         except TimeoutError:
             return None
 

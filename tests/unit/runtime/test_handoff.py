@@ -86,12 +86,34 @@ def test_next_gathers_fetches_up_to_the_batch_size_within_the_window() -> None:
             await h.take({TP("events", 0): recs(0, 10 * i, 10)}, generation=0)
         first = await h.next(max_records=15, window=0.0)  # two fetches reach 15
         rest = await h.next(max_records=100, window=0.0)  # the other two, none waited for
-        late = asyncio.get_running_loop().call_later(0.05, lambda: h.queue.put_nowait([]))
+        late = asyncio.get_running_loop().call_later(0.05, lambda: h.queue.put_nowait((0.0, [])))
         waited = await h.next(max_records=100, window=0.0)  # an empty queue: waits for the first fetch
         late.cancel()
         return [len(first), len(rest), len(waited)]
 
     assert asyncio.run(scenario()) == [2, 2, 0]
+
+
+def test_the_window_counts_from_the_first_fetch_s_arrival() -> None:
+    """A fetch that waited out the batch before it goes at once: the window bounds how long a record waits to be
+    batched, not how long after the previous batch."""
+    h = handoff()
+
+    async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        second = {TP("events", 0): recs(0, 10, 10)}
+        await h.take({TP("events", 0): recs(0, 0, 10)}, generation=0)
+        fresh = loop.call_later(0.02, lambda: asyncio.ensure_future(h.take(dict(second), generation=0)))
+        together = await h.next(max_records=100, window=0.5)  # the second comes within the window: one batch
+        await h.take({TP("events", 0): recs(0, 20, 10)}, generation=0)
+        await asyncio.sleep(0.1)  # a batch runs meanwhile: the fetch waits out the window
+        late = loop.call_later(0.02, lambda: asyncio.ensure_future(h.take(dict(second), generation=0)))
+        alone = await h.next(max_records=100, window=0.05)
+        fresh.cancel()
+        late.cancel()
+        return [len(together), len(alone)]
+
+    assert asyncio.run(scenario()) == [2, 1]
 
 
 def test_a_full_queue_holds_the_fetcher_until_the_pipeline_takes_one() -> None:
