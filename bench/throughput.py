@@ -3,6 +3,7 @@
     python bench/throughput.py [--users 3000] [--days 28] [--partitions 8] [--workers 1] [--runs 1]
                                [--trainer process|thread] [--no-latency] [--latency-rate R]
                                [--blas-threads N] [--fetch-max-wait-ms MS] [--batch-size N]
+                               [--batch-window S]
 
 Starts the embedded broker and fills one topic with synthetic events. Times a plain aiokafka consumer that decodes
 every record with orjson on it (the median of five passes); then, for each ``--workers`` count, starts that many
@@ -165,6 +166,7 @@ class Bench:
             blas_threads=a.blas_threads,
             fetch_max_wait_ms=a.fetch_max_wait_ms,
             batch_size=a.batch_size,
+            batch_window=a.batch_window,
             **({"input_topic": input_topic} if input_topic else {}),
         )
         if input_topic is None:
@@ -279,6 +281,7 @@ def main() -> None:
     ap.add_argument("--blas-threads", type=int, default=Settings.blas_threads, help="blas_threads (0: the library's)")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=Settings.fetch_max_wait_ms, help="fetch_max_wait_ms")
     ap.add_argument("--batch-size", type=int, default=Settings.batch_size, help="batch_size")
+    ap.add_argument("--batch-window", type=float, default=Settings.batch_window, help="batch_window (seconds)")
     a = ap.parse_args()
     if not a.runs and not a.latency_rate and not a.no_latency:
         ap.error("--runs 0 needs --latency-rate (half the saturated rate is not measured)")
@@ -319,7 +322,7 @@ def main() -> None:
             p99 = histogram_quantile(after, LATENCY, 0.99, before)
             print(
                 f"BLAS threads {a.blas_threads or 'default'}, fetch wait {a.fetch_max_wait_ms} ms, "
-                f"batches of at most {a.batch_size:,}, trainer in a {a.trainer}, "
+                f"batches of at most {a.batch_size:,} within {a.batch_window * 1000:g} ms, trainer in a {a.trainer}, "
                 f"at {target:,.0f} events/s, after the first model: event->change (produced to written, "
                 f"{len(seconds):,} changes) p50 {quantile(seconds, 0.5):.3f}s, p90 {quantile(seconds, 0.9):.3f}s, "
                 f"p99 {quantile(seconds, 0.99):.3f}s, max {quantile(seconds, 1.0):.3f}s; from the fetch's hand-off "
