@@ -120,7 +120,9 @@ class Settings:
     )
     # --- ingest --------------------------------------------------------------------------------------
     batch_size: int = field(default=2000, metadata={"help": "events taken per processing batch"})
-    batch_window: float = field(default=0.05, metadata={"help": "seconds to wait to fill a batch"})
+    batch_window: float = field(
+        default=0.05, metadata={"help": "seconds a fetch may wait for more to fill a batch, from its arrival"}
+    )
     fetch_max_wait_ms: int = field(
         default=100,
         metadata={
