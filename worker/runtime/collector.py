@@ -7,7 +7,8 @@ milliseconds, and the oldest generation is collected in full whenever it has gro
 throughput bench's latency run, a full collection every 5-10 s, 120-220 ms each (the event loop stalls meanwhile),
 finding fewer than 250 objects. With young collections every 50,000 containers a batch's objects are freed by
 reference counting before they are promoted, and what the imports and the app's construction made (about 100,000
-objects that live as long as the process) is moved out of every collection at start-up.
+objects that live as long as the process) is moved out of every collection at start-up. In the same run after
+that: no full collection from the first batch to the last.
 """
 
 from __future__ import annotations
