@@ -12,12 +12,16 @@ accumulated as one round: all its outputs, then all its states (the newest per k
 state in a round is as of some batch whose outputs are in that round or an earlier one, and every position is as of
 the round's last batch, so the order above holds for the round as a whole. Rounds overlap by one kind: a round's
 outputs go out while the round before it delivers its states and positions (its changes need not wait for another
-round's bookkeeping, which an event's latency would otherwise carry). That keeps every guarantee: states and
-positions of consecutive rounds still go out one round after the other (a key's newer state never lands first), and
-outputs landing before an earlier round's states are re-emitted byte for byte after a crash, as any delivered
-output whose state did not land. A round's callbacks run after it is delivered (positions become committable;
-latency is observed after its outputs), and ``on_stored`` gets the round's states and positions with what the
-broker answered for each (the local state store keeps what the changelog holds).
+round's bookkeeping, which an event's latency would otherwise carry). Under load a round's positions also share
+one send with the next round's states, once both the round's states and the next round's outputs are delivered:
+two round trips per round instead of three. That keeps every guarantee: states and positions of consecutive
+rounds still go out one round after the other (a key's newer state never lands first, a round's positions only
+after its states), and outputs landing before an earlier round's states are re-emitted byte for byte after a
+crash, as any delivered output whose state did not land. A send that lands in part breaks no order either: the
+positions in it cover states already delivered, and the states in it need only outputs already delivered.
+A round's callbacks run after it is delivered (positions become committable; latency is observed after its
+outputs), and ``on_stored`` gets the round's states and positions with what the broker answered for each (the
+local state store keeps what the changelog holds).
 
 Pure asyncio around a ``send_all`` coroutine (:class:`worker.producing.BatchSender` in the worker); no Faust.
 """
@@ -72,6 +76,7 @@ class Outbox:
         self._in_flight = 0  # rounds taken and not yet wholly delivered
         self._changed = asyncio.Condition()
         self._error: BaseException | None = None
+        self._sending_outputs = False  # a round's outputs are on their way to the states-and-positions loop
         self.rounds = 0  # delivered rounds (for metrics and tests)
 
     @property
@@ -146,30 +151,48 @@ class Outbox:
                 self._in_flight += 1
                 self._changed.notify_all()  # room for the producers of the next round
             started = time.monotonic()
-            await self._deliver(r.outputs)
-            for callback in r.after_outputs:
-                callback()
-            await delivered.put((r, started))
+            self._sending_outputs = True  # the round before may hold its positions back to send them with its states
+            try:
+                await self._deliver(r.outputs)
+                for callback in r.after_outputs:
+                    callback()
+                await delivered.put((r, started))
+            finally:
+                self._sending_outputs = False
             if r.sealed:  # the next round's outputs wait until this one is wholly delivered
                 async with self._changed:
                     await self._changed.wait_for(lambda: not self._in_flight)
 
     async def _send_rest(self, delivered: asyncio.Queue[tuple[_Round, float]]) -> None:
-        """Each round's states, then its positions, a round at a time."""
+        """Each round's states, then its positions, a round at a time. A round's positions share one send with the
+        next round's states when that round's outputs are delivered or on their way: one round trip fewer per
+        round under load, and every order still holds (the positions' states and the states' outputs are
+        delivered first, and a key's states of consecutive rounds go out one send after the other)."""
+        r, started = await delivered.get()
+        stored = await self._deliver(r.states.values())
         while True:
-            r, started = await delivered.get()
-            stored = await self._deliver(r.states.values())
-            stored += await self._deliver(r.positions.values())
-            if self._on_stored is not None and stored:
-                self._on_stored(stored)
-            for callback in r.after_all:
-                callback()
-            self.rounds += 1
-            if self._on_round is not None:
-                self._on_round(time.monotonic() - started, len(r))
-            async with self._changed:
-                self._in_flight -= 1
-                self._changed.notify_all()
+            if delivered.empty() and not self._sending_outputs:  # nothing to pair with: the positions go alone
+                await self._finish(r, started, stored + await self._deliver(r.positions.values()))
+                r, started = await delivered.get()
+                stored = await self._deliver(r.states.values())
+                continue
+            after, after_started = await delivered.get()
+            both = await self._deliver([*r.positions.values(), *after.states.values()])
+            await self._finish(r, started, stored + both[: len(r.positions)])
+            r, started, stored = after, after_started, both[len(r.positions) :]
+
+    async def _finish(self, r: _Round, started: float, stored: list[tuple[Record, Any]]) -> None:
+        """A round wholly delivered: its callbacks, then room for the next."""
+        if self._on_stored is not None and stored:
+            self._on_stored(stored)
+        for callback in r.after_all:
+            callback()
+        self.rounds += 1
+        if self._on_round is not None:
+            self._on_round(time.monotonic() - started, len(r))
+        async with self._changed:
+            self._in_flight -= 1
+            self._changed.notify_all()
 
     async def _deliver(self, records: Iterable[Record]) -> list[tuple[Record, Any]]:
         sent = list(records)

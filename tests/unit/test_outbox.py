@@ -88,7 +88,7 @@ def test_batches_queued_during_a_round_go_out_as_one_round_newest_state_per_key(
     assert stored == [[(b"u1@a", at[("state", b"u1@a")])], [(b"u1@c", 4), (b"u2@c", 5), (b"c", 6)]]
 
 
-def test_a_round_s_outputs_go_out_while_the_round_before_delivers_its_states() -> None:
+def test_a_round_s_outputs_go_out_with_the_states_before_and_its_states_with_the_positions_before() -> None:
     async def scenario() -> None:
         prod = FakeProducer(auto=False)
         box = Outbox(prod.send_all)
@@ -103,8 +103,9 @@ def test_a_round_s_outputs_go_out_while_the_round_before_delivers_its_states() -
         assert prod.sent == [("out", b"a"), ("state", b"u@a"), ("out", b"b")] and prod.delivered == [("out", b"a")]
         prod.release()
         await settle()
-        # ... but b's state waits for a's position: a key's newer state never lands before its older one
-        assert prod.sent[-1] == ("pos", b"a")
+        # ... and b's state goes out once a's is acknowledged, in one send with a's position (which waited for it
+        # rather than take a round trip of its own): a key's newer state never lands before its older one
+        assert prod.sent[3:] == [("pos", b"a"), ("state", b"u@b")] and [r for _, r in prod.waiting] == prod.sent[3:]
         prod.auto = True
         prod.release()
         await box.drain()
