@@ -145,6 +145,13 @@ class Settings:
             "the thread doubled event->change p99; false saves the memory and ~1.4 s of start-up CPU"
         },
     )
+    trainer_nice: int = field(
+        default=10,
+        metadata={
+            "help": "niceness added to the fitting process (0-19): on a busy machine its fits yield the cores to "
+            "the event loop, whose events wait for every slice the fits take; 0 competes as an equal"
+        },
+    )
     state_cache_users: int = field(
         default=25_000,
         metadata={
@@ -257,6 +264,8 @@ class Settings:
             problems.append("log_max_chars must be >= 0")
         if self.blas_threads < 0:
             problems.append("blas_threads must be >= 0")
+        if not 0 <= self.trainer_nice <= 19:
+            problems.append("trainer_nice must be within 0..19")
         if self.fetch_max_wait_ms < 0 or self.batch_size < 1 or self.batch_window < 0 or self.state_cache_users < 0:
             problems.append("fetch_max_wait_ms, batch_window and state_cache_users must be >= 0, batch_size >= 1")
         if problems:

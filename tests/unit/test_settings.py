@@ -41,6 +41,7 @@ def test_frozen() -> None:
         ({"SEGMENT_WORKER_BROKER": "localhost:9092"}, "kafka://"),
         ({"SEGMENT_WORKER_PROCESSING_GUARANTEE": "maybe"}, "PROCESSING_GUARANTEE"),
         ({"SEGMENT_WORKER_K_MIN": "5", "SEGMENT_WORKER_K_MAX": "3"}, "k_min"),
+        ({"SEGMENT_WORKER_TRAINER_NICE": "20"}, "trainer_nice"),
     ],
 )
 def test_bad_values_raise_config_error(env: dict[str, str], message: str) -> None:

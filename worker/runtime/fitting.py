@@ -7,6 +7,10 @@ and decodes the samples there too. On the 2-core bench machine, which also runs 
 ~11k events/s, event->change measured end to end p99 0.34-0.72 s against 1.1-1.4 s (in a thread, fetched records
 waited for the interpreter lock and reached the pipeline 0.3-0.8 s old).
 
+The process runs at a lower priority (``TRAINER_NICE``, 10 by default): where the cores are all busy, a fit's
+slice of CPU is a wait for every event in the event loop's batch, while a model that comes a little later changes
+nothing an event waits for.
+
 Both keep one :class:`~worker.clustering.Trainer` and take the samples topic's record values; models come back as
 snapshots. The child is spawned (a fork of a process running threads and an event loop is unsafe), holds the
 trainer for the whole of its life and exits when its parent is gone (a SIGKILLed worker leaves no fitter behind).
@@ -91,6 +95,7 @@ def limit_blas(threads: int) -> None:
 
 def _start(settings: Settings, model: bytes | None, parent: int) -> None:
     global _trainer
+    os.nice(settings.trainer_nice)
     limit_blas(settings.blas_threads)
     _trainer = Trainer(settings, ModelSnapshot.from_bytes(model) if model is not None else None)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="parent-watch").start()

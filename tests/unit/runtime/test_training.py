@@ -22,7 +22,7 @@ from worker.evaluation.engines import encode
 from worker.evaluation.run import sized
 from worker.features.state import UserState
 from worker.routing import partitioner
-from worker.runtime.fitting import limit_blas
+from worker.runtime.fitting import Fitter, limit_blas
 from worker.runtime.records import sample_chunks
 from worker.runtime.training import TrainerHost
 from worker.settings import Settings
@@ -236,6 +236,23 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_the_fitting_process_runs_at_the_niceness_set() -> None:
+    async def scenario() -> tuple[int, int]:
+        nice = Fitter(dataclasses.replace(IN_PROCESS, trainer_nice=7), None, True)
+        plain = Fitter(dataclasses.replace(IN_PROCESS, trainer_nice=0), None, True)
+        try:
+            return (
+                os.getpriority(os.PRIO_PROCESS, await nice.pid()),
+                os.getpriority(os.PRIO_PROCESS, await plain.pid()),
+            )
+        finally:
+            nice.close()
+            plain.close()
+
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert asyncio.run(scenario()) == (min(19, mine + 7), mine)
 
 
 def test_blas_threads_are_limited_as_set() -> None:
