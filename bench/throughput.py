@@ -2,8 +2,8 @@
 
     python bench/throughput.py [--users 3000] [--days 28] [--partitions 8] [--workers 1] [--runs 1]
                                [--trainer process|thread] [--no-latency] [--latency-rate R]
-                               [--blas-threads N] [--fetch-max-wait-ms MS] [--batch-size N]
-                               [--batch-window S]
+                               [--latency-runs N] [--blas-threads N] [--fetch-max-wait-ms MS]
+                               [--batch-size N] [--batch-window S]
 
 Starts the embedded broker and fills one topic with synthetic events. Times a plain aiokafka consumer that decodes
 every record with orjson on it (the median of five passes); then, for each ``--workers`` count, starts that many
@@ -14,7 +14,8 @@ per event. Then a latency run: a fresh worker on a fresh topic, the first third 
 model (and deliver its sweep: every waiting user's first persona at once), the rest produced at half the saturated
 rate; event→change p50/p90/p99 of those, from the event's timestamp in the input topic to its change's in the
 output topic (fetch, queueing, batch and outbox included), and from the worker's histogram (which starts at the
-fetch's hand-off to the pipeline).
+fetch's hand-off to the pipeline). One run's 257 changes make its p99 the third-worst change, which a single
+stall decides: ``--latency-runs N`` repeats the latency run and also prints the quantiles of all N runs' changes.
 """
 
 from __future__ import annotations
@@ -264,6 +265,31 @@ def merged(workers: list[WorkerProcess]) -> dict[str, float]:
     return out
 
 
+def _quantiles(seconds: list[float]) -> str:
+    return (
+        f"event->change (produced to written, {len(seconds):,} changes) p50 {quantile(seconds, 0.5):.3f}s, "
+        f"p90 {quantile(seconds, 0.9):.3f}s, p99 {quantile(seconds, 0.99):.3f}s, max {quantile(seconds, 1.0):.3f}s"
+    )
+
+
+def latency_line(
+    a: argparse.Namespace, target: float, seconds: list[float], before: dict[str, float], after: dict[str, float]
+) -> str:
+    """One latency run: its settings, the end-to-end quantiles and the worker's own histograms."""
+    return (
+        f"BLAS threads {a.blas_threads or 'default'}, fetch wait {a.fetch_max_wait_ms} ms, "
+        f"batches of at most {a.batch_size:,} within {a.batch_window * 1000:g} ms, trainer in a {a.trainer}, "
+        f"at {target:,.0f} events/s, after the first model: {_quantiles(seconds)}; from the fetch's hand-off "
+        f"(the worker's histogram, bucket bounds) p50 <= {histogram_quantile(after, LATENCY, 0.5, before)}s, "
+        f"p99 <= {histogram_quantile(after, LATENCY, 0.99, before)}s; meanwhile "
+        + ", ".join(
+            f"{label} p50 <= {histogram_quantile(after, name, 0.5, before)}s, "
+            f"p99 <= {histogram_quantile(after, name, 0.99, before)}s"
+            for label, name in (("a batch", BATCH), ("an outbox round", ROUND))
+        )
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=3000)
@@ -273,6 +299,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="saturated runs per worker count")
     ap.add_argument("--no-latency", action="store_true", help="skip the run at half the saturated rate")
     ap.add_argument("--latency-rate", type=float, help="events/s of the latency run (default: half the saturated)")
+    ap.add_argument(
+        "--latency-runs",
+        type=int,
+        default=1,
+        help="latency runs, each a fresh worker on a fresh topic; more than one also prints their pooled quantiles "
+        "(one run's p99 is its third-worst change of 257)",
+    )
     ap.add_argument("--store", choices=["memory", "rocksdb"], default=Settings.state_store, help="state_store")
     ap.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default=Settings.event_loop)
     ap.add_argument(
@@ -317,22 +350,13 @@ def main() -> None:
                 )
         if not a.no_latency:
             target = a.latency_rate or 0.5 * rates[0]
-            before, after, seconds = bench.paced(records, target)
-            p50 = histogram_quantile(after, LATENCY, 0.5, before)
-            p99 = histogram_quantile(after, LATENCY, 0.99, before)
-            print(
-                f"BLAS threads {a.blas_threads or 'default'}, fetch wait {a.fetch_max_wait_ms} ms, "
-                f"batches of at most {a.batch_size:,} within {a.batch_window * 1000:g} ms, trainer in a {a.trainer}, "
-                f"at {target:,.0f} events/s, after the first model: event->change (produced to written, "
-                f"{len(seconds):,} changes) p50 {quantile(seconds, 0.5):.3f}s, p90 {quantile(seconds, 0.9):.3f}s, "
-                f"p99 {quantile(seconds, 0.99):.3f}s, max {quantile(seconds, 1.0):.3f}s; from the fetch's hand-off "
-                f"(the worker's histogram, bucket bounds) p50 <= {p50}s, p99 <= {p99}s; meanwhile "
-                + ", ".join(
-                    f"{label} p50 <= {histogram_quantile(after, name, 0.5, before)}s, "
-                    f"p99 <= {histogram_quantile(after, name, 0.99, before)}s"
-                    for label, name in (("a batch", BATCH), ("an outbox round", ROUND))
-                )
-            )
+            pooled: list[float] = []
+            for _ in range(a.latency_runs):
+                before, after, seconds = bench.paced(records, target)
+                pooled += seconds
+                print(latency_line(a, target, seconds, before, after), flush=True)
+            if a.latency_runs > 1:
+                print(f"pooled over {a.latency_runs} latency runs: {_quantiles(pooled)}")
     sys.exit(0)
 
 
