@@ -110,6 +110,7 @@ def end_to_end(bootstrap: str, s: Settings, since_ms: int) -> list[float]:
 
 
 def quantile(values: list[float], q: float) -> float:
+    """Of sorted ``values``."""
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
@@ -353,7 +354,7 @@ def main() -> None:
             pooled: list[float] = []
             for _ in range(a.latency_runs):
                 before, after, seconds = bench.paced(records, target)
-                pooled += seconds
+                pooled = sorted(pooled + seconds)
                 print(latency_line(a, target, seconds, before, after), flush=True)
             if a.latency_runs > 1:
                 print(f"pooled over {a.latency_runs} latency runs: {_quantiles(pooled)}")
