@@ -50,7 +50,7 @@ from worker.settings import Settings
 HISTORY_REASONS = 2  # reasons kept per change in a user's recent history
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class InputRecord:
     value: bytes | None
     key: bytes | None
@@ -59,7 +59,22 @@ class InputRecord:
     src_partition: int  # partition of the input topic it first arrived on (differs only when forwarded)
     src_offset: int
     consumed_at: float  # monotonic seconds, for the event→change latency
-    kind: str = "event"  # or "erasure": a request on the erasure topic (forwarded ones carry it in a header)
+    kind: str  # "event", or "erasure": a request on the erasure topic (forwarded ones carry it in a header)
+
+    # written out: the generated one is interpreted even in the compiled core, and one is made per consumed record
+    def __init__(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int,
+        offset: int,
+        src_partition: int,
+        src_offset: int,
+        consumed_at: float,
+        kind: str = "event",
+    ) -> None:
+        self.value, self.key, self.partition, self.offset = value, key, partition, offset
+        self.src_partition, self.src_offset, self.consumed_at, self.kind = src_partition, src_offset, consumed_at, kind
 
 
 @dataclass(slots=True)
