@@ -75,7 +75,8 @@ def encode(state: UserState) -> bytes:
         return MARKER
     first, last = state.first_ts, state.last_ts
     offsets = state.offsets
-    src_partition, src_offset = state.source
+    source = state.source
+    src_partition = source[0]
     spend = state.spend
     h = len(spend)
     rates = state.rates
@@ -97,29 +98,55 @@ def encode(state: UserState) -> bytes:
             state.context,
             offsets,
             src_partition,
-            src_offset - offsets.get(str(src_partition), 0),
+            source[1] - offsets.get(str(src_partition), 0),
             h,
             list(rates),
         ]
     )
-    floats = [state.value_total, state.sessions, state.weekend, *state.daypart, *spend]
+    floats = [state.value_total, state.sessions, state.weekend]
+    floats.extend(state.daypart)
+    floats.extend(spend)
     for name, counts in rates.items():
         if len(counts) != h:
             raise StateDecodeError(f"counts of {name!r} have {len(counts)} half-lives, spend has {h}")
-        floats += counts
+        floats.extend(counts)
+    mask, nonzero = _nonzero(floats)
+    n = len(skeleton)
+    prefix = bytes((FORMAT, n)) if n < _LONG else bytes((FORMAT, _LONG)) + n.to_bytes(4, "little")
+    return b"".join(
+        (
+            prefix,
+            skeleton,
+            mask.to_bytes((len(floats) + 7) >> 3, "little"),
+            _doubles(len(nonzero)).pack(*nonzero),
+            _later_fields(state, first, last),
+        )
+    )
+
+
+def _nonzero(floats: list[float]) -> tuple[int, list[float]]:
+    """The bitmask of the non-zero floats (-0.0 counts: kept exactly) and those floats, in order."""
     mask = 0
     bit = 1
     nonzero = []
     for x in floats:
-        if x or math.copysign(1.0, x) < 0:  # -0.0 kept exactly too
+        if x != 0.0 or math.copysign(1.0, x) < 0.0:
             mask |= bit
             nonzero.append(x)
         bit <<= 1
-    n = len(skeleton)
-    prefix = bytes((FORMAT, n)) if n < _LONG else bytes((FORMAT, _LONG)) + n.to_bytes(4, "little")
+    return mask, nonzero
+
+
+def _later_fields(state: UserState, first: int, last: int) -> bytes:
+    """The JSON object of the fields added after the skeleton (empty when the user has none of them)."""
     extra: dict[str, Any] = {}
     if state.history:
-        extra["h"] = [[seq, before, after, t - last, *rest] for seq, before, after, t, *rest in state.history]
+        relative = []
+        for entry in state.history:  # [seq, from, to, time, ...]: the time relative to the last event
+            entry = entry[:]
+            entry[3] -= last
+            relative.append(entry)
+        extra["h"] = relative
     if state.rule_seq:
         extra["r"], extra["q"] = state.rule_segments, state.rule_seq
     if state.origin != first:
@@ -128,16 +155,7 @@ def encode(state: UserState) -> bytes:
         extra["x"] = state.max_gap
     if state.half_lives is not None:
         extra["s"] = [int(h) if h == int(h) else h for h in state.half_lives]
-    history = codec.dumps(extra) if extra else b""
-    return b"".join(
-        (
-            prefix,
-            skeleton,
-            mask.to_bytes((len(floats) + 7) >> 3, "little"),
-            _doubles(len(nonzero)).pack(*nonzero),
-            history,
-        )
-    )
+    return codec.dumps(extra) if extra else b""
 
 
 def decode(buf: bytes) -> UserState:
