@@ -218,7 +218,7 @@ def test_the_persona_that_appears_mid_stream_is_announced_once(seed: int, worlds
     assert sum(f["users"] for f in emerged["flows"]) == emerged["to"][0]["users"] > 100
 
 
-@pytest.mark.parametrize("seed", [2, 3])
+@pytest.mark.parametrize("seed", [2])  # one seed, as for `emerging` (seed 3 splits too: README, lifecycle)
 def test_a_persona_whose_users_go_two_ways_is_announced_as_split(seed: int, worlds: Worlds) -> None:
     """`split`: half the users of the largest persona take up a new behaviour mid-stream. The trainer announces one
     split of that persona into itself and a new id, drawn from it alone. (Seed 1 draws a new behaviour close enough
