@@ -64,7 +64,6 @@ def readme_examples() -> list[str]:
     return lines
 
 
-@pytest.mark.standalone  # commands run to their end
 def test_readme_examples_run(broker: EmbeddedBroker, tmp_path: Path) -> None:
     lines = readme_examples()
     assert any(ln.startswith("segment-worker generate") for ln in lines)

@@ -58,7 +58,6 @@ def hostile(rng: random.Random, i: int) -> bytes:
     return codec.dumps(rng.choice([[event], "x", 1, None, {**event, "context": {"consent": "no"}}]))
 
 
-@pytest.mark.standalone  # waits for counts, with minutes to spare
 def test_a_fuzz_run_applies_or_dead_letters_every_record_once(worker_settings: Settings, start_worker: Any) -> None:
     s = worker_settings.replace(log_max_chars=40)
     rng = random.Random(11)

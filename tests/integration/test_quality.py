@@ -23,7 +23,7 @@ from worker.kafkaio import read_all
 from worker.process import WorkerProcess, metric_total
 from worker.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.standalone]  # commands run to their end
 
 
 def _cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -47,7 +47,6 @@ def test_evaluate_runs_the_pipeline_and_scores(tmp_path: Path) -> None:
     assert r["switch_lag_hours_p50"] > 0 and r["model_versions"] >= 1
 
 
-@pytest.mark.standalone  # commands run to their end
 def test_shadow_reports_identical_and_different_candidates(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     _cli("generate", "--users", "500", "--days", "28", "--seed", "5", "-o", str(events), cwd=tmp_path)
@@ -80,7 +79,6 @@ def _cdnow_csv(dest: Path) -> dict[str, list[tuple[str, float]]]:
     return purchases
 
 
-@pytest.mark.standalone  # commands run to their end
 def test_real_purchase_log_with_default_settings(
     tmp_path: Path, broker: EmbeddedBroker, bare_settings: Settings
 ) -> None:
@@ -131,7 +129,6 @@ def test_real_purchase_log_with_default_settings(
     assert max(counts) >= 2 * min(counts) or max(spend) >= 2 * min(spend), (counts, spend)
 
 
-@pytest.mark.standalone  # commands run to their end
 def test_segments_predict_who_buys_again_nearly_as_well_as_bg_nbd() -> None:
     """Segments learned from CDNOW's first 39 weeks with default settings, each customer scored by their segment's
     share of customers who buy in the next 39: the AUC reaches 0.97 x BG/NBD's (fitted on the same weeks; 0.982 x
