@@ -33,31 +33,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.hypothesis_profile = "ci"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Two groups for pytest-xdist (``-n 2 --dist loadgroup`` in pyproject): the tests of the embedded broker on
-    one worker, one after another as always (worker processes, crash and rebalance timing), and the rest — pure
-    code, CPU-bound, and the ``standalone`` integration tests (commands run to their end, timing nobody) — on the
-    other, at the same time: the suite fits its CI budget (the broker group alone took ~1,050 of 1,100 s)."""
-    for item in items:
-        broker = "integration" in item.keywords and "standalone" not in item.keywords
-        item.add_marker(pytest.mark.xdist_group("broker" if broker else "core"))
-
-
-# niceness of the xdist worker that runs the "core" group (and of every process it starts: the worlds' pools,
-# commands): on two cores its CPU-bound work takes what the broker group's waits leave, instead of stretching
-# those tests' worker processes, broker and timeouts (the broker group is the suite's longest path)
-CORE_GROUP_NICE = 10
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    group = item.get_closest_marker("xdist_group")
-    if group is None or group.args[0] != "core" or not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    if os.getpriority(os.PRIO_PROCESS, 0) < CORE_GROUP_NICE:
-        os.setpriority(os.PRIO_PROCESS, 0, CORE_GROUP_NICE)
-
-
 def pytest_report_header(config: pytest.Config) -> str:
     seed = config.getoption("hypothesis_seed")
     return f"hypothesis seed {seed} (replay a failure: pytest --hypothesis-seed={seed})"

@@ -21,7 +21,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.mark.standalone  # its own embedded broker
 def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
     proc = subprocess.run(

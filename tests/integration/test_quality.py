@@ -23,7 +23,7 @@ from worker.kafkaio import read_all
 from worker.process import WorkerProcess, metric_total
 from worker.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.standalone]  # commands run to their end
+pytestmark = pytest.mark.integration
 
 
 def _cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
