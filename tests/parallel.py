@@ -1,6 +1,8 @@
 """CPU-bound test work two at a time (this machine has two cores), for the suite's time budget: a module's
 fixture submits what its selected tests will ask for, at once, to two spawned processes. A job is a tuple of a
-module-level function and its arguments."""
+module-level function and its arguments. It relies on every test of a module running on one xdist worker
+(``--dist loadfile`` in pyproject): any other distribution computes a module's jobs again on each worker that runs
+one of its tests."""
 
 from __future__ import annotations
 
