@@ -121,7 +121,7 @@ class Settings:
     # --- ingest --------------------------------------------------------------------------------------
     batch_size: int = field(default=2000, metadata={"help": "events taken per processing batch"})
     batch_window: float = field(
-        default=0.05, metadata={"help": "seconds a fetch may wait for more to fill a batch, from its arrival"}
+        default=0.05, metadata={"help": "seconds a fetch may wait for more to fill a batch, from when it was asked for"}
     )
     fetch_max_wait_ms: int = field(
         default=100,

@@ -21,6 +21,7 @@ requires). What each use relies on:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -138,9 +139,10 @@ def fetch_handoff(consumer_class: type, handoff: Handoff, fetch_max_wait_ms: int
             return Thread(self, loop=self.loop, beacon=self.beacon)
 
         async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+            asked_at = time.monotonic()
             records, active_partitions = await super()._wait_next_records(timeout)
             if records:
-                await handoff.take(records, generation(self.app))
+                await handoff.take(records, generation(self.app), asked_at)
             return records, active_partitions
 
     return Consumer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any, NamedTuple
 
@@ -94,26 +95,40 @@ def test_next_gathers_fetches_up_to_the_batch_size_within_the_window() -> None:
     assert asyncio.run(scenario()) == [2, 2, 0]
 
 
-def test_the_window_counts_from_the_first_fetch_s_arrival() -> None:
-    """A fetch that waited out the batch before it goes at once: the window bounds how long a record waits to be
-    batched, not how long after the previous batch."""
+def test_the_window_counts_from_when_the_first_fetch_was_asked_for() -> None:
+    """The window bounds how long a record waits to be batched: a fetch asked for before the last batch ran (and
+    queued only when it ended, as Faust's fetch loop shares the app's loop) goes at once; one just asked for waits
+    for more."""
     h = handoff()
 
     async def scenario() -> list[int]:
         loop = asyncio.get_running_loop()
         second = {TP("events", 0): recs(0, 10, 10)}
-        await h.take({TP("events", 0): recs(0, 0, 10)}, generation=0)
+        await h.take({TP("events", 0): recs(0, 0, 10)}, generation=0, asked_at=time.monotonic())
         fresh = loop.call_later(0.02, lambda: asyncio.ensure_future(h.take(dict(second), generation=0)))
         together = await h.next(max_records=100, window=0.5)  # the second comes within the window: one batch
-        await h.take({TP("events", 0): recs(0, 20, 10)}, generation=0)
-        await asyncio.sleep(0.1)  # a batch runs meanwhile: the fetch waits out the window
+        await h.take({TP("events", 0): recs(0, 20, 10)}, generation=0, asked_at=time.monotonic() - 0.1)
         late = loop.call_later(0.02, lambda: asyncio.ensure_future(h.take(dict(second), generation=0)))
-        alone = await h.next(max_records=100, window=0.05)
+        alone = await h.next(max_records=100, window=0.05)  # asked for 0.1 s ago: the window is over
         fresh.cancel()
         late.cancel()
         return [len(together), len(alone)]
 
     assert asyncio.run(scenario()) == [2, 1]
+
+
+def test_a_batch_takes_the_fetch_handed_over_right_after_its_first() -> None:
+    """The fetch the consumer asked for when it queued the first is one loop iteration away: a batch waits that long
+    for it (up to ``SETTLE``), even past its window."""
+    h = handoff()
+
+    async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        await h.take({TP("events", 0): recs(0, 0, 10)}, generation=0, asked_at=time.monotonic() - 1.0)
+        loop.call_soon(lambda: asyncio.ensure_future(h.take({TP("events", 1): recs(1, 0, 5)}, generation=0)))
+        return [len(f.records) for f in await h.next(max_records=100, window=0.0)]
+
+    assert asyncio.run(scenario()) == [10, 5]
 
 
 def test_a_full_queue_holds_the_fetcher_until_the_pipeline_takes_one() -> None:
