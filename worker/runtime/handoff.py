@@ -70,9 +70,9 @@ class Handoff:
         waited out a whole window with its records in hand (50 ms a batch in a trace at 8,000 events/s); counted
         from the ask, a fetch that waited out a batch goes at once, and only an idle pipeline waits for more.
 
-        At least :data:`SETTLE` is given to the fetch asked for when the first was queued: also asked for while the
-        last batch ran, its records are in the consumer's thread already, one loop iteration away; without it they
-        waited for the end of the batch about to start (an event waited two batches instead of one)."""
+        At least :data:`SETTLE` is given to the fetch the consumer asked for when it queued the first: its records
+        arrived while the last batch ran and are in the consumer's thread already, one loop iteration away; without
+        the wait they waited for the end of the batch about to start (an event waited two batches instead of one)."""
         asked_at, fetched = await self.queue.get()
         count = sum(len(f.records) for f in fetched)
         deadline = max(asked_at + window, time.monotonic() + SETTLE)
