@@ -30,13 +30,14 @@ from worker.clustering import ModelSnapshot
 from worker.features import wire
 from worker.kafkasecurity import aiokafka_config, kafka_python_config
 from worker.localstore import LocalStore
-from worker.outbox import Outbox
+from worker.outbox import Deliveries
 from worker.personas.lifecycle import event_key
-from worker.producing import Record
+from worker.producing import ProducerSender, Record
 from worker.refetch import RangeReader
 from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
 from worker.runtime import topology
+from worker.runtime.delivery import OutboxThread
 from worker.runtime.housekeeping import Housekeeping
 from worker.runtime.modelpin import MODEL_KEY, MODEL_SLOTS, slot_key
 from worker.runtime.ownership import TAIL_RECORDS, Ownership
@@ -119,7 +120,7 @@ def _kept_models(topo: topology.Topology) -> list[ModelSnapshot]:
     return [ModelSnapshot.from_bytes(raw) for raw in raws if raw]
 
 
-def _outbox(topo: topology.Topology, local: LocalStore | None) -> Outbox:
+def _outbox(topo: topology.Topology, local: LocalStore | None) -> Deliveries:
     """The outbox on the app's producer; states and positions it delivered go into the local copy, if any, with
     where the changelog has them."""
     kept_locally = {t.changelog_topic.get_topic_name(): t.name for t in (topo.users, topo.part_meta)}
@@ -131,8 +132,8 @@ def _outbox(topo: topology.Topology, local: LocalStore | None) -> Outbox:
                 for (topic, key, value, _, _), meta in delivered
             )
 
-    outbox = Outbox(
-        topo.send_all,
+    outbox = OutboxThread(
+        ProducerSender(lambda: fi.new_producer(topo.app)),
         on_round=lambda seconds, _records: metrics.OUTBOX_ROUND_SECONDS.observe(seconds),
         on_stored=stored,
     )
@@ -179,7 +180,7 @@ def _trainer(s: Settings, topo: topology.Topology, changelog: ChangelogReader, s
 
 def _lifecycle(
     app: faust.App,
-    outbox: Outbox,
+    outbox: Deliveries,
     ownership: Ownership,
     pipeline: Pipeline,
     trainer: TrainerHost,

@@ -43,6 +43,33 @@ class _Batch(NamedTuple):
     indexes: list[int]  # of its records in the list sent, in order
 
 
+class ProducerSender:
+    """A :class:`BatchSender` on a producer of its own, made and started by :meth:`start` in the running loop
+    (aiokafka binds a producer to the loop it is made in) and stopped, with what it holds sent, by :meth:`stop`."""
+
+    def __init__(self, make_producer: Callable[[], AIOKafkaProducer]) -> None:
+        self._make_producer = make_producer
+        self._producer: AIOKafkaProducer | None = None
+        self._send = BatchSender(self._started)
+
+    async def start(self) -> None:
+        producer = self._make_producer()
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def __call__(self, records: Sequence[Record]) -> list[Delivered]:
+        return await self._send(records)
+
+    def _started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise ProducerError("records sent before the producer started")
+        return self._producer
+
+
 class BatchSender:
     """``await sender(records)`` sends them and returns each one's :class:`Delivered`, in order, once all are
     acknowledged; raises the first delivery error."""

@@ -75,6 +75,13 @@ def kafka_producer(app: Any) -> AIOKafkaProducer:
     return producer
 
 
+def new_producer(app: Any) -> AIOKafkaProducer:
+    """A new aiokafka producer configured as the app's Faust producer is (servers, client id, acks, batching,
+    compression, timeouts, credentials); bound to the running loop, not started."""
+    producer: AIOKafkaProducer = app.producer._new_producer()
+    return producer
+
+
 def values(table: Any) -> dict[Any, bytes]:
     """Key → value of a table in memory: the memory store's dict. Every table here holds its values as the bytes
     its changelog has (user states in their wire form, decoded on access: :class:`worker.features.wire.EncodedStates`),

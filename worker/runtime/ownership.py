@@ -16,7 +16,7 @@ import faust
 
 from worker import codec
 from worker.changes import Segmenter
-from worker.outbox import Outbox
+from worker.outbox import Deliveries
 from worker.routing import partition_keys
 from worker.runtime import faust_internals as fi
 from worker.runtime.positions import Positions
@@ -43,7 +43,7 @@ class Ownership:
         changelog: ChangelogReader,
         positions: Positions,
         segmenter: Segmenter,
-        outbox: Outbox,
+        outbox: Deliveries,
         topics: TopicWatch,
         beginning: Any,  # async (topic, partitions) -> {partition: first offset}: a worker.refetch.RangeReader's
     ) -> None:

@@ -25,7 +25,7 @@ from worker import codec, metrics
 from worker.changes import BatchResult, InputRecord, Segmenter
 from worker.clustering import ModelSnapshot
 from worker.features import wire
-from worker.outbox import Outbox
+from worker.outbox import Deliveries
 from worker.personas.registry import small_personas
 from worker.personas.timeline import Timeline
 from worker.producing import Record
@@ -99,7 +99,7 @@ class Pipeline:
         segmenter: Segmenter,
         positions: Positions,
         ownership: Ownership,
-        outbox: Outbox,
+        outbox: Deliveries,
         topics: TopicWatch,
         filler: Any,  # a worker.refetch.RangeReader: the gate's holes, read under the lock
         partition_of: Callable[[str], int],
