@@ -30,14 +30,13 @@ from worker.clustering import ModelSnapshot
 from worker.features import wire
 from worker.kafkasecurity import aiokafka_config, kafka_python_config
 from worker.localstore import LocalStore
-from worker.outbox import Deliveries
 from worker.personas.lifecycle import event_key
 from worker.producing import ProducerSender, Record
 from worker.refetch import RangeReader
 from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
 from worker.runtime import topology
-from worker.runtime.delivery import OutboxThread
+from worker.runtime.delivery import Deliveries, OutboxThread
 from worker.runtime.housekeeping import Housekeeping
 from worker.runtime.modelpin import MODEL_KEY, MODEL_SLOTS, slot_key
 from worker.runtime.ownership import TAIL_RECORDS, Ownership
@@ -120,9 +119,9 @@ def _kept_models(topo: topology.Topology) -> list[ModelSnapshot]:
     return [ModelSnapshot.from_bytes(raw) for raw in raws if raw]
 
 
-def _outbox(topo: topology.Topology, local: LocalStore | None) -> Deliveries:
-    """The outbox on the app's producer; states and positions it delivered go into the local copy, if any, with
-    where the changelog has them."""
+def _outbox(topo: topology.Topology, local: LocalStore | None) -> OutboxThread:
+    """The outbox on a thread with a producer of its own, made as the app's is; states and positions it delivered
+    go into the local copy, if any, with where the changelog has them."""
     kept_locally = {t.changelog_topic.get_topic_name(): t.name for t in (topo.users, topo.part_meta)}
 
     def stored(delivered: list[tuple[Record, Any]]) -> None:

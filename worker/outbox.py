@@ -33,34 +33,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from worker.producing import Record
 
 # sends the records and returns each one's answer from the broker, in order, once every one is delivered
 SendAll = Callable[[list[Record]], Awaitable[Sequence[Any]]]
-
-
-class Deliveries(Protocol):
-    """The outbox's interface to the pipeline: :class:`Outbox`, or :class:`worker.runtime.delivery.OutboxThread`
-    (the same outbox on a thread of its own)."""
-
-    @property
-    def pending(self) -> int: ...
-
-    async def add(
-        self,
-        outputs: Iterable[Record] = (),
-        states: Iterable[tuple[Any, Record]] = (),
-        positions: Iterable[tuple[Any, Record]] = (),
-        after_outputs: Callable[[], None] | None = None,
-        after_all: Callable[[], None] | None = None,
-        seal: bool = False,
-    ) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    async def run(self) -> None: ...
 
 
 @dataclass(slots=True)

@@ -81,10 +81,6 @@ class OutboxThread:
         """Records handed over and not yet delivered (as of the thread's last look; read from any thread)."""
         return self._handed - self._taken + self._queued
 
-    @property
-    def rounds(self) -> int:
-        return self._outbox.rounds if self._outbox is not None else 0
-
     async def add(
         self,
         outputs: Iterable[Record] = (),
@@ -261,3 +257,6 @@ def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
         done.cancel()
     else:
         done.set_exception(exc)
+
+
+Deliveries = Outbox | OutboxThread  # what the pipeline hands its batches' writes to (the worker's: the thread)

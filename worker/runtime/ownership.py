@@ -16,9 +16,9 @@ import faust
 
 from worker import codec
 from worker.changes import Segmenter
-from worker.outbox import Deliveries
 from worker.routing import partition_keys
 from worker.runtime import faust_internals as fi
+from worker.runtime.delivery import Deliveries
 from worker.runtime.positions import Positions
 from worker.runtime.recovery import ChangelogReader
 from worker.runtime.topology import Topology

@@ -25,11 +25,11 @@ from worker import codec, metrics
 from worker.changes import BatchResult, InputRecord, Segmenter
 from worker.clustering import ModelSnapshot
 from worker.features import wire
-from worker.outbox import Deliveries
 from worker.personas.registry import small_personas
 from worker.personas.timeline import Timeline
 from worker.producing import Record
 from worker.runtime import faust_internals as fi
+from worker.runtime.delivery import Deliveries
 from worker.runtime.handoff import Fetched
 from worker.runtime.modelpin import META_MODEL, MODEL_KEY, ModelPin, recorded_version, slot_key
 from worker.runtime.ownership import Ownership, meta_keys
