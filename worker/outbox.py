@@ -23,7 +23,8 @@ A round's callbacks run after it is delivered (positions become committable; lat
 outputs), and ``on_stored`` gets the round's states and positions with what the broker answered for each (the
 local state store keeps what the changelog holds).
 
-Pure asyncio around a ``send_all`` coroutine (:class:`worker.producing.BatchSender` in the worker); no Faust.
+Pure asyncio around a ``send_all`` coroutine; no Faust. The worker runs it on a thread of its own with a producer of
+its own (:class:`worker.runtime.delivery.OutboxThread`, :class:`worker.producing.ProducerSender`).
 """
 
 from __future__ import annotations
