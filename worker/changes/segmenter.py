@@ -105,7 +105,7 @@ class BatchResult:
     sampled: list[UserState] = field(default_factory=list)  # the state each sample is of (never written out)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Eval:
     user_id: str
     state: UserState
@@ -117,6 +117,23 @@ class _Eval:
     quiet: str | None = None  # a silence that moves the user to `lapsing` or `dormant`: the model is not asked
     row: bytes | None = None  # the user's raw feature vector (FeatureSpace.packed_row; None for a quiet check)
     cause: Displacement | None = None  # a model update's: the persona-change event and where it lets the user go
+
+    # written out, as InputRecord's: one is made per event the model is asked about
+    def __init__(
+        self,
+        user_id: str,
+        state: UserState,
+        t: int,
+        n: int,
+        trigger: str,
+        source: tuple[int, int],
+        consumed_at: float,
+        quiet: str | None = None,
+        row: bytes | None = None,
+        cause: Displacement | None = None,
+    ) -> None:
+        self.user_id, self.state, self.t, self.n, self.trigger = user_id, state, t, n, trigger
+        self.source, self.consumed_at, self.quiet, self.row, self.cause = source, consumed_at, quiet, row, cause
 
 
 class Segmenter:
