@@ -38,7 +38,11 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
-@dataclass(slots=True)
+# the constructors are written out: a dataclass-generated one runs interpreted even in the compiled core (where
+# the interpreter may also hand the lock to another thread), and an event is made per consumed record
+
+
+@dataclass(slots=True, init=False)
 class UserEvent:
     user_id: str
     event_type: str
@@ -46,14 +50,30 @@ class UserEvent:
     value: float | None
     session_id: str | None
     context: dict[str, str] | None
-    consent: bool | None = None  # context.consent.segmentation: False opts the user out, True back in
+    consent: bool | None  # context.consent.segmentation: False opts the user out, True back in
+
+    def __init__(
+        self,
+        user_id: str,
+        event_type: str,
+        ts: int,
+        value: float | None,
+        session_id: str | None,
+        context: dict[str, str] | None,
+        consent: bool | None = None,
+    ) -> None:
+        self.user_id, self.event_type, self.ts, self.value = user_id, event_type, ts, value
+        self.session_id, self.context, self.consent = session_id, context, consent
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ErasureRequest:
     user_id: str
     requested_at: int  # epoch ms
     request_id: str | None
+
+    def __init__(self, user_id: str, requested_at: int, request_id: str | None) -> None:
+        self.user_id, self.requested_at, self.request_id = user_id, requested_at, request_id
 
 
 def _surely_valid(doc: dict[str, Any]) -> bool:
