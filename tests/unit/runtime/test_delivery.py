@@ -104,9 +104,13 @@ def test_deliveries_go_on_while_the_apps_loop_is_busy() -> None:
         box = OutboxThread(sender)
         await box.add([rec("out", "warm")])
         await box.drain()  # the thread runs
+        busy_from = time.monotonic()  # add hands the batch over without a turn of the app's loop
         await box.add([rec("out", "c1")], [("u1", rec("state", "s1"))], [(0, rec("pos", "p1"))])
-        busy_from = time.monotonic()
-        time.sleep(0.5)  # a long batch: the app's loop takes no turn meanwhile
+        # a long batch: the app's loop takes no turn until the three round trips are done (or 10 s, on a machine
+        # busy with other tests: an outbox that needed the app's loop makes none of them meanwhile)
+        deadline = busy_from + 10.0
+        while len(sender.sends) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
         busy_until = time.monotonic()
         await box.drain()
         return sender, busy_from, busy_until
