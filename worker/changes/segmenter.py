@@ -114,9 +114,9 @@ class _Eval:
     trigger: str  # "event", "silence", "model_update", "erased" or "consent_withdrawn"
     source: tuple[int, int]
     consumed_at: float
-    quiet: str | None = None  # a silence that moves the user to `lapsing` or `dormant`: the model is not asked
-    row: bytes | None = None  # the user's raw feature vector (FeatureSpace.packed_row; None for a quiet check)
-    cause: Displacement | None = None  # a model update's: the persona-change event and where it lets the user go
+    quiet: str | None  # a silence that moves the user to `lapsing` or `dormant`: the model is not asked
+    row: bytes | None  # the user's raw feature vector (FeatureSpace.packed_row; None for a quiet check)
+    cause: Displacement | None  # a model update's: the persona-change event and where it lets the user go
 
     # written out, as InputRecord's: one is made per event the model is asked about
     def __init__(

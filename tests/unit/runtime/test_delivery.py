@@ -109,7 +109,7 @@ def test_deliveries_go_on_while_the_apps_loop_is_busy() -> None:
         # a long batch: the app's loop takes no turn until the three round trips are done (or 10 s, on a machine
         # busy with other tests: an outbox that needed the app's loop makes none of them meanwhile)
         deadline = busy_from + 10.0
-        while len(sender.sends) < 4 and time.monotonic() < deadline:
+        while len(sender.sends) < 4 and time.monotonic() < deadline:  # the warm-up's send and these three
             time.sleep(0.01)
         busy_until = time.monotonic()
         await box.drain()
