@@ -16,7 +16,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from faust.types import TP
 
 from worker import codec, corebuild, metrics
 from worker.changes import Segmenter
+from worker.changes.owners import UserPartitions
 from worker.clustering import ModelSnapshot
 from worker.features import wire
 from worker.kafkasecurity import aiokafka_config, kafka_python_config
@@ -68,7 +68,9 @@ def create_app(settings: Settings) -> faust.App:
     local = LocalStore(Path(s.data_dir) / f"{s.app_id}-state.rocksdb") if s.state_store == "rocksdb" else None
     outbox = _outbox(topo, local)
     user_states = wire.EncodedStates(fi.values(topo.users))  # decoded on access
-    segmenter = Segmenter(s, user_states, _owner_of(topo, partition_of), segment_rules=segment_rules)
+    segmenter = Segmenter(
+        s, user_states, UserPartitions(fi.key_partitions(topo.users), partition_of), segment_rules=segment_rules
+    )
     positions = Positions(topo.stream_topics)
     isolation = "read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted"
     auth = aiokafka_config(s)  # TLS/SASL of the worker's own aiokafka clients (Faust's get broker_credentials)
@@ -138,19 +140,6 @@ def _outbox(topo: topology.Topology, local: LocalStore | None) -> OutboxThread:
     )
     metrics.OUTBOX_PENDING.set_function(lambda: outbox.pending)
     return outbox
-
-
-def _owner_of(topo: topology.Topology, partition_of: Callable[[str], int]) -> Callable[[str], int]:
-    """A user's partition: the memory store's record of every key's changelog partition (kept by ``stage`` and the
-    changelog reader) is much cheaper than the murmur2 partitioner, which the cache does not cover beyond 65k
-    users (a scan of a million took nine seconds)."""
-    where = fi.key_partitions(topo.users)
-
-    def owner_of(uid: str) -> int:
-        p = where.get(uid)
-        return partition_of(uid) if p is None else p
-
-    return owner_of
 
 
 def _trainer(s: Settings, topo: topology.Topology, changelog: ChangelogReader, sampler: RangeReader) -> TrainerHost:

@@ -1,4 +1,6 @@
-"""All JSON encoding and decoding goes through here (orjson)."""
+"""All JSON encoding and decoding goes through here (orjson). Part of the compiled core (:mod:`worker.corebuild`):
+the core encodes every state it writes through :func:`dumps`, and an interpreted function called from compiled code
+is where the interpreter hands its lock to another thread in the middle of a batch."""
 
 from __future__ import annotations
 

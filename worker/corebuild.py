@@ -26,9 +26,11 @@ from types import ModuleType
 
 # the per-event path of the core (bench/core.py) and what it calls per event; plain typed Python, mypyc-clean
 CORE_MODULES: tuple[str, ...] = (
+    "worker.codec",
     "worker.changes.dormancy",
     "worker.changes.hysteresis",
     "worker.changes.kept",
+    "worker.changes.owners",
     "worker.changes.segmenter",
     "worker.changes.silence",
     "worker.events.ingest",
