@@ -3,7 +3,7 @@
     python bench/throughput.py [--users 3000] [--days 28] [--partitions 8] [--workers 1] [--runs 1]
                                [--trainer process|thread] [--no-latency] [--latency-rate R]
                                [--latency-runs N] [--blas-threads N] [--fetch-max-wait-ms MS]
-                               [--batch-size N] [--batch-window S]
+                               [--batch-size N] [--batch-window S] [--producer-linger-ms MS]
 
 Starts the embedded broker and fills one topic with synthetic events. Times a plain aiokafka consumer that decodes
 every record with orjson on it (the median of five passes); then, for each ``--workers`` count, starts that many
@@ -127,13 +127,23 @@ def histogram_quantile(m: dict[str, float], name: str, q: float, before: dict[st
     return float("nan")
 
 
-def produce_paced(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rate: float) -> None:
+def produce_paced(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rate: float, linger_ms: int) -> None:
     """The records at ``rate`` per second with librdkafka (confluent-kafka): a producer in C, so that pacing them
-    takes little of the two cores the worker runs on."""
+    takes little of the two cores the worker runs on.
+
+    ``linger_ms``: librdkafka sends a request per partition per linger; at 5 ms (its default) that was ~680 requests
+    a second at 10,000 events/s, and the broker, which shares the worker's two cores here (never in a deployment),
+    spent 0.56 of a core on them against 0.40 at 25 ms. The wait counts against the worker: an event's timestamp is
+    taken when it is handed to the producer, before it lingers."""
     # murmur2 as Java's default partitioner (librdkafka's own default, CRC32, puts most users on another partition
     # than the worker's: each of their events would be re-routed, a second produce and consume)
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False, "partitioner": "murmur2_random"}
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": linger_ms,
+            "enable.idempotence": False,
+            "partitioner": "murmur2_random",
+        }
     )
     started = time.monotonic()
     for i, (key, value) in enumerate(records):
@@ -225,7 +235,7 @@ class Bench:
                 time.sleep(0.2)
             before = self._quiet(worker)
             since_ms = int(time.time() * 1000)
-            produce_paced(self.broker.bootstrap, settings.input_topic, rest, rate)
+            produce_paced(self.broker.bootstrap, settings.input_topic, rest, rate, self.a.producer_linger_ms)
             while not self._done(after := worker.metrics(), len(records)):
                 time.sleep(0.2)
             return before, after, end_to_end(self.broker.bootstrap, settings, since_ms)
@@ -278,7 +288,8 @@ def latency_line(
 ) -> str:
     """One latency run: its settings, the end-to-end quantiles and the worker's own histograms."""
     return (
-        f"BLAS threads {a.blas_threads or 'default'}, fetch wait {a.fetch_max_wait_ms} ms, "
+        f"producer linger {a.producer_linger_ms} ms, BLAS threads {a.blas_threads or 'default'}, "
+        f"fetch wait {a.fetch_max_wait_ms} ms, "
         f"batches of at most {a.batch_size:,} within {a.batch_window * 1000:g} ms, trainer in a {a.trainer}, "
         f"at {target:,.0f} events/s, after the first model: {_quantiles(seconds)}; from the fetch's hand-off "
         f"(the worker's histogram, bucket bounds) p50 <= {histogram_quantile(after, LATENCY, 0.5, before)}s, "
@@ -316,6 +327,12 @@ def main() -> None:
     ap.add_argument("--fetch-max-wait-ms", type=int, default=Settings.fetch_max_wait_ms, help="fetch_max_wait_ms")
     ap.add_argument("--batch-size", type=int, default=Settings.batch_size, help="batch_size")
     ap.add_argument("--batch-window", type=float, default=Settings.batch_window, help="batch_window (seconds)")
+    ap.add_argument(
+        "--producer-linger-ms",
+        type=int,
+        default=25,
+        help="linger.ms of the latency run's producer (its wait counts in the latency; see produce_paced)",
+    )
     a = ap.parse_args()
     if not a.runs and not a.latency_rate and not a.no_latency:
         ap.error("--runs 0 needs --latency-rate (half the saturated rate is not measured)")
