@@ -27,7 +27,7 @@ class FakeProducer:
     async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None, headers: Any) -> Any:
         self.sent.append((topic, value))
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        if value == self.fail_on:
+        if self.fail_on is not None and value == self.fail_on:
             fut.set_exception(OSError("broker went away"))
         elif self.auto:
             fut.set_result(len(self.delivered))

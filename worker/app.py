@@ -94,7 +94,6 @@ def create_app(settings: Settings) -> faust.App:
         views.Sources(
             segmenter,
             topo.users,
-            user_states,
             ownership.owned,
             ownership.assigned,
             ownership.ready,
@@ -197,7 +196,7 @@ def _lifecycle(
     async def close_readers(sender: Any, **kwargs: Any) -> None:
         ownership.closing = True  # the timer's and the trainer's broker reads stop with the readers
         try:  # what the last batches wrote (a restart would redo it; delivering it saves the redo)
-            await asyncio.wait_for(outbox.drain(), timeout=10.0)
+            await asyncio.wait_for(_write_all(pipeline, outbox), timeout=10.0)
         except Exception as exc:
             log.warning("outbox not drained at shutdown: %s", exc)
         for reader in readers:
@@ -205,6 +204,11 @@ def _lifecycle(
         topics.close()
         if local is not None:
             local.close()
+
+
+async def _write_all(pipeline: Pipeline, outbox: Deliveries) -> None:
+    await pipeline.write_now()
+    await outbox.drain()
 
 
 def _agents(

@@ -159,6 +159,15 @@ class Settings:
             "state encoded, a tenth of that, and a batch decodes the users it touches that are not kept); 0: none"
         },
     )
+    state_write_interval: float = field(
+        default=1.0,
+        metadata={
+            "help": "seconds between writes of the user states and positions to the changelog: a user's state is "
+            "written once per interval however many of its events came (segment changes go out at once); a crash "
+            "re-applies up to this much of the stream (the offset fence keeps counts right; changes come again "
+            "with the same ids); also written when state_cache_users users wait; 0: after every batch"
+        },
+    )
     max_event_bytes: int = field(default=65_536, metadata={"help": "larger records are dead-lettered"})
     max_future_seconds: float = field(
         default=86_400.0,
@@ -266,8 +275,10 @@ class Settings:
             problems.append("blas_threads must be >= 0")
         if not 0 <= self.trainer_nice <= 19:
             problems.append("trainer_nice must be within 0..19")
-        if self.fetch_max_wait_ms < 0 or self.batch_size < 1 or self.batch_window < 0 or self.state_cache_users < 0:
-            problems.append("fetch_max_wait_ms, batch_window and state_cache_users must be >= 0, batch_size >= 1")
+        if min(self.fetch_max_wait_ms, self.batch_window, self.state_cache_users, self.state_write_interval) < 0:
+            problems.append("fetch_max_wait_ms, batch_window, state_cache_users, state_write_interval must be >= 0")
+        if self.batch_size < 1:
+            problems.append("batch_size must be >= 1")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
 

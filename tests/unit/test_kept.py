@@ -94,3 +94,26 @@ def test_a_state_read_again_from_the_changelog_is_not_shadowed_by_the_kept_one()
     seg.rebuild({0}, {0: 1000})
     step(seg, rec[2:])
     assert store["u"].n == 2  # the first and the third
+
+
+def test_a_state_not_written_yet_is_read_back_after_it_is_no_longer_kept() -> None:
+    """Deferred writes: a user's newest state, pushed out of the kept ones before the caller wrote it, is read
+    from what waits for the write, never from the store (older there); an erasure waits as a deletion."""
+    store = EncodedStates({u: encode(UserState(2)) for u in "ab"})
+    kept = KeptStates(store, 1)
+    kept.defer()
+    newer = UserState(2)
+    newer.n = 7
+    kept.wrote({"a": newer}, [])
+    kept.get("b")  # "a" is pushed out
+    assert len(kept) == 1 and kept.get("a") is newer and kept.peek("a") is newer
+    kept.wrote({}, ["b"])
+    assert kept.get("b") is None and kept.unwritten == 2
+    assert kept.take_unwritten() == {"a": newer, "b": None} and kept.unwritten == 0
+    assert kept.get("b") is not None  # the caller has not deleted it from the store: as stored
+
+
+def test_without_deferring_nothing_waits() -> None:
+    kept = KeptStates(EncodedStates({}), 2)
+    kept.wrote({"a": UserState(2)}, ["b"])
+    assert kept.unwritten == 0 and kept.take_unwritten() == {}

@@ -225,6 +225,27 @@ class Segmenter:
             if due:
                 self.silence.schedule(p, uid, due)
 
+    # --- the states' writes ----------------------------------------------------------------------------
+    def defer_writes(self) -> None:
+        """The caller writes the store when it takes the states batches changed (:meth:`take_unwritten`), not
+        after every batch; until then they are read from the kept ones (a store of encoded states only)."""
+        if self._kept is None:
+            raise TypeError("deferred writes need a store of encoded states (worker.features.wire.EncodedStates)")
+        self._kept.defer()
+
+    def take_unwritten(self) -> dict[str, UserState | None]:
+        """The newest state of each user changed since the last call (None: erased), to be written now."""
+        return {} if self._kept is None else self._kept.take_unwritten()
+
+    @property
+    def unwritten(self) -> int:
+        """Users whose newest state is not written to the store yet."""
+        return 0 if self._kept is None else self._kept.unwritten
+
+    def newest(self, uid: str) -> UserState | None:
+        """The user's newest state, for a reader beside the batches (the store's may be older)."""
+        return self.store.get(uid) if self._kept is None else self._kept.peek(uid)
+
     def _summaries(self) -> Iterable[tuple[str, int, str | None, int]]:
         """(user id, event count, segment, due) of every stored user: from the encoded form when the store keeps
         states encoded (a scan of a million users decodes only these fields)."""

@@ -86,6 +86,11 @@ OUTBOX_PENDING = Gauge(
     PREFIX + "outbox_pending",
     "Records of applied batches queued for the next delivery round (outputs, states, positions).",
 )
+STATES_WRITTEN = Counter(
+    PREFIX + "states_written",
+    "User states written to the changelog (deletions of erased users included): each user's newest, at most once "
+    "per state_write_interval.",
+)
 OUTBOX_ROUND_SECONDS = Histogram(
     PREFIX + "outbox_round_seconds",
     "Wall time of one delivery round: its outputs, states and positions sent and acknowledged by the broker.",

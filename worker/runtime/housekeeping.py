@@ -1,5 +1,5 @@
-"""The one-second tick: readiness, a model that arrived while no events flow, probes of partitions standing still,
-commits of the positions the changelog holds, and the per-partition gauges."""
+"""The one-second tick: readiness, the states waiting for their write, a model that arrived while no events flow,
+probes of partitions standing still, commits of the positions the changelog holds, and the per-partition gauges."""
 
 from __future__ import annotations
 
@@ -34,10 +34,13 @@ class Housekeeping:
     async def tick(self) -> None:
         own = self.ownership
         metrics.READY.set(1 if own.ready() else 0)
-        if own.closing or not own.settled() or not self.pipeline.topics.ok:
+        if own.closing or not own.settled():
+            return
+        started = time.perf_counter()
+        await self.pipeline.write_due()  # states waiting when no batch came since their interval ended
+        if not self.pipeline.topics.ok:
             return
         # a model can arrive while no events flow (the trainer lags the stream): assign waiting users now
-        started = time.perf_counter()
         async with self.pipeline.lock:
             await self.pipeline.catch_up()
         try:

@@ -2,11 +2,12 @@
 
 The ingest agents, the probe and the timer share user states: a batch that read a user before another batch's
 write of that user landed would overwrite it (a lost update), so every batch runs under one lock. Before a batch
-the worker catches up: a changed assignment is taken in and a newer model adopted. A batch's writes are queued in
-the outbox, snapshotted at the end of the batch, in the order crash safety needs (:mod:`worker.outbox`): its
-outputs, then the user states (each holds the offset fence that drops re-deliveries, so a state landing before its
-change record would drop the re-delivered event and never re-emit the change), then the partitions' positions
-(which must not land before the states they cover).
+the worker catches up: a changed assignment is taken in and a newer model adopted. A batch's outputs are queued in
+the outbox at once, snapshotted at the end of the batch; the user states it changed and the partitions' positions
+follow once per interval (:mod:`worker.runtime.statewrites`), in the order crash safety needs
+(:mod:`worker.outbox`): outputs, then the user states (each holds the offset fence that drops re-deliveries, so a
+state landing before its change record would drop the re-delivered event and never re-emit the change), then the
+positions (which must not land before the states they cover).
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from worker import codec, metrics
+from worker import metrics
 from worker.changes import BatchResult, InputRecord, Segmenter
 from worker.clustering import ModelSnapshot
-from worker.features import wire
 from worker.personas.registry import small_personas
 from worker.personas.timeline import Timeline
 from worker.producing import Record
 from worker.runtime import faust_internals as fi
 from worker.runtime.delivery import Deliveries
 from worker.runtime.handoff import Fetched
-from worker.runtime.modelpin import META_MODEL, MODEL_KEY, ModelPin, recorded_version, slot_key
-from worker.runtime.ownership import Ownership, meta_keys
+from worker.runtime.modelpin import MODEL_KEY, ModelPin, recorded_version, slot_key
+from worker.runtime.ownership import Ownership
 from worker.runtime.positions import Positions
 from worker.runtime.records import OutputEncoder, input_records
+from worker.runtime.statewrites import StateWrites
 from worker.runtime.topology import Topology
 from worker.settings import Settings
 from worker.topics import TopicWatch
@@ -113,7 +114,7 @@ class Pipeline:
         self.streams = topo.stream_topics
         self.lock = asyncio.Lock()
         self.timeline = Timeline()  # the moves this worker delivered since it started (the personas page)
-        self._meta_keys = meta_keys(settings.partitions)
+        self.writes = StateWrites(settings, topo, segmenter, positions)
 
     async def handle(self, stream: str, batch: list[InputRecord]) -> None:
         async with self.lock:
@@ -197,6 +198,8 @@ class Pipeline:
         under an owner that never had a model, e.g. one that left before the first was trained); members of
         personas a model update ended or split are placed again (``Segmenter.sweep``). Decided by the adopted
         version and the users' states alone, so a restart that pins the version re-emits the same changes."""
+        if self.writes.pending and self.ownership.assigned() != self.ownership.owned:
+            await self.write()  # under the assignment they were made in (revoke wrote them already, as a rule)
         gained = await self.ownership.refresh()
         if gained and self.segmenter.model is None and not self.pin.active:
             await self._pin(gained)
@@ -252,6 +255,7 @@ class Pipeline:
             # fetched under the old assignment: read again by whoever owns them next
             for stream, dropped in self.topo.handoff.clear().items():
                 self._stale(stream, dropped)
+            await self.write()
             await self.outbox.drain()
             await self.commit()
             self.positions.close_all()
@@ -272,30 +276,36 @@ class Pipeline:
         self.positions.was_committed(todo)
 
     async def publish(self, res: BatchResult, advanced: Iterable[int], seal: bool = False) -> None:
-        """Queue a batch's writes in the outbox, snapshotted now: its outputs, then its user states, then the
-        partitions' positions, each kind delivered before the next is sent (``seal``: and before any later write)."""
+        """Queue a batch's outputs in the outbox, snapshotted now, and with them the states and positions waiting
+        when their interval is over (``seal``: whatever the interval, and delivered before any later write)."""
         outputs = self.encoder.encode(res)
         self._log_dead_letters(res)
-        users = self.topo.users
-        states = [(uid, self.topo.stage(users, uid, wire.encode(state))) for uid, state in res.dirty.items()]
-        states += [(uid, self.topo.stage(users, uid, None)) for uid in res.erased]  # tombstones: the user goes
-        metas, durable_after = self._stage_positions(res.partitions.union(advanced))
         delivered = _Delivered(outputs, res, self.timeline)
-        await self.outbox.add(outputs, states, metas, delivered, lambda: self.positions.stored(durable_after), seal)
+        now = time.monotonic()
+        self.writes.note(res.partitions.union(advanced), now)
+        if seal or self.writes.due(now):
+            states, metas, stored = self.writes.take()
+            await self.outbox.add(outputs, states, metas, delivered, stored, seal)
+        else:
+            await self.outbox.add(outputs, after_outputs=delivered)
         self._count(res)
 
-    def _stage_positions(self, partitions: set[int]) -> tuple[list[tuple[int, Record]], dict[tuple[str, int], int]]:
-        """The partitions' positions (and newest event time) as state records, and the positions they make
-        durable once delivered."""
-        metas = []
-        durable_after: dict[tuple[str, int], int] = {}
-        version = self.segmenter.model.version if self.segmenter.model is not None else 0
-        for p in partitions:
-            at = self.positions.state_of(p)
-            durable_after.update({(stream, p): position for stream, position in at.items()})
-            meta = {"max_ts": self.segmenter.watermarks.max_ts.get(p, 0), META_MODEL: version, **at}
-            metas.append((p, self.topo.stage(self.topo.part_meta, self._meta_keys[p], codec.dumps(meta))))
-        return metas, durable_after
+    async def write(self) -> None:
+        """Queue the waiting states and positions now (the caller holds the lock)."""
+        if self.writes.pending:
+            states, metas, stored = self.writes.take()
+            await self.outbox.add((), states, metas, after_all=stored)
+
+    async def write_due(self) -> None:
+        """The waiting states and positions, if their interval is over (a timer's: no batch may come to write
+        them)."""
+        async with self.lock:
+            if self.writes.due(time.monotonic()):
+                await self.write()
+
+    async def write_now(self) -> None:
+        async with self.lock:
+            await self.write()
 
     def _log_dead_letters(self, res: BatchResult) -> None:
         for d in res.dead:

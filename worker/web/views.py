@@ -124,7 +124,6 @@ class Sources:
 
     segmenter: Segmenter
     users: Any  # the users table (routing by key, its size)
-    user_states: Mapping[str, UserState]
     owned: set[int]  # partitions whose state is read (the set itself, kept current by the worker)
     assigned: Callable[[], set[int]]
     ready: Callable[[], bool]
@@ -221,7 +220,7 @@ def register(app: faust.App, src: Sources) -> None:
         partition = src.partition_of(user_id)
         if partition not in src.owned:  # ours, but its state is not read yet (start-up, rebalance)
             return _retry_later(web, "the state of this user's partition is being recovered", user_id)
-        state = src.user_states.get(user_id)
+        state = seg.newest(user_id)
         if state is None:  # never seen, or erased
             return _json(web, {"error": "unknown user", "user_id": user_id}, status=404)
         if state.opted_out:  # nothing is kept beyond the fact

@@ -4,12 +4,13 @@ real core, a fake producer. What goes out, in which order, and what becomes dura
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from typing import Any
 
 from tests.fakes import FakeProducer
 from worker import codec
-from worker.changes import Segmenter
+from worker.changes import BatchResult, Segmenter
 from worker.features import wire
 from worker.kafkaio import Record
 from worker.outbox import Outbox
@@ -20,10 +21,11 @@ from worker.runtime.handoff import Fetched
 from worker.runtime.ownership import Ownership
 from worker.runtime.pipeline import Pipeline
 from worker.runtime.positions import Positions
-from worker.runtime.records import INPUT, input_record
+from worker.runtime.records import ERASURES, INPUT, input_record
 from worker.settings import Settings
 
 S = Settings(partitions=2, app_id="unit", input_topic="events", output_topic="changes", dlq_topic="dlq")
+EVERY_BATCH = dataclasses.replace(S, state_write_interval=0.0)  # states and positions written with each batch
 T0 = 1_767_225_600_000  # 2026-01-01
 
 
@@ -31,27 +33,33 @@ class Topics:
     ok = True
 
 
-def build() -> tuple[Pipeline, FakeProducer, Outbox]:
-    topo = topology.build(S, with_memberships=False)
+def build(s: Settings = EVERY_BATCH) -> tuple[Pipeline, FakeProducer, Outbox]:
+    topo = topology.build(s, with_memberships=False)
     producer = FakeProducer()
     outbox = Outbox(producer.send_all)
-    segmenter = Segmenter(S, wire.EncodedStates(fi.values(topo.users)), partitioner(S.partitions))
+    segmenter = Segmenter(s, wire.EncodedStates(fi.values(topo.users)), partitioner(s.partitions))
     positions = Positions(topo.stream_topics)
     topics: Any = Topics()
-    own = Ownership(S, topo, None, positions, segmenter, outbox, topics, None)  # type: ignore[arg-type]
-    pipeline = Pipeline(S, topo, segmenter, positions, own, outbox, topics, None, partitioner(S.partitions))
+    own = Ownership(s, topo, None, positions, segmenter, outbox, topics, None)  # type: ignore[arg-type]
+    pipeline = Pipeline(s, topo, segmenter, positions, own, outbox, topics, None, partitioner(s.partitions))
     return pipeline, producer, outbox
 
 
-def records(partition: int) -> list[Any]:
-    """Events of users owned by ``partition``, one of them keyed to another, and a record that is no event."""
+def owned_users(partition: int) -> list[str]:
     owner = partitioner(S.partitions)
-    users = [u for u in (f"user-{i}" for i in range(40)) if owner(u) == partition][:3]
-    values = [codec.dumps({"user_id": u, "event_type": "view", "timestamp": T0 + i}) for i, u in enumerate(users)]
+    return [u for u in (f"user-{i}" for i in range(40)) if owner(u) == partition][:3]
+
+
+def records(partition: int, first: int = 10, t: int = T0) -> list[Any]:
+    """Events of users owned by ``partition``, one of them keyed to another, and a record that is no event (at
+    offsets from ``first``)."""
+    owner = partitioner(S.partitions)
+    users = owned_users(partition)
+    values = [codec.dumps({"user_id": u, "event_type": "view", "timestamp": t + i}) for i, u in enumerate(users)]
     values.append(b"{not json")
     stranger = next(u for u in (f"other-{i}" for i in range(40)) if owner(u) != partition)
-    values.append(codec.dumps({"user_id": stranger, "event_type": "view", "timestamp": T0}))
-    return [input_record(INPUT, partition, 10 + i, b"k", v, None, S.partitions, 0.0) for i, v in enumerate(values)]
+    values.append(codec.dumps({"user_id": stranger, "event_type": "view", "timestamp": t}))
+    return [input_record(INPUT, partition, first + i, b"k", v, None, S.partitions, 0.0) for i, v in enumerate(values)]
 
 
 def run_batches(pipeline: Pipeline, producer: FakeProducer, outbox: Outbox, *batches: list[Any]) -> list[Any]:
@@ -119,3 +127,78 @@ def test_the_event_loop_gets_a_turn_after_each_batch_of_a_take() -> None:
         return turns
 
     assert asyncio.run(scenario()) == ["loop", "take returned"]
+
+
+def delivered_kinds(producer: FakeProducer) -> Counter[str]:
+    return Counter("out" if t in ("unit-events-by-user", "dlq", "changes") else t for t, _ in producer.delivered)
+
+
+def test_states_wait_for_their_interval_and_each_user_is_written_once() -> None:
+    """Under the default interval a batch's outputs go out at once; the states of two batches of the same users
+    go once per user, with the position after the second batch, and only then is anything durable."""
+    pipeline, producer, outbox = build(S)
+    pipeline.positions.open(INPUT, 0, 10, 0.0)
+
+    async def scenario() -> tuple[Counter[str], Any, Counter[str], Any]:
+        delivery = asyncio.create_task(outbox.run())
+        for first, t in ((10, T0), (15, T0 + 1000)):
+            await pipeline.handle(INPUT, records(0, first, t))
+        await outbox.drain()
+        before = (delivered_kinds(producer), pipeline.positions.to_commit())
+        await pipeline.write_due()  # a timer's tick inside the interval: nothing is due
+        await pipeline.write()
+        await outbox.drain()
+        delivery.cancel()
+        return (*before, delivered_kinds(producer), pipeline.positions.to_commit())
+
+    outputs_only, durable_before, after, durable_after = asyncio.run(scenario())
+    assert outputs_only == {"out": 2 * 2 + 3} and durable_before == {}  # dead letters, strangers; 3 first changes
+    assert after == {**outputs_only, "unit-users-changelog": 3, "unit-partition-meta-changelog": 1}
+    assert codec.loads(producer.delivered[-1][1])[INPUT] == 20
+    assert durable_after == {(INPUT, 0): 20}
+    users = pipeline.topo.users
+    assert all(wire.decode(users[u]).n == 2 for u in owned_users(0))  # the newest state, both events in it
+
+
+def test_a_state_waiting_is_read_by_the_next_batch_and_an_erasure_replaces_it() -> None:
+    """The next batch reads a state waiting for its write (never the table's older one), and an erasure's
+    deletion is what is written in the end, not the state before it."""
+    pipeline, producer, outbox = build(S)
+    pipeline.positions.open(INPUT, 0, 10, 0.0)
+    pipeline.positions.open(ERASURES, 0, 0, 0.0)
+    gone, stays = owned_users(0)[:2]
+    erasure = codec.dumps({"user_id": gone, "requested_at": T0 + 5000})
+
+    async def scenario() -> None:
+        delivery = asyncio.create_task(outbox.run())
+        await pipeline.handle(INPUT, records(0))
+        await pipeline.write()
+        await outbox.drain()
+        await pipeline.handle(INPUT, records(0, 15, T0 + 1000))
+        await pipeline.handle(ERASURES, [input_record(ERASURES, 0, 0, b"k", erasure, None, S.partitions, 0.0)])
+        await pipeline.write()
+        await outbox.drain()
+        delivery.cancel()
+
+    asyncio.run(scenario())
+    written = [v for t, v in producer.sent if t == "unit-users-changelog"]
+    assert sorted(v is None for v in written[3:]) == [False, False, True]  # the second: one deletion, no state of it
+    assert gone not in pipeline.topo.users and wire.decode(pipeline.topo.users[stays]).n == 2
+
+
+def test_a_sealed_write_takes_the_waiting_states_with_it() -> None:
+    """The record of a newly adopted model (sealed) carries every state waiting: nothing written later, under the
+    new model, may land before the states its changes follow from."""
+    pipeline, producer, outbox = build(S)
+    pipeline.positions.open(INPUT, 0, 10, 0.0)
+
+    async def scenario() -> None:
+        delivery = asyncio.create_task(outbox.run())
+        await pipeline.handle(INPUT, records(0))
+        await pipeline.publish(BatchResult(), {0}, seal=True)  # as Pipeline._record_model does
+        await outbox.drain()
+        delivery.cancel()
+
+    asyncio.run(scenario())
+    assert delivered_kinds(producer) == {"out": 5, "unit-users-changelog": 3, "unit-partition-meta-changelog": 1}
+    assert pipeline.segmenter.unwritten == 0 and not pipeline.writes.pending
