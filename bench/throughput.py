@@ -179,6 +179,7 @@ class Bench:
             fetch_max_wait_ms=a.fetch_max_wait_ms,
             batch_size=a.batch_size,
             batch_window=a.batch_window,
+            state_write_interval=a.state_write_interval,
             **({"input_topic": input_topic} if input_topic else {}),
         )
         if input_topic is None:
@@ -327,6 +328,12 @@ def main() -> None:
     ap.add_argument("--fetch-max-wait-ms", type=int, default=Settings.fetch_max_wait_ms, help="fetch_max_wait_ms")
     ap.add_argument("--batch-size", type=int, default=Settings.batch_size, help="batch_size")
     ap.add_argument("--batch-window", type=float, default=Settings.batch_window, help="batch_window (seconds)")
+    ap.add_argument(
+        "--state-write-interval",
+        type=float,
+        default=Settings.state_write_interval,
+        help="state_write_interval (seconds; 0: states written with every batch)",
+    )
     ap.add_argument(
         "--producer-linger-ms",
         type=int,

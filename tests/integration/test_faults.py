@@ -169,7 +169,7 @@ def _check_outcome(s: Settings, pop: Population, worker: WorkerProcess) -> None:
         assert chain[0]["from_segment"] is None, uid
         for a, b in itertools.pairwise(chain):
             assert b["from_segment"] == a["to_segment"], uid
-        assert chain[-1]["to_segment"] == users[uid]["segment"], uid
+        assert chain[-1]["to_segment"] == users[uid]["segment"], f"{users[uid]}\n{_trace(s, uid)}"
         assert len(chain) == users[uid]["changes"], uid
     assert set(chains) == {u for u, v in users.items() if v["segment"] is not None}
 

@@ -109,6 +109,8 @@ def test_a_state_not_written_yet_is_read_back_after_it_is_no_longer_kept() -> No
     assert len(kept) == 1 and kept.get("a") is newer and kept.peek("a") is newer
     kept.wrote({}, ["b"])
     assert kept.get("b") is None and kept.unwritten == 2
+    assert kept.take_unwritten(["b", "x", "b"]) == {"b": None} and kept.unwritten == 1  # some users only
+    kept.wrote({}, ["b"])
     assert kept.take_unwritten() == {"a": newer, "b": None} and kept.unwritten == 0
     assert kept.get("b") is not None  # the caller has not deleted it from the store: as stored
 

@@ -74,11 +74,14 @@ class KeptStates:
         """From now on the caller writes states when it takes them (:meth:`take_unwritten`), not after each batch."""
         self._deferred = True
 
-    def take_unwritten(self) -> dict[str, UserState | None]:
-        """The states batches changed since the last call, newest of each user (None: erased), for the caller to
-        write to the store now."""
-        unwritten, self._unwritten = self._unwritten, {}
-        return unwritten
+    def take_unwritten(self, user_ids: Iterable[str] | None = None) -> dict[str, UserState | None]:
+        """The states batches changed since they were last taken (all, or those of ``user_ids``), the newest of
+        each user (None: erased), for the caller to write to the store now."""
+        if user_ids is None:
+            unwritten, self._unwritten = self._unwritten, {}
+            return unwritten
+        waiting = self._unwritten
+        return {user_id: waiting.pop(user_id) for user_id in user_ids if user_id in waiting}
 
     @property
     def unwritten(self) -> int:

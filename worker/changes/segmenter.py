@@ -233,9 +233,10 @@ class Segmenter:
             raise TypeError("deferred writes need a store of encoded states (worker.features.wire.EncodedStates)")
         self._kept.defer()
 
-    def take_unwritten(self) -> dict[str, UserState | None]:
-        """The newest state of each user changed since the last call (None: erased), to be written now."""
-        return {} if self._kept is None else self._kept.take_unwritten()
+    def take_unwritten(self, user_ids: Iterable[str] | None = None) -> dict[str, UserState | None]:
+        """The newest state of each user (all, or of ``user_ids``) changed since it was last taken (None: erased),
+        to be written now."""
+        return {} if self._kept is None else self._kept.take_unwritten(user_ids)
 
     @property
     def unwritten(self) -> int:

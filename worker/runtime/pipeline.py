@@ -276,8 +276,9 @@ class Pipeline:
         self.positions.was_committed(todo)
 
     async def publish(self, res: BatchResult, advanced: Iterable[int], seal: bool = False) -> None:
-        """Queue a batch's outputs in the outbox, snapshotted now, and with them the states and positions waiting
-        when their interval is over (``seal``: whatever the interval, and delivered before any later write)."""
+        """Queue a batch's outputs in the outbox, snapshotted now, with the states of the users they are about, and
+        all the states and positions waiting when their interval is over (``seal``: whatever the interval, and
+        delivered before any later write)."""
         outputs = self.encoder.encode(res)
         self._log_dead_letters(res)
         delivered = _Delivered(outputs, res, self.timeline)
@@ -287,7 +288,7 @@ class Pipeline:
             states, metas, stored = self.writes.take()
             await self.outbox.add(outputs, states, metas, delivered, stored, seal)
         else:
-            await self.outbox.add(outputs, after_outputs=delivered)
+            await self.outbox.add(outputs, self.writes.with_outputs(res), after_outputs=delivered)
         self._count(res)
 
     async def write(self) -> None:

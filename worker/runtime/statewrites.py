@@ -8,9 +8,16 @@ state written is as of batches whose outputs the outbox got before it, and the p
 with the states that cover them, never before. A crash re-applies what the written positions do not cover, as it
 did the batch in flight before: the offset fence keeps the counts right and changes come again with their ids.
 
-Written at once, whatever the interval: before a model is recorded (a sealed write: the position records name it
-before any output made under it), before the assignment changes (the next owner reads the changelog), at
-shutdown, and when ``state_cache_users`` users wait (the states waiting are kept in memory decoded).
+A user with an output in a batch (a segment change, a membership) is written with it, as every user was before:
+the output must never be delivered ahead of the state that made it for longer than one delivery round. A
+re-application after a crash may meet a user's events in another order (the input and the re-routing topic
+interleave as they are fetched); for a user whose state is older than a delivered change, it could decide that
+change anew, differently, under the same id. A user with no output in the window has nothing delivered to
+contradict: whatever its re-application decides is emitted then, with its state.
+
+Everything waiting is written at once, whatever the interval: before a model is recorded (a sealed write: the
+position records name it before any output made under it), before the assignment changes (the next owner reads the
+changelog), at shutdown, and when ``state_cache_users`` users wait (the states waiting are kept in memory decoded).
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from worker import codec, metrics
-from worker.changes import Segmenter
+from worker.changes import BatchResult, Segmenter
 from worker.features import wire
+from worker.features.state import UserState
 from worker.producing import Record
 from worker.runtime.modelpin import META_MODEL
 from worker.runtime.ownership import meta_keys
@@ -56,16 +64,25 @@ class StateWrites:
         since = self._since
         return since is not None and (now - since >= self.interval or self.segmenter.unwritten >= self.most)
 
+    def with_outputs(self, res: BatchResult) -> Staged:
+        """The states of the users with an output in this batch, staged, to be written with it."""
+        users = [uid for uid, _, _ in res.changes]
+        users += [uid for uid, _, _, _ in res.memberships]
+        return self._stage_states(self.segmenter.take_unwritten(users)) if users else []
+
     def take(self) -> tuple[Staged, Staged, Callable[[], None]]:
         """The waiting states and the positions they reach, staged in the tables (the store holds them from now),
         and what makes those positions durable once the outbox delivered them."""
-        users, stage = self.topo.users, self.topo.stage
-        unwritten = self.segmenter.take_unwritten()
-        states = [(uid, stage(users, uid, None if st is None else wire.encode(st))) for uid, st in unwritten.items()]
+        states = self._stage_states(self.segmenter.take_unwritten())
         metas, durable = self._stage_positions(self._partitions)
         self._partitions, self._since = set(), None
-        metrics.STATES_WRITTEN.inc(len(states))
         return states, metas, functools.partial(self.positions.stored, durable)
+
+    def _stage_states(self, unwritten: dict[str, UserState | None]) -> Staged:
+        users, stage = self.topo.users, self.topo.stage
+        states = [(uid, stage(users, uid, None if st is None else wire.encode(st))) for uid, st in unwritten.items()]
+        metrics.STATES_WRITTEN.inc(len(states))
+        return states
 
     def _stage_positions(self, partitions: set[int]) -> tuple[Staged, dict[tuple[str, int], int]]:
         """The partitions' positions (and newest event time, and the model in use) as state records, and the

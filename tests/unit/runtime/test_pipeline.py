@@ -130,34 +130,39 @@ def test_the_event_loop_gets_a_turn_after_each_batch_of_a_take() -> None:
 
 
 def delivered_kinds(producer: FakeProducer) -> Counter[str]:
-    return Counter("out" if t in ("unit-events-by-user", "dlq", "changes") else t for t, _ in producer.delivered)
+    outputs = ("unit-events-by-user", "dlq", "changes", "unit-training-samples")
+    return Counter("out" if t in outputs else t for t, _ in producer.delivered)
 
 
 def test_states_wait_for_their_interval_and_each_user_is_written_once() -> None:
-    """Under the default interval a batch's outputs go out at once; the states of two batches of the same users
-    go once per user, with the position after the second batch, and only then is anything durable."""
+    """Under the default interval a batch's outputs go out at once, and with them the states of the users they
+    are about (their first change); states without an output wait: those of two more batches go once per user,
+    with the position after the last batch, and only then is anything durable."""
     pipeline, producer, outbox = build(S)
     pipeline.positions.open(INPUT, 0, 10, 0.0)
 
-    async def scenario() -> tuple[Counter[str], Any, Counter[str], Any]:
+    async def scenario() -> list[tuple[Counter[str], Any]]:
         delivery = asyncio.create_task(outbox.run())
-        for first, t in ((10, T0), (15, T0 + 1000)):
+        seen = []
+        for first, t in ((10, T0), (15, T0 + 1000), (20, T0 + 2000)):
             await pipeline.handle(INPUT, records(0, first, t))
-        await outbox.drain()
-        before = (delivered_kinds(producer), pipeline.positions.to_commit())
-        await pipeline.write_due()  # a timer's tick inside the interval: nothing is due
+            await pipeline.write_due()  # a timer's tick inside the interval: nothing is due
+            await outbox.drain()
+            seen.append((delivered_kinds(producer), pipeline.positions.to_commit()))
         await pipeline.write()
         await outbox.drain()
+        seen.append((delivered_kinds(producer), pipeline.positions.to_commit()))
         delivery.cancel()
-        return (*before, delivered_kinds(producer), pipeline.positions.to_commit())
+        return seen
 
-    outputs_only, durable_before, after, durable_after = asyncio.run(scenario())
-    assert outputs_only == {"out": 2 * 2 + 3} and durable_before == {}  # dead letters, strangers; 3 first changes
-    assert after == {**outputs_only, "unit-users-changelog": 3, "unit-partition-meta-changelog": 1}
-    assert codec.loads(producer.delivered[-1][1])[INPUT] == 20
-    assert durable_after == {(INPUT, 0): 20}
+    first, second, third, written = asyncio.run(scenario())
+    assert first == ({"out": 5, "unit-users-changelog": 3}, {})  # 3 first changes, a dead letter, a stranger
+    assert second == ({"out": 7, "unit-users-changelog": 3}, {})  # no change: the states wait
+    assert third == ({"out": 10, "unit-users-changelog": 3}, {})  # a training sample (third events): no state
+    assert written == ({"out": 10, "unit-users-changelog": 6, "unit-partition-meta-changelog": 1}, {(INPUT, 0): 25})
+    assert codec.loads(producer.delivered[-1][1])[INPUT] == 25
     users = pipeline.topo.users
-    assert all(wire.decode(users[u]).n == 2 for u in owned_users(0))  # the newest state, both events in it
+    assert all(wire.decode(users[u]).n == 3 for u in owned_users(0))  # the newest state, all three events in it
 
 
 def test_a_state_waiting_is_read_by_the_next_batch_and_an_erasure_replaces_it() -> None:
