@@ -4,7 +4,8 @@ A batch writes three kinds of records, each kind delivered before the next is se
 :mod:`worker.runtime.pipeline`): its **outputs** (segment changes, re-routed events, dead letters), then the
 **states** of the users it touched (each holds the offset fence that drops re-deliveries, so it must not land
 before the changes it caused), then the **positions** of the partitions it consumed (which must not land before
-the states they cover).
+the states they cover). The pipeline hands over the states of users without an output, and the positions, once
+per interval rather than with every batch (:mod:`worker.runtime.statewrites`); the order holds all the same.
 
 Waiting for three broker round trips per batch made them the worker's ceiling. The outbox lets the core go on:
 a batch's records are added as bytes snapshotted at the end of the batch, and the delivery loop sends whatever has
