@@ -46,6 +46,7 @@ MODEL_VERSION = "segment_worker_model_version"
 SETTLED = "segment_worker_events_settled_total"
 BATCH = "segment_worker_batch_seconds"
 ROUND = "segment_worker_outbox_round_seconds"
+STATES_WRITTEN = "segment_worker_states_written_total"
 
 
 async def raw_loop(bootstrap: str, topic: str, n: int) -> float:
@@ -287,9 +288,13 @@ def _quantiles(seconds: list[float]) -> str:
 def latency_line(
     a: argparse.Namespace, target: float, seconds: list[float], before: dict[str, float], after: dict[str, float]
 ) -> str:
-    """One latency run: its settings, the end-to-end quantiles and the worker's own histograms."""
+    """One latency run: its settings, the end-to-end quantiles, the worker's own histograms and how many user
+    states it wrote an event."""
+    events = metric_total(after, SETTLED) - metric_total(before, SETTLED)
+    states = metric_total(after, STATES_WRITTEN) - metric_total(before, STATES_WRITTEN)
     return (
         f"producer linger {a.producer_linger_ms} ms, BLAS threads {a.blas_threads or 'default'}, "
+        f"states written every {a.state_write_interval:g} s ({states / max(1.0, events):.2f} an event), "
         f"fetch wait {a.fetch_max_wait_ms} ms, "
         f"batches of at most {a.batch_size:,} within {a.batch_window * 1000:g} ms, trainer in a {a.trainer}, "
         f"at {target:,.0f} events/s, after the first model: {_quantiles(seconds)}; from the fetch's hand-off "
