@@ -5,8 +5,8 @@ A batch's outputs go to the outbox at once; the states it changed wait in the se
 every ``state_write_interval`` seconds: a user with many events in an interval is written once, as Kafka Streams'
 record cache does until its commit interval. The order crash safety needs (:mod:`worker.outbox`) holds: every
 state written is as of batches whose outputs the outbox got before it, and the partitions' positions are written
-with the states that cover them, never before. A crash re-applies what the written positions do not cover, as it
-did the batch in flight before: the offset fence keeps the counts right and changes come again with their ids.
+with the states that cover them, never before. A crash re-applies what the written positions do not cover (up to
+an interval, where it was the batches of one delivery round before): the offset fence keeps the counts right.
 
 A user with an output in a batch (a segment change, a membership) is written with it, as every user was before:
 the output must never be delivered ahead of the state that made it for longer than one delivery round. A
