@@ -4,7 +4,6 @@ real core, a fake producer. What goes out, in which order, and what becomes dura
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -25,7 +24,7 @@ from worker.runtime.records import ERASURES, INPUT, input_record
 from worker.settings import Settings
 
 S = Settings(partitions=2, app_id="unit", input_topic="events", output_topic="changes", dlq_topic="dlq")
-EVERY_BATCH = dataclasses.replace(S, state_write_interval=0.0)  # states and positions written with each batch
+EVERY_BATCH = S.replace(state_write_interval=0.0)  # states and positions written with each batch
 T0 = 1_767_225_600_000  # 2026-01-01
 
 
@@ -207,3 +206,28 @@ def test_a_sealed_write_takes_the_waiting_states_with_it() -> None:
     asyncio.run(scenario())
     assert delivered_kinds(producer) == {"out": 5, "unit-users-changelog": 3, "unit-partition-meta-changelog": 1}
     assert pipeline.segmenter.unwritten == 0 and not pipeline.writes.pending
+
+
+def test_a_timer_writes_an_interval_that_ended_with_no_batch_since() -> None:
+    """No batch comes after the last one (the stream paused): the timer's tick writes its states once the interval
+    is over, and only then."""
+    pipeline, producer, outbox = build(S.replace(state_write_interval=0.2))
+    pipeline.positions.open(INPUT, 0, 10, 0.0)
+
+    async def scenario() -> tuple[Counter[str], Counter[str]]:
+        delivery = asyncio.create_task(outbox.run())
+        await pipeline.handle(INPUT, records(0))
+        await pipeline.handle(INPUT, records(0, 15, T0 + 1000))  # no output about the users: their states wait
+        await pipeline.write_due()
+        await outbox.drain()
+        early = delivered_kinds(producer)
+        await asyncio.sleep(0.25)
+        await pipeline.write_due()
+        await outbox.drain()
+        delivery.cancel()
+        return early, delivered_kinds(producer)
+
+    early, late = asyncio.run(scenario())
+    assert early["unit-users-changelog"] == 3 and "unit-partition-meta-changelog" not in early
+    assert late["unit-users-changelog"] == 6 and late["unit-partition-meta-changelog"] == 1
+    assert pipeline.positions.to_commit() == {(INPUT, 0): 20}
