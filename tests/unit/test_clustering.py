@@ -7,7 +7,18 @@ import pytest
 
 from worker import codec
 from worker.clustering import ModelSnapshot
-from worker.clustering.batch import choose_k, fit_score, kmeans, lloyd, silhouette, subsample
+from worker.clustering.batch import (
+    PAIRWISE_BLOCK,
+    choose_k,
+    fit_scores,
+    kmeans,
+    lloyd,
+    pairwise_distances,
+    silhouette,
+    silhouettes_of,
+    sq_distances,
+    subsample,
+)
 from worker.clustering.trainer import Trainer
 from worker.events.ingest import UserEvent
 from worker.features import FeatureSpace, UserState, apply_event
@@ -42,9 +53,24 @@ def test_fits_scored_on_one_sample_each_get_their_own_silhouette() -> None:
     rng = np.random.default_rng(0)
     sub = subsample(x, rng, size=400)
     fits = [kmeans(x, k, np.random.default_rng(k)) for k in (2, 3, 4)]
-    shared = [fit_score(x, sub, fit) for fit in fits]
+    shared = fit_scores(x, sub, fits)
     alone = [round(silhouette(sub.rows, lloyd(sub.rows, fit.centers, iters=0).labels), 4) for fit in fits]
     assert shared == alone and len(set(shared)) == 3
+
+
+def test_pairwise_distances_in_blocks_are_the_plain_formula() -> None:
+    """Blocked and in place, the same arithmetic: the same bits, also where the last block is short."""
+    x, _ = blobs(3, PAIRWISE_BLOCK + 45, 5, 8)
+    assert np.array_equal(pairwise_distances(x), np.sqrt(sq_distances(x, x)))
+
+
+def test_silhouettes_of_several_labellings_in_one_product_match_each_alone() -> None:
+    x, truth = blobs(3, 300, 4, 9)
+    d = pairwise_distances(x)
+    labellings = [truth, np.zeros(len(x), dtype=int), (truth + 1) % 3 * 2, np.arange(len(x)) % 5]
+    together = silhouettes_of(d, labellings)
+    assert together == [silhouettes_of(d, [labels])[0] for labels in labellings]
+    assert together[1] == -1.0 and together[0] == together[2] > 0.7 > together[3]
 
 
 def snapshot(centroids: np.ndarray) -> ModelSnapshot:

@@ -65,6 +65,26 @@ def add_center(x: np.ndarray, centers: np.ndarray, rng: np.random.Generator) -> 
     return np.vstack([centers, x[idx]])
 
 
+PAIRWISE_BLOCK = 256  # rows of the pairwise distances computed at a time: a block's steps stay in the cache
+
+
+def pairwise_distances(rows: np.ndarray) -> np.ndarray:
+    """Euclidean distances between every two rows: :func:`sq_distances` of ``rows`` with themselves, then the
+    root, with the same arithmetic in the same order, a block of rows at a time and in place (one array instead
+    of four temporaries the size of the result, each a pass through memory)."""
+    n = len(rows)
+    out = np.empty((n, n))
+    doubled, rows_t, norms = 2.0 * rows, rows.T, (rows * rows).sum(1)
+    for i in range(0, n, PAIRWISE_BLOCK):
+        block = out[i : i + PAIRWISE_BLOCK]
+        np.matmul(doubled[i : i + PAIRWISE_BLOCK], rows_t, out=block)
+        np.subtract(norms[i : i + PAIRWISE_BLOCK, None], block, out=block)
+        np.add(block, norms[None, :], out=block)
+        np.maximum(block, 0.0, out=block)
+        np.sqrt(block, out=block)
+    return out
+
+
 class ScoringSample:
     """Rows to score fits on by silhouette, with their pairwise distances: computed once for every fit scored on
     the same rows (the quadratic part; a re-check scores up to ``k + 4`` fits)."""
@@ -76,18 +96,24 @@ class ScoringSample:
     @property
     def distances(self) -> np.ndarray:
         if self._distances is None:
-            d = sq_distances(self.rows, self.rows)
-            np.sqrt(d, out=d)
-            self._distances = d
+            self._distances = pairwise_distances(self.rows)
         return self._distances
 
 
-def fit_score(x: np.ndarray, sub: ScoringSample, fit: Fit, min_share: float = 0.01) -> float:
-    """Silhouette of ``fit`` on the subsample ``sub``; -1 when a cluster holds under ``min_share`` of ``x``."""
+def fit_scores(x: np.ndarray, sub: ScoringSample, fits: list[Fit], min_share: float = 0.01) -> list[float]:
+    """Silhouette of each fit on the subsample ``sub``; -1 for a fit with a cluster holding under ``min_share``
+    of ``x``. The fits' silhouettes come from one product with the sample's distances (:func:`silhouettes_of`)."""
+    scored = [i for i, fit in enumerate(fits) if _large_enough(x, fit, min_share)]
+    values = silhouettes_of(sub.distances, [sq_distances(sub.rows, fits[i].centers).argmin(1) for i in scored])
+    scores = [-1.0] * len(fits)
+    for i, value in zip(scored, values, strict=True):
+        scores[i] = round(value, 4)
+    return scores
+
+
+def _large_enough(x: np.ndarray, fit: Fit, min_share: float) -> bool:
     sizes = np.bincount(fit.labels, minlength=len(fit.centers))
-    if sizes.min() < max(2, min_share * len(x)):
-        return -1.0
-    return round(silhouette_of(sub.distances, sq_distances(sub.rows, fit.centers).argmin(1)), 4)
+    return bool(sizes.min() >= max(2, min_share * len(x)))
 
 
 def subsample(x: np.ndarray, rng: np.random.Generator, size: int = 2500) -> ScoringSample:
@@ -97,20 +123,40 @@ def subsample(x: np.ndarray, rng: np.random.Generator, size: int = 2500) -> Scor
 
 def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
     """Mean silhouette coefficient (exact; keep ``x`` to a few thousand rows)."""
-    return silhouette_of(ScoringSample(x).distances, labels)
+    return silhouettes_of(ScoringSample(x).distances, [labels])[0]
 
 
-def silhouette_of(d: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette coefficient from the rows' pairwise distances ``d``."""
-    ks = np.unique(labels)
-    if len(ks) < 2:
-        return -1.0
-    n = len(labels)
-    own = np.searchsorted(ks, labels)
-    onehot = np.zeros((n, len(ks)))
-    onehot[np.arange(n), own] = 1.0
-    per_cluster = d @ onehot  # each row's distance sum to each cluster, in one BLAS call
-    sizes = onehot.sum(0)
+def silhouettes_of(d: np.ndarray, labelings: list[np.ndarray]) -> list[float]:
+    """Mean silhouette coefficient of each labelling of the rows whose pairwise distances are ``d`` (-1 for one
+    with a single cluster). Every row's distance sum to every cluster of every labelling is one product of ``d``
+    with their one-hot columns side by side: ``d`` is read once, not once a labelling (a re-check scores up to
+    ``k + 4`` fits; on 2,500 rows, 63 ms in separate products against 17 ms in one)."""
+    n = len(d)
+    owns: list[tuple[np.ndarray, int]] = []  # each labelling's cluster of each row (0..k-1), and k
+    for labels in labelings:
+        ks = np.unique(labels)
+        owns.append((np.searchsorted(ks, labels), len(ks)))
+    onehot = np.zeros((n, sum(k for _, k in owns if k >= 2)))
+    column = 0
+    for own, k in owns:
+        if k >= 2:
+            onehot[np.arange(n), column + own] = 1.0
+            column += k
+    sums = d @ onehot
+    values: list[float] = []
+    column = 0
+    for own, k in owns:
+        if k < 2:
+            values.append(-1.0)
+            continue
+        values.append(_mean_silhouette(sums[:, column : column + k], onehot[:, column : column + k].sum(0), own))
+        column += k
+    return values
+
+
+def _mean_silhouette(per_cluster: np.ndarray, sizes: np.ndarray, own: np.ndarray) -> float:
+    """From each row's distance sum to each cluster, the clusters' sizes and each row's own cluster."""
+    n = len(own)
     own_size = sizes[own]
     a = per_cluster[np.arange(n), own] / np.maximum(own_size - 1, 1)
     mean_other = per_cluster / sizes[None, :]
@@ -134,10 +180,9 @@ def choose_k(x: np.ndarray, k_min: int, k_max: int, seed: int, tolerance: float 
     k_max = max(k_min, min(k_max, len(x) - 1))
     sub = subsample(x, rng)
     fits: dict[int, Fit] = {}
-    scores: dict[int, float] = {}
     for k in range(max(2, k_min), k_max + 1):
         fits[k] = kmeans(x, k, rng)
-        scores[k] = fit_score(x, sub, fits[k])
+    scores = dict(zip(fits, fit_scores(x, sub, list(fits.values())), strict=True))
     if not scores:  # k_min == k_max == 1
         fit = kmeans(x, 1, rng)
         return KChoice(1, fit, {1: 0.0})

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from worker.clustering.batch import Fit, add_center, choose_k, fit_score, lloyd, sq_distances, subsample
+from worker.clustering.batch import Fit, add_center, choose_k, fit_scores, lloyd, sq_distances, subsample
 from worker.clustering.online import OnlineModel, make_model
 from worker.clustering.snapshot import ModelSnapshot, ancestries, displacements
 from worker.clustering.weights import RELIABILITY_PAIRS, telling_weights, within_user_reliability
@@ -307,7 +307,6 @@ class Trainer:
         sub = subsample(xs, rng)
         now = lloyd(xs, self._centroids(), iters=0)
         k = len(now.centers)
-        current_score = fit_score(xs, sub, now)
         candidates: list[Fit] = []
         if k < s.k_max:
             candidates += [lloyd(xs, add_center(xs, now.centers, rng)) for _ in range(3)]
@@ -315,7 +314,7 @@ class Trainer:
             candidates += [lloyd(xs, np.delete(now.centers, j, axis=0)) for j in range(k)]
         if not candidates:
             return None
-        scores = [fit_score(xs, sub, fit) for fit in candidates]
+        current_score, *scores = fit_scores(xs, sub, [now, *candidates])
         best = int(np.argmax(scores))
         fit = candidates[best]
         ids, next_number = ids_by_members(cur.persona_ids, now.labels, fit.labels, len(fit.centers), cur.next_persona)
