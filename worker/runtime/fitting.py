@@ -1,11 +1,11 @@
 """Where the trainer's fits run: a child process (``TRAINER_PROCESS``, the default), or a thread of the worker.
 
-A fit takes seconds of Python and numpy (the re-check's silhouettes most of all). In a thread it shares the
-interpreter lock with the event loop and Faust's consumer thread; in a process of its own it takes another core,
-and decodes the samples there too. On the 2-core bench machine, which also runs the broker and the producer
-(``bench/throughput.py``, 2026-12-01): saturated, the process gave 19-23k events/s against the thread's 21-24k; at
-~11k events/s, event->change measured end to end p99 0.34-0.72 s against 1.1-1.4 s (in a thread, fetched records
-waited for the interpreter lock and reached the pipeline 0.3-0.8 s old).
+A fit takes seconds of Python and numpy (a re-check ~0.1 s: its refinements, distances and silhouettes). In a thread
+it shares the interpreter lock with the event loop and Faust's consumer thread; in a process of its own it takes
+another core, and decodes the samples there too. On the 2-core bench machine, which also runs the broker and the
+producer (``bench/throughput.py``, 2026-12-01): saturated, the process gave 19-23k events/s against the thread's
+21-24k; at ~11k events/s, event->change measured end to end p99 0.34-0.72 s against 1.1-1.4 s (in a thread, fetched
+records waited for the interpreter lock and reached the pipeline 0.3-0.8 s old).
 
 The process runs at a lower priority (``TRAINER_NICE``, 10 by default): where the cores are all busy, a fit's
 slice of CPU is a wait for every event in the event loop's batch, while a model that comes a little later changes
