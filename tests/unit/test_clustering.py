@@ -58,10 +58,17 @@ def test_fits_scored_on_one_sample_each_get_their_own_silhouette() -> None:
     assert shared == alone and len(set(shared)) == 3
 
 
-def test_pairwise_distances_in_blocks_are_the_plain_formula() -> None:
-    """Blocked and in place, the same arithmetic: the same bits, also where the last block is short."""
+def plain_sq_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.maximum((x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None, :], 0.0)
+
+
+def test_distances_in_place_and_in_blocks_are_the_plain_formula() -> None:
+    """In place, with the rows' norms kept, and in blocks: the same arithmetic, so the same bits (the models and
+    `evaluate`'s figures depend on them), also where the last block is short."""
     x, _ = blobs(3, PAIRWISE_BLOCK + 45, 5, 8)
-    assert np.array_equal(pairwise_distances(x), np.sqrt(sq_distances(x, x)))
+    centers = x[:4] + 0.5
+    assert np.array_equal(sq_distances(x, centers), plain_sq_distances(x, centers))
+    assert np.array_equal(pairwise_distances(x), np.sqrt(plain_sq_distances(x, x)))
 
 
 def test_silhouettes_of_several_labellings_in_one_product_match_each_alone() -> None:

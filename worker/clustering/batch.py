@@ -10,9 +10,35 @@ import numpy as np
 
 def sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances, shape (len(x), len(centers))."""
-    d: np.ndarray = (x * x).sum(1)[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None, :]
-    np.maximum(d, 0.0, out=d)
-    return d
+    return Points(x).sq_to(centers)
+
+
+class Points:
+    """Rows with what every squared distance from them reuses, their squared norms and the rows doubled: a Lloyd
+    run measures the same rows against new centres in every iteration (those two were half of each measure)."""
+
+    __slots__ = ("doubled", "norms", "rows")
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.norms: np.ndarray = (rows * rows).sum(1)
+        self.doubled: np.ndarray = 2.0 * rows
+
+    def sq_to(self, centers: np.ndarray) -> np.ndarray:
+        """Squared Euclidean distances to ``centers``, shape (len(rows), len(centers))."""
+        out = np.empty((len(self.rows), len(centers)))
+        return _sq_into(out, self.norms, self.doubled, centers.T, (centers * centers).sum(1))
+
+
+def _sq_into(
+    out: np.ndarray, norms: np.ndarray, doubled: np.ndarray, centers_t: np.ndarray, center_norms: np.ndarray
+) -> np.ndarray:
+    """``|x|² - 2x·c + |c|²``, in that order and in place in ``out``, clipped at 0 (rounding can take it below)."""
+    np.matmul(doubled, centers_t, out=out)
+    np.subtract(norms[:, None], out, out=out)
+    np.add(out, center_norms[None, :], out=out)
+    np.maximum(out, 0.0, out=out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -25,14 +51,15 @@ class Fit:
 def lloyd(x: np.ndarray, centers: np.ndarray, iters: int = 60) -> Fit:
     """Lloyd iterations from the given centres (an empty cluster keeps its centre)."""
     k = len(centers)
+    points = Points(x)
     labels = np.zeros(len(x), dtype=np.int64)
     for _ in range(iters):
-        labels = sq_distances(x, centers).argmin(1)
+        labels = points.sq_to(centers).argmin(1)
         new = np.array([x[labels == j].mean(0) if np.any(labels == j) else centers[j] for j in range(k)])
         if np.allclose(new, centers, atol=1e-7):
             break
         centers = new
-    d = sq_distances(x, centers)
+    d = points.sq_to(centers)
     return Fit(centers, d.argmin(1), float(d.min(1).sum()))
 
 
@@ -70,17 +97,14 @@ PAIRWISE_BLOCK = 256  # rows of the pairwise distances computed at a time: a blo
 
 def pairwise_distances(rows: np.ndarray) -> np.ndarray:
     """Euclidean distances between every two rows: :func:`sq_distances` of ``rows`` with themselves, then the
-    root, with the same arithmetic in the same order, a block of rows at a time and in place (one array instead
-    of four temporaries the size of the result, each a pass through memory)."""
+    root, a block of rows at a time and in place (one array instead of four temporaries the size of the result,
+    each a pass through memory; the same arithmetic in the same order)."""
     n = len(rows)
     out = np.empty((n, n))
-    doubled, rows_t, norms = 2.0 * rows, rows.T, (rows * rows).sum(1)
+    points, rows_t = Points(rows), rows.T
     for i in range(0, n, PAIRWISE_BLOCK):
-        block = out[i : i + PAIRWISE_BLOCK]
-        np.matmul(doubled[i : i + PAIRWISE_BLOCK], rows_t, out=block)
-        np.subtract(norms[i : i + PAIRWISE_BLOCK, None], block, out=block)
-        np.add(block, norms[None, :], out=block)
-        np.maximum(block, 0.0, out=block)
+        part = slice(i, i + PAIRWISE_BLOCK)
+        block = _sq_into(out[part], points.norms[part], points.doubled[part], rows_t, points.norms)
         np.sqrt(block, out=block)
     return out
 
