@@ -56,6 +56,9 @@ def test_fits_scored_on_one_sample_each_get_their_own_silhouette() -> None:
     shared = fit_scores(x, sub, fits)
     alone = [round(silhouette(sub.rows, lloyd(sub.rows, fit.centers, iters=0).labels), 4) for fit in fits]
     assert shared == alone and len(set(shared)) == 3
+    tiny = dataclasses.replace(fits[2], labels=np.array([0] * (len(x) - 1) + [1]))  # a cluster of one row
+    fresh = subsample(x, rng, size=400)
+    assert fit_scores(x, fresh, [tiny]) == [-1.0] and fresh._distances is None  # nothing to score: no distances
 
 
 def plain_sq_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:

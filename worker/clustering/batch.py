@@ -128,8 +128,10 @@ def fit_scores(x: np.ndarray, sub: ScoringSample, fits: list[Fit], min_share: fl
     """Silhouette of each fit on the subsample ``sub``; -1 for a fit with a cluster holding under ``min_share``
     of ``x``. The fits' silhouettes come from one product with the sample's distances (:func:`silhouettes_of`)."""
     scored = [i for i, fit in enumerate(fits) if _large_enough(x, fit, min_share)]
-    values = silhouettes_of(sub.distances, [sq_distances(sub.rows, fits[i].centers).argmin(1) for i in scored])
     scores = [-1.0] * len(fits)
+    if not scored:  # the quadratic distances only for a fit that is scored
+        return scores
+    values = silhouettes_of(sub.distances, [sq_distances(sub.rows, fits[i].centers).argmin(1) for i in scored])
     for i, value in zip(scored, values, strict=True):
         scores[i] = round(value, 4)
     return scores
