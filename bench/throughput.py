@@ -4,6 +4,7 @@
                                [--trainer process|thread] [--no-latency] [--latency-rate R]
                                [--latency-runs N] [--blas-threads N] [--fetch-max-wait-ms MS]
                                [--batch-size N] [--batch-window S] [--producer-linger-ms MS]
+                               [--changes-log FILE]
 
 Starts the embedded broker and fills one topic with synthetic events. Times a plain aiokafka consumer that decodes
 every record with orjson on it (the median of five passes); then, for each ``--workers`` count, starts that many
@@ -16,6 +17,8 @@ rate; event→change p50/p90/p99 of those, from the event's timestamp in the inp
 output topic (fetch, queueing, batch and outbox included), and from the worker's histogram (which starts at the
 fetch's hand-off to the pipeline). One run's 257 changes make its p99 the third-worst change, which a single
 stall decides: ``--latency-runs N`` repeats the latency run and also prints the quantiles of all N runs' changes.
+``--changes-log FILE`` appends a JSON line per latency run with every change's time, latency and model version
+(where the slow changes are: after a model's adoption, in a stretch of lag).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -91,11 +95,18 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, b
         await consumer.stop()
 
 
-def end_to_end(bootstrap: str, s: Settings, since_ms: int) -> list[float]:
-    """Seconds from each event produced since ``since_ms`` to the change it caused (trigger ``event``), sorted: the
-    event's timestamp in the input topic (set by its producer) to the change's (set when the worker handed it to
-    its producer, milliseconds before the broker acknowledged it). Fetching, queueing, the batch and the outbox
-    are all inside; the worker's own histogram starts when a fetch reaches its pipeline."""
+@dataclass(frozen=True, slots=True)
+class ChangeTiming:
+    written_ms: int  # when the worker wrote the change, in ms since the paced part began
+    seconds: float  # from its event's production to then
+    model_version: int | None
+
+
+def end_to_end(bootstrap: str, s: Settings, since_ms: int) -> list[ChangeTiming]:
+    """Each change (trigger ``event``) caused by an event produced since ``since_ms``, in the order written: seconds
+    from the event's timestamp in the input topic (set by its producer) to the change's (set when the worker handed
+    it to its producer, milliseconds before the broker acknowledged it). Fetching, queueing, the batch and the
+    outbox are all inside; the worker's own histogram starts when a fetch reaches its pipeline."""
     produced = {
         (r.partition, r.offset): r.timestamp
         for r in asyncio.run(read_topic(bootstrap, s.input_topic))
@@ -106,8 +117,8 @@ def end_to_end(bootstrap: str, s: Settings, since_ms: int) -> list[float]:
         change = orjson.loads(r.value)
         at = produced.get((change["source"]["partition"], change["source"]["offset"]))
         if at is not None and change["trigger"] == "event":
-            out.append((r.timestamp - at) / 1000)
-    return sorted(out)
+            out.append(ChangeTiming(r.timestamp - since_ms, (r.timestamp - at) / 1000, change.get("model_version")))
+    return sorted(out, key=lambda c: c.written_ms)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -225,10 +236,10 @@ class Bench:
 
     def paced(
         self, records: list[tuple[bytes, bytes]], rate: float
-    ) -> tuple[dict[str, float], dict[str, float], list[float]]:
+    ) -> tuple[dict[str, float], dict[str, float], list[ChangeTiming]]:
         """One worker on a fresh topic: the first third of the events as fast as they go (the first model is
         fitted meanwhile), then the rest at ``rate`` per second; its metrics before and after the paced part, and
-        the event->change seconds of the paced part's events (:func:`end_to_end`)."""
+        the changes of the paced part's events (:func:`end_to_end`)."""
         settings, (worker,) = self.workers(1)
         warm, rest = records[: len(records) // 3], records[len(records) // 3 :]
         try:
@@ -345,6 +356,7 @@ def main() -> None:
         default=25,
         help="linger.ms of the latency run's producer (its wait counts in the latency; see produce_paced)",
     )
+    ap.add_argument("--changes-log", type=Path, help="append each latency run's changes to this file (JSON lines)")
     a = ap.parse_args()
     if not a.runs and not a.latency_rate and not a.no_latency:
         ap.error("--runs 0 needs --latency-rate (half the saturated rate is not measured)")
@@ -382,8 +394,12 @@ def main() -> None:
             target = a.latency_rate or 0.5 * rates[0]
             pooled: list[float] = []
             for _ in range(a.latency_runs):
-                before, after, seconds = bench.paced(records, target)
+                before, after, changes = bench.paced(records, target)
+                seconds = sorted(c.seconds for c in changes)
                 pooled = sorted(pooled + seconds)
+                if a.changes_log:
+                    with a.changes_log.open("ab") as log:
+                        log.write(codec.dumps({"rate": target, "changes": changes}) + b"\n")
                 print(latency_line(a, target, seconds, before, after), flush=True)
             if a.latency_runs > 1:
                 print(f"pooled over {a.latency_runs} latency runs: {_quantiles(pooled)}")
