@@ -15,10 +15,12 @@ per event. Then a latency run: a fresh worker on a fresh topic, the first third 
 model (and deliver its sweep: every waiting user's first persona at once), the rest produced at half the saturated
 rate; event→change p50/p90/p99 of those, from the event's timestamp in the input topic to its change's in the
 output topic (fetch, queueing, batch and outbox included), and from the worker's histogram (which starts at the
-fetch's hand-off to the pipeline). One run's 257 changes make its p99 the third-worst change, which a single
-stall decides: ``--latency-runs N`` repeats the latency run and also prints the quantiles of all N runs' changes.
-``--changes-log FILE`` appends a JSON line per latency run with every change's time, latency and model version
-(where the slow changes are: after a model's adoption, in a stretch of lag).
+fetch's hand-off to the pipeline), with the worker process's CPU µs per event meanwhile (the paced part is the same
+work every run: a run that took more CPU for it ran on a slower machine, or slower code). One run's 257 changes make
+its p99 the third-worst change, which a single stall decides: ``--latency-runs N`` repeats the latency run and also
+prints the quantiles of all N runs' changes. ``--changes-log FILE`` appends a JSON line per latency run with every
+change's time, latency and model version (where the slow changes are: after a model's adoption, in a stretch of
+lag).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ SETTLED = "segment_worker_events_settled_total"
 BATCH = "segment_worker_batch_seconds"
 ROUND = "segment_worker_outbox_round_seconds"
 STATES_WRITTEN = "segment_worker_states_written_total"
+CPU = "process_cpu_seconds_total"
 
 
 async def raw_loop(bootstrap: str, topic: str, n: int) -> float:
@@ -222,13 +225,13 @@ class Bench:
                 m = merged(workers)
                 done = metric_total(m, SETTLED)  # applied, and their outputs acknowledged by the broker
                 if first is None and done > 0:
-                    first = (time.perf_counter(), done, m.get("process_cpu_seconds_total", 0.0))
+                    first = (time.perf_counter(), done, m.get(CPU, 0.0))
                 if done >= n:
                     break
                 time.sleep(_poll_interval(first, done, n))
             assert first is not None
             wall, events = time.perf_counter() - first[0], n - first[1]
-            cpu = m.get("process_cpu_seconds_total", 0.0) - first[2]
+            cpu = m.get(CPU, 0.0) - first[2]
             return events / wall, cpu / events * 1e6, m
         finally:
             for w in workers:
@@ -299,10 +302,13 @@ def _quantiles(seconds: list[float]) -> str:
 def latency_line(
     a: argparse.Namespace, target: float, seconds: list[float], before: dict[str, float], after: dict[str, float]
 ) -> str:
-    """One latency run: its settings, the end-to-end quantiles, the worker's own histograms and how many user
-    states it wrote an event."""
+    """One latency run: its settings, the end-to-end quantiles, the worker's own histograms, how many user
+    states it wrote an event and what an event cost it (the same work costs more CPU on a slower machine, and the
+    paced part of a run has the same work every time: a run that costs more is a slower machine, or a regression)."""
     events = metric_total(after, SETTLED) - metric_total(before, SETTLED)
     states = metric_total(after, STATES_WRITTEN) - metric_total(before, STATES_WRITTEN)
+    cpu_us = (after.get(CPU, 0.0) - before.get(CPU, 0.0)) / max(1.0, events) * 1e6
+    batch_us = (after.get(f"{BATCH}_sum", 0.0) - before.get(f"{BATCH}_sum", 0.0)) / max(1.0, events) * 1e6
     return (
         f"producer linger {a.producer_linger_ms} ms, BLAS threads {a.blas_threads or 'default'}, "
         f"states written every {a.state_write_interval:g} s ({states / max(1.0, events):.2f} an event), "
@@ -316,6 +322,7 @@ def latency_line(
             f"p99 <= {histogram_quantile(after, name, 0.99, before)}s"
             for label, name in (("a batch", BATCH), ("an outbox round", ROUND))
         )
+        + f"; {cpu_us:,.0f} CPU us/event in the worker, {batch_us:,.0f} us/event inside the batch path"
     )
 
 
@@ -379,8 +386,8 @@ def main() -> None:
             for _ in range(a.runs):
                 rate, cpu_us, m = bench.saturated(count, topic, n)
                 rates.append(rate)
-                busy = m.get("segment_worker_batch_seconds_sum", 0)
-                batches = m.get("segment_worker_batch_seconds_count", 0)
+                busy = m.get(f"{BATCH}_sum", 0)
+                batches = m.get(f"{BATCH}_count", 0)
                 print(
                     f"segment-worker, {count} process(es), {a.store} store, {a.event_loop} loop, "
                     f"trainer in a {a.trainer}, same topic: "
