@@ -305,13 +305,15 @@ def latency_line(
     """One latency run: its settings, the end-to-end quantiles, the worker's own histograms, how many user
     states it wrote an event and what an event cost it (the same work costs more CPU on a slower machine, and the
     paced part of a run has the same work every time: a run that costs more is a slower machine, or a regression)."""
-    events = metric_total(after, SETTLED) - metric_total(before, SETTLED)
-    states = metric_total(after, STATES_WRITTEN) - metric_total(before, STATES_WRITTEN)
-    cpu_us = (after.get(CPU, 0.0) - before.get(CPU, 0.0)) / max(1.0, events) * 1e6
-    batch_us = (after.get(f"{BATCH}_sum", 0.0) - before.get(f"{BATCH}_sum", 0.0)) / max(1.0, events) * 1e6
+
+    def grown(name: str) -> float:
+        return metric_total(after, name) - metric_total(before, name)
+
+    events = max(1.0, grown(SETTLED))
+    cpu_us, batch_us = grown(CPU) / events * 1e6, grown(f"{BATCH}_sum") / events * 1e6
     return (
         f"producer linger {a.producer_linger_ms} ms, BLAS threads {a.blas_threads or 'default'}, "
-        f"states written every {a.state_write_interval:g} s ({states / max(1.0, events):.2f} an event), "
+        f"states written every {a.state_write_interval:g} s ({grown(STATES_WRITTEN) / events:.2f} an event), "
         f"fetch wait {a.fetch_max_wait_ms} ms, "
         f"batches of at most {a.batch_size:,} within {a.batch_window * 1000:g} ms, trainer in a {a.trainer}, "
         f"at {target:,.0f} events/s, after the first model: {_quantiles(seconds)}; from the fetch's hand-off "
