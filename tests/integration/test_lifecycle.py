@@ -21,6 +21,7 @@ from tests.helpers import latest_changes, poll_until
 from worker import codec
 from worker.evaluation.engines import Outcome, encode, run_pipeline
 from worker.evaluation.run import sized
+from worker.events.timefmt import parse_timestamp
 from worker.kafkaio import produce, read_all
 from worker.process import WorkerProcess
 from worker.settings import Settings
@@ -70,13 +71,23 @@ def test_a_split_is_announced_and_moves_the_members_it_concerns_at_once_saying_w
 ) -> None:
     """Exactly one `split` event; the members the model update places in the offshoot move at once (not at their
     next event), each change marked `model_update` with the event's id as `cause`. The worker runs until the
-    trainer has got there: its fits trail the stream."""
+    trainer has got there: its fits trail the stream.
+
+    The stream comes in two parts, the second once a model is in use, as a live stream would: produced whole, the
+    fits trail it so far that the worker may adopt the split's version as its first model (it was busy while the
+    trainer published four versions in 1.4 s, in one CI run), and a first model places everyone, moving nobody."""
     s = sized(bare_settings, 2000)
-    events = generate_world(world("split", 2), 2000, 28, 2).events
+    generated = generate_world(world("split", 2), 2000, 28, 2)
+    events = generated.events
+    # the events before anyone takes up the new behaviour (at World.emerge_at, 0.45 of the span, or later)
+    calm_until = generated.start_ms + 0.4 * (generated.end_ms - generated.start_ms)
+    calm = sum(1 for e in events if parse_timestamp(e["timestamp"]) < calm_until)
     worker = WorkerProcess(s, dict(os.environ), tmp_path / "worker.log")
     try:
         worker.wait_ready(90)
-        produce(s.bootstrap_servers, s.input_topic, encode(events))
+        produce(s.bootstrap_servers, s.input_topic, encode(events[:calm]))
+        poll_until(lambda: worker.get("/personas")["model_version"], bool, 120, "a model before the split")
+        produce(s.bootstrap_servers, s.input_topic, encode(events[calm:]))
         poll_until(lambda: _moved_by_split(s), lambda seen: bool(seen[1]), 300, "members moved by a split")
         time.sleep(2.0)  # the sweep's changes go out in one round: all of it read
         (tmp_path / "view.html").write_bytes(worker.get("/personas/view?window=28d", raw=True))
