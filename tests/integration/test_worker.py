@@ -122,6 +122,8 @@ def test_events_in_changes_out_dead_letters_api_and_restart(worker_settings: Set
 
     # restart: state and persona ids survive, counts stay exact, nothing is counted twice
     worker.stop()
+    # no table per partition assignment of the reads beside the group (worker.cli.run.QUIET_LOGGERS)
+    assert "Updating subscribed topics" not in worker.log_path.read_text()
     worker = start_worker(s)
     uid = next(iter(counts))
     last_ts = max(e["timestamp"] for e in pop.events if isinstance(e["timestamp"], int))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,11 @@ if TYPE_CHECKING:
     import faust
     from faust.worker import Worker
 
+# library loggers whose INFO is noise here: every range read beside the group (the trainer's samples, a probe, a
+# hole's fill) assigns partitions to a consumer of its own, and aiokafka logs each assignment, which Faust's log
+# format prints as a table (~130 of them a minute while the trainer reads: most of the log)
+QUIET_LOGGERS = ("aiokafka.consumer.subscription_state",)
+
 
 def run(settings: Settings) -> None:
     from worker.app import create_app
@@ -24,6 +30,8 @@ def run(settings: Settings) -> None:
     if created:
         print(f"segment-worker: created topics {', '.join(created)}", file=sys.stderr)
     limit_blas(settings.blas_threads)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     loop = use_event_loop(settings.event_loop)
     print(f"segment-worker: event loop {loop}", file=sys.stderr)
     app = create_app(settings)
