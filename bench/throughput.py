@@ -10,17 +10,19 @@ Starts the embedded broker and fills one topic with synthetic events. Times a pl
 every record with orjson on it (the median of five passes); then, for each ``--workers`` count, starts that many
 ``segment-worker run`` processes in a new group on that same topic and times them from the first settled event to
 the last (applied, and its outputs acknowledged by the broker; read from their /metrics), with the CPU time the
-worker processes spent meanwhile (``process_cpu_seconds_total``): events/s, the ratio to the raw loop and CPU µs
-per event. Then a latency run: a fresh worker on a fresh topic, the first third of the events to fit the first
-model (and deliver its sweep: every waiting user's first persona at once), the rest produced at half the saturated
-rate; event→change p50/p90/p99 of those, from the event's timestamp in the input topic to its change's in the
-output topic (fetch, queueing, batch and outbox included), and from the worker's histogram (which starts at the
-fetch's hand-off to the pipeline), with the worker process's CPU µs per event meanwhile (the paced part is the same
-work every run: a run that took more CPU for it ran on a slower machine, or slower code). One run's 257 changes make
-its p99 the third-worst change, which a single stall decides: ``--latency-runs N`` repeats the latency run and also
-prints the quantiles of all N runs' changes. ``--changes-log FILE`` appends a JSON line per latency run with every
-change's time, latency and model version (where the slow changes are: after a model's adoption, in a stretch of
-lag).
+worker processes spent meanwhile (``process_cpu_seconds_total``): events/s, the ratio to the raw loop and CPU µs per
+event. Then a latency run: a fresh worker on a fresh topic, the first third of the events to fit the first model
+(and deliver its sweep: every waiting user's first persona at once), the rest produced at half the rate of the
+saturated run of one worker just before it (each further latency run makes a saturated run of its own first: this
+machine's speed drifts by a third within minutes, and half of a run made on a faster stretch is most of what the
+worker can do on a slower one); event→change p50/p90/p99 of those, from the event's timestamp in the input topic to
+its change's in the output topic (fetch, queueing, batch and outbox included), and from the worker's histogram
+(which starts at the fetch's hand-off to the pipeline), with the worker process's CPU µs per event meanwhile (the
+paced part is the same work every run: a run that took more CPU for it ran on a slower machine, or slower code). One
+run's 257 changes make its p99 the third-worst change, which a single stall decides: ``--latency-runs N`` repeats
+the latency run and also prints the quantiles of all N runs' changes. ``--changes-log FILE`` appends a JSON line per
+latency run with every change's time, latency and model version (where the slow changes are: after a model's
+adoption, in a stretch of lag).
 """
 
 from __future__ import annotations
@@ -237,6 +239,20 @@ class Bench:
             for w in workers:
                 w.stop()
 
+    def saturated_run(self, count: int, topic: str, n: int, raw: float) -> float:
+        """A saturated run of ``count`` workers, printed; its events/s."""
+        a = self.a
+        rate, cpu_us, m = self.saturated(count, topic, n)
+        busy, batches = m.get(f"{BATCH}_sum", 0), m.get(f"{BATCH}_count", 0)
+        print(
+            f"segment-worker, {count} process(es), {a.store} store, {a.event_loop} loop, trainer in a {a.trainer}, "
+            f"same topic: {rate:,.0f} events/s, ratio to the raw loop {rate / raw:.3f} (goal >= 0.15); "
+            f"{cpu_us:,.0f} CPU us/event in the worker; {batches:,.0f} batches (mean {n / max(1, batches):,.0f} "
+            f"events), {busy / n * 1e6:,.0f} us/event inside the batch path",
+            flush=True,
+        )
+        return rate
+
     def paced(
         self, records: list[tuple[bytes, bytes]], rate: float
     ) -> tuple[dict[str, float], dict[str, float], list[ChangeTiming]]:
@@ -336,7 +352,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1], help="worker process counts to run")
     ap.add_argument("--runs", type=int, default=1, help="saturated runs per worker count")
     ap.add_argument("--no-latency", action="store_true", help="skip the run at half the saturated rate")
-    ap.add_argument("--latency-rate", type=float, help="events/s of the latency run (default: half the saturated)")
+    ap.add_argument(
+        "--latency-rate",
+        type=float,
+        help="events/s of the latency runs (default: half the saturated run of one worker made just before each)",
+    )
     ap.add_argument(
         "--latency-runs",
         type=int,
@@ -367,8 +387,8 @@ def main() -> None:
     )
     ap.add_argument("--changes-log", type=Path, help="append each latency run's changes to this file (JSON lines)")
     a = ap.parse_args()
-    if not a.runs and not a.latency_rate and not a.no_latency:
-        ap.error("--runs 0 needs --latency-rate (half the saturated rate is not measured)")
+    if not a.runs and a.no_latency:
+        ap.error("--runs 0 with --no-latency runs nothing")
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         pop = generate(a.users, a.days, seed=3)
         records = [(e["user_id"].encode(), codec.dumps(e)) for e in pop.events]
@@ -383,26 +403,20 @@ def main() -> None:
             f"(median of 5 passes, {passes[0]:,.0f}..{passes[-1]:,.0f})"
         )
         bench = Bench(broker, tmp, a)
-        rates = []
+        last = None  # the rate of the newest saturated run, when it was of one worker
         for count in a.workers:
             for _ in range(a.runs):
-                rate, cpu_us, m = bench.saturated(count, topic, n)
-                rates.append(rate)
-                busy = m.get(f"{BATCH}_sum", 0)
-                batches = m.get(f"{BATCH}_count", 0)
-                print(
-                    f"segment-worker, {count} process(es), {a.store} store, {a.event_loop} loop, "
-                    f"trainer in a {a.trainer}, same topic: "
-                    f"{rate:,.0f} events/s, "
-                    f"ratio to the raw loop {rate / raw:.3f} (goal >= 0.15); {cpu_us:,.0f} CPU us/event in the "
-                    f"worker; {batches:,.0f} batches (mean {n / max(1, batches):,.0f} events), "
-                    f"{busy / n * 1e6:,.0f} us/event inside the batch path",
-                    flush=True,
-                )
+                rate = bench.saturated_run(count, topic, n, raw)
+                last = rate if count == 1 else None
         if not a.no_latency:
-            target = a.latency_rate or 0.5 * rates[0]
             pooled: list[float] = []
-            for _ in range(a.latency_runs):
+            for i in range(a.latency_runs):
+                if a.latency_rate:
+                    target = a.latency_rate
+                else:  # half of what one worker does on the machine as it is now (its speed drifts within minutes)
+                    if i or last is None:
+                        last = bench.saturated_run(1, topic, n, raw)
+                    target = 0.5 * last
                 before, after, changes = bench.paced(records, target)
                 seconds = sorted(c.seconds for c in changes)
                 pooled = sorted(pooled + seconds)
