@@ -119,7 +119,7 @@ class Settings:
         default=120, metadata={"help": "longest excerpt of an input record's problem a log line may carry"}
     )
     # --- ingest --------------------------------------------------------------------------------------
-    batch_size: int = field(default=2000, metadata={"help": "events taken per processing batch"})
+    batch_size: int = field(default=4000, metadata={"help": "events taken per processing batch (at most)"})
     batch_window: float = field(
         default=0.05, metadata={"help": "seconds a fetch may wait for more to fill a batch, from when it was asked for"}
     )
