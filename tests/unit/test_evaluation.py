@@ -45,6 +45,17 @@ def test_core_engine_reroutes_records_keyed_to_another_partition_as_the_worker_d
     assert out.snapshots
 
 
+def test_a_replay_adopts_models_after_batches_of_its_own_whatever_the_workers_batch_size() -> None:
+    # the worker adopts a model when the trainer publishes it; BATCH_SIZE only caps its batches, so it must not
+    # move a replay's figures (it did while the replay's batches were BATCH_SIZE)
+    pop = generate(120, 28, seed=3)
+    s = sized(Settings(partitions=4), 120)
+    records = encode(pop.events)
+    small, large = run_core(s.replace(batch_size=100), records), run_core(s.replace(batch_size=8000), records)
+    assert small.changes == large.changes and len(small.snapshots) == len(large.snapshots)
+    assert run_core(s, records, batch=300).changes != small.changes  # the replay's own batch does decide them
+
+
 def test_shadow_of_identical_runs_differs_nowhere() -> None:
     pop = generate(200, 28, seed=2)
     s = sized(Settings(partitions=2), 200)

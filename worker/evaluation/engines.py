@@ -72,9 +72,12 @@ def encode(events: Iterable[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
 
 
 # --- core ------------------------------------------------------------------------------------------------
-def run_core(settings: Settings, records: Iterable[tuple[bytes, bytes]]) -> Outcome:
-    """The pure pipeline in-process on (key, value) records; see :class:`CoreRun`."""
-    return CoreRun(settings).run(records)
+REPLAY_BATCH = 2000  # records a replay applies between two adoptions of the trainer's newest model (CoreRun)
+
+
+def run_core(settings: Settings, records: Iterable[tuple[bytes, bytes]], batch: int = REPLAY_BATCH) -> Outcome:
+    """The pure pipeline in-process on (key, value) records, in batches of ``batch``; see :class:`CoreRun`."""
+    return CoreRun(settings, batch).run(records)
 
 
 class CoreRun:
@@ -85,10 +88,15 @@ class CoreRun:
     request stays one), training samples reach the trainer as records of the samples topic, the first model gives
     every waiting user a persona. What the worker adds around this — the offset gate, the changelog and the outbox —
     guards against loss and re-delivery, which cannot happen here.
+
+    The newest model is adopted after each batch of ``batch`` records. The worker adopts one when the trainer
+    publishes it, whatever its batches (``BATCH_SIZE`` only caps them; below saturation the window sizes them), so
+    the replay's batch is its own: a throughput setting does not move the quality figures.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, batch: int = REPLAY_BATCH) -> None:
         self.settings = settings
+        self.batch = batch
         self.partition_of = partitioner(settings.partitions)
         self.store: dict[str, UserState] = {}
         self.segmenter = Segmenter(settings, self.store, self.partition_of)
@@ -111,7 +119,7 @@ class CoreRun:
         batch: list[InputRecord] = []
         for key, value in records:
             batch.append(self._consumed(INPUT, self._partition(key), key, value, None))
-            if len(batch) >= self.settings.batch_size:
+            if len(batch) >= self.batch:
                 self._apply(batch)
                 batch = []
         self._apply(batch)

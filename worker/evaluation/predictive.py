@@ -143,9 +143,9 @@ def _summary(data: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def final_segments(settings: Settings, data: Split) -> dict[str, str | None]:
     """Each customer's segment at the cutoff, from the pure pipeline run over the calibration part in batches of
-    a live stream's size (a log of a few thousand purchases read in batches of the worker's BATCH_SIZE would move a
+    a live stream's size (a log of a few thousand purchases read in batches of a replay's 2,000 would move a
     partition's event time, and so its silence checks, by months at a time)."""
-    outcome = run_core(settings.replace(batch_size=LIVE_BATCH), encode(purchase_events(data.calibration)))
+    outcome = run_core(settings, encode(purchase_events(data.calibration)), LIVE_BATCH)
     last: dict[str, tuple[int, str | None]] = {}
     for c in outcome.changes:
         seq = c["sequence"]
