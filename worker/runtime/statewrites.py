@@ -79,8 +79,10 @@ class StateWrites:
         return states, metas, functools.partial(self.positions.stored, durable)
 
     def _stage_states(self, unwritten: dict[str, UserState | None]) -> Staged:
-        users, stage = self.topo.users, self.topo.stage
-        states = [(uid, stage(users, uid, None if st is None else wire.encode(st))) for uid, st in unwritten.items()]
+        encode = wire.encode
+        states = self.topo.stage_all(
+            self.topo.users, [(uid, None if st is None else encode(st)) for uid, st in unwritten.items()]
+        )
         metrics.STATES_WRITTEN.inc(len(states))
         return states
 

@@ -7,7 +7,7 @@ bytes their changelog has and are written through :meth:`Topology.stage`, whose 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,18 +132,28 @@ class Topology:
         offset commit gives up after 0.1 s, so a commit could cover state still unsent (a lost event after a
         restart). Our sends are awaited until delivered.
         """
-        partition = table.partition_for_key(key)
-        if value is None:
-            fi.values(table).pop(key, None)
-            fi.key_partitions(table).pop(key, None)
-        else:
-            fi.values(table)[key] = value
-            fi.key_partitions(table)[key] = partition
+        return self.stage_all(table, ((key, value),))[0][1]
+
+    def stage_all(self, table: Any, items: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, Record]]:
+        """:meth:`stage` of many keys of one table: (key, its changelog record) each. The table's lookups are made
+        once, not per key (a state write stages thousands at once, and the batches wait meanwhile)."""
+        values, where = fi.values(table), fi.key_partitions(table)
+        partition_for = table.partition_for_key
         encode = self.key_encoders.get(table.name)
         if encode is None:
             encode = self.key_encoders[table.name] = changelog_key_encoder(self.app, table)
-        key_bytes = encode(key)
-        return (table.changelog_topic.get_topic_name(), key_bytes, value, partition, None)
+        topic = table.changelog_topic.get_topic_name()
+        staged: list[tuple[str, Record]] = []
+        for key, value in items:
+            partition = partition_for(key)
+            if value is None:
+                values.pop(key, None)
+                where.pop(key, None)
+            else:
+                values[key] = value
+                where[key] = partition
+            staged.append((key, (topic, encode(key), value, partition, None)))
+        return staged
 
 
 def build(s: Settings, with_memberships: bool) -> Topology:
