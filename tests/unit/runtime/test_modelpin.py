@@ -18,6 +18,7 @@ from worker.features import wire
 from worker.outbox import Outbox
 from worker.routing import partitioner
 from worker.runtime import faust_internals as fi
+from worker.runtime import pipeline as pipeline_module
 from worker.runtime import topology
 from worker.runtime.modelpin import MODEL_KEY, ModelPin, changelog_key, recorded_version, slot_key
 from worker.runtime.ownership import meta_keys
@@ -150,6 +151,54 @@ def test_no_pin_when_the_recorded_model_is_gone_or_nothing_is_left_to_re_apply()
     run(caught_up, None)
     assert not caught_up.pin.active and caught_up.segmenter.model is not None
     assert caught_up.segmenter.model.version == 2
+
+
+def test_a_newer_model_waits_for_the_write_of_the_waiting_states_at_most_a_second(monkeypatch: Any) -> None:
+    """Adopting a model is a sealed write of every state waiting (the batches stall meanwhile): while some wait
+    and their write is not due, a newer model waits for that write, and never longer than ADOPTION_MAX_WAIT. The
+    first model is not held (users wait for a persona)."""
+    pipeline, producer = worker([V1], {}, FakeLogs({}))
+
+    def version() -> int:
+        model = pipeline.segmenter.model
+        return 0 if model is None else model.version
+
+    async def scenario() -> list[tuple[int, bool]]:
+        delivery = asyncio.create_task(pipeline.outbox.run())
+        seen = []
+        await pipeline.handle(INPUT, batch())  # the first model, at once; positions (and states) wait for 1 s
+        seen.append((version(), pipeline.writes.pending))
+        pipeline.topo.stage(pipeline.topo.models, MODEL_KEY, V2.to_bytes())  # the trainer publishes v2
+        async with pipeline.lock:
+            await pipeline.catch_up()  # held: a write of its own would come before the one due
+        seen.append((version(), pipeline.writes.pending))
+        await pipeline.write_now()  # the write (due, or a timer's): the next catch-up takes v2
+        async with pipeline.lock:
+            await pipeline.catch_up()
+        seen.append((version(), pipeline.writes.pending))
+        await pipeline.outbox.drain()
+        delivery.cancel()
+        return seen
+
+    assert asyncio.run(scenario()) == [(1, True), (1, True), (2, False)]
+    # v1's records, then v2's (the write's record of partition 0 went out in v2's sealed round, replaced by it)
+    assert [m["model"] for m in metas(producer)] == [1, 1, 2, 2]
+
+    # held no longer than ADOPTION_MAX_WAIT, however long the write interval
+    monkeypatch.setattr(pipeline_module, "ADOPTION_MAX_WAIT", 0.0)
+    again, _ = worker([V1], {}, FakeLogs({}))
+
+    async def unheld() -> int:
+        delivery = asyncio.create_task(again.outbox.run())
+        await again.handle(INPUT, batch())
+        again.topo.stage(again.topo.models, MODEL_KEY, V2.to_bytes())
+        async with again.lock:
+            await again.catch_up()
+        await again.outbox.drain()
+        delivery.cancel()
+        return again.segmenter.model.version if again.segmenter.model is not None else 0
+
+    assert asyncio.run(unheld()) == 2
 
 
 def test_the_pin_ends_when_every_position_reaches_its_end() -> None:
