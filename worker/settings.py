@@ -165,7 +165,8 @@ class Settings:
             "help": "seconds between writes of the user states and positions to the changelog: a user's state is "
             "written once per interval however many of its events came (segment changes go out at once); a crash "
             "re-applies up to this much of the stream (the offset fence keeps counts right; changes come again "
-            "with the same ids); also written when state_cache_users users wait; 0: after every batch"
+            "with the same ids); also written when state_cache_users users wait; a newly published model is adopted "
+            "with this write (at most 1 s later); 0: after every batch"
         },
     )
     max_event_bytes: int = field(default=65_536, metadata={"help": "larger records are dead-lettered"})
