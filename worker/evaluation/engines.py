@@ -89,9 +89,10 @@ class CoreRun:
     every waiting user a persona. What the worker adds around this — the offset gate, the changelog and the outbox —
     guards against loss and re-delivery, which cannot happen here.
 
-    The newest model is adopted after each batch of ``batch`` records. The worker adopts one when the trainer
-    publishes it, whatever its batches (``BATCH_SIZE`` only caps them; below saturation the window sizes them), so
-    the replay's batch is its own: a throughput setting does not move the quality figures.
+    The newest model is adopted after each batch of ``batch`` records. The worker adopts one with the first state
+    write after the trainer publishes it (at most a second later), whatever its batches (``BATCH_SIZE`` only caps
+    them; below saturation the window sizes them), so the replay's batch is its own: a throughput setting does not
+    move the quality figures.
     """
 
     def __init__(self, settings: Settings, batch: int = REPLAY_BATCH) -> None:
